@@ -1,0 +1,249 @@
+//! Typed argument parsing shared by all commands. Works on byte slices so it
+//! is unit-tested without a server; every check happens here, before any key
+//! is opened, so that a bad call changes nothing.
+
+use crate::error::{Error, Result};
+
+/// Expiry requested by a write, as the client gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No option: the write clears any existing TTL, as `SET` does.
+    Persist,
+    /// `KEEPTTL`.
+    Keep,
+    /// `EX`/`PX`: milliseconds from now.
+    Relative(i64),
+    /// `EXAT`/`PXAT`: unix time in milliseconds.
+    At(i64),
+}
+
+impl Expiry {
+    /// The absolute deadline in unix ms, or `None` for `Persist`/`Keep`.
+    /// Replication carries this form so replicas expire at the same instant.
+    pub fn deadline(self, now_ms: i64) -> Result<Option<i64>> {
+        match self {
+            Expiry::Persist | Expiry::Keep => Ok(None),
+            Expiry::At(ms) => Ok(Some(ms)),
+            Expiry::Relative(ms) => now_ms
+                .checked_add(ms)
+                .map(Some)
+                .ok_or(Error::InvalidExpire("tag.set")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct TagSetArgs<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub expiry: Expiry,
+    pub condition: Condition,
+    pub lease: Option<&'a [u8]>,
+    /// Distinct tags, in the order first given.
+    pub tags: Vec<&'a [u8]>,
+}
+
+/// Parses a strict base-10 i64 the way Redis does (no sign `+`, no spaces).
+pub fn parse_i64(arg: &[u8]) -> Result<i64> {
+    if arg.first() == Some(&b'+') {
+        return Err(Error::NotInteger);
+    }
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(Error::NotInteger)
+}
+
+fn text(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).into_owned()
+}
+
+/// Parses the value of an `EX`/`PX`/`EXAT`/`PXAT` option (`word` already
+/// upper-cased). Rules follow `SET`: positive, and no overflow once in ms.
+pub fn parse_expiry(word: &str, value: &[u8], cmd: &'static str) -> Result<Expiry> {
+    let n = parse_i64(value)?;
+    if n <= 0 {
+        return Err(Error::InvalidExpire(cmd));
+    }
+    let ms = |n: i64| n.checked_mul(1000).ok_or(Error::InvalidExpire(cmd));
+    match word {
+        "EX" => Ok(Expiry::Relative(ms(n)?)),
+        "PX" => Ok(Expiry::Relative(n)),
+        "EXAT" => Ok(Expiry::At(ms(n)?)),
+        "PXAT" => Ok(Expiry::At(n)),
+        _ => Err(Error::Syntax(word.to_string())),
+    }
+}
+
+fn is_expiry_word(word: &str) -> bool {
+    matches!(word, "EX" | "PX" | "EXAT" | "PXAT")
+}
+
+/// Keeps the first occurrence of each tag; rejects empty tags.
+pub fn distinct_tags<'a>(tags: &[&'a [u8]]) -> Result<Vec<&'a [u8]>> {
+    let mut out: Vec<&'a [u8]> = Vec::with_capacity(tags.len());
+    for &t in tags {
+        if t.is_empty() {
+            return Err(Error::EmptyTag);
+        }
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// `TAG.SET key value [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL] [NX|XX] [LEASE token]
+/// TAGS numtags tag [tag ...]` — `args` excludes the command name.
+pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
+    let (key, value, rest) = match args {
+        [key, value, rest @ ..] if !rest.is_empty() => (*key, *value, rest),
+        _ => return Err(Error::WrongArity("tag.set")),
+    };
+    let mut expiry: Option<Expiry> = None;
+    let mut condition = Condition::Always;
+    let mut lease = None;
+    let mut i = 0;
+    loop {
+        let Some(word_raw) = rest.get(i) else {
+            return Err(Error::Invalid("TAGS numtags tag [tag ...] is required".into()));
+        };
+        let word = text(word_raw).to_ascii_uppercase();
+        match word.as_str() {
+            "TAGS" => {
+                let n = rest.get(i + 1).ok_or(Error::NumTags)?;
+                let n = parse_i64(n).map_err(|_| Error::NumTags)?;
+                let given = &rest[(i + 2).min(rest.len())..];
+                if n < 1 || usize::try_from(n).ok() != Some(given.len()) {
+                    return Err(Error::NumTags);
+                }
+                let tags = distinct_tags(given)?;
+                return Ok(TagSetArgs {
+                    key,
+                    value,
+                    expiry: expiry.unwrap_or(Expiry::Persist),
+                    condition,
+                    lease,
+                    tags,
+                });
+            }
+            w if is_expiry_word(w) => {
+                if expiry.is_some() {
+                    return Err(Error::Syntax(text(word_raw)));
+                }
+                let v = rest.get(i + 1).ok_or_else(|| Error::Syntax(text(word_raw)))?;
+                expiry = Some(parse_expiry(w, v, "tag.set")?);
+                i += 2;
+            }
+            "KEEPTTL" => {
+                if expiry.is_some() {
+                    return Err(Error::Syntax(text(word_raw)));
+                }
+                expiry = Some(Expiry::Keep);
+                i += 1;
+            }
+            "NX" | "XX" => {
+                let c = if word == "NX" {
+                    Condition::IfAbsent
+                } else {
+                    Condition::IfPresent
+                };
+                if condition != Condition::Always && condition != c {
+                    return Err(Error::Syntax(text(word_raw)));
+                }
+                condition = c;
+                i += 1;
+            }
+            "LEASE" => {
+                if lease.is_some() {
+                    return Err(Error::Syntax(text(word_raw)));
+                }
+                lease = Some(*rest.get(i + 1).ok_or_else(|| Error::Syntax(text(word_raw)))?);
+                i += 2;
+            }
+            _ => return Err(Error::Syntax(text(word_raw))),
+        }
+    }
+}
+
+/// `key tag [tag ...]` for TAG.ADD / TAG.REM.
+pub fn parse_key_tags<'a>(args: &[&'a [u8]], cmd: &'static str) -> Result<(&'a [u8], Vec<&'a [u8]>)> {
+    match args {
+        [key, tags @ ..] if !tags.is_empty() => Ok((*key, distinct_tags(tags)?)),
+        _ => Err(Error::WrongArity(cmd)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<TagSetArgs<'_>> {
+        let v: Vec<&[u8]> = s.split(' ').map(str::as_bytes).collect();
+        parse_tag_set(&v)
+    }
+
+    #[test]
+    fn minimal_and_options() {
+        let a = p("k v TAGS 2 a b").unwrap();
+        assert_eq!(a.key, b"k");
+        assert_eq!(a.tags, vec![&b"a"[..], b"b"]);
+        assert_eq!(a.expiry, Expiry::Persist);
+        let a = p("k v ex 10 nx TAGS 1 a").unwrap();
+        assert_eq!(a.expiry, Expiry::Relative(10_000));
+        assert_eq!(a.condition, Condition::IfAbsent);
+        let a = p("k v PXAT 5 XX KEEPTTL TAGS 1 a");
+        assert_eq!(a, Err(Error::Syntax("KEEPTTL".into())));
+        let a = p("k v keepttl lease tok TAGS 3 a a b").unwrap();
+        assert_eq!(a.expiry, Expiry::Keep);
+        assert_eq!(a.lease, Some(&b"tok"[..]));
+        assert_eq!(a.tags.len(), 2);
+    }
+
+    #[test]
+    fn bad_inputs() {
+        assert_eq!(p("k v"), Err(Error::WrongArity("tag.set")));
+        assert!(matches!(p("k v EX 10"), Err(Error::Invalid(_))));
+        assert_eq!(p("k v TAGS 2 a"), Err(Error::NumTags));
+        assert_eq!(p("k v TAGS 1 a b"), Err(Error::NumTags));
+        assert_eq!(p("k v TAGS 0"), Err(Error::NumTags));
+        assert_eq!(p("k v TAGS -1 a"), Err(Error::NumTags));
+        assert_eq!(p("k v TAGS x a"), Err(Error::NumTags));
+        assert_eq!(p("k v TAGS"), Err(Error::NumTags));
+        assert_eq!(p("k v EX 0 TAGS 1 a"), Err(Error::InvalidExpire("tag.set")));
+        assert_eq!(p("k v PX -5 TAGS 1 a"), Err(Error::InvalidExpire("tag.set")));
+        assert_eq!(p("k v EX abc TAGS 1 a"), Err(Error::NotInteger));
+        assert_eq!(p("k v EX +5 TAGS 1 a"), Err(Error::NotInteger));
+        assert_eq!(
+            p("k v EX 9223372036854775807 TAGS 1 a"),
+            Err(Error::InvalidExpire("tag.set"))
+        );
+        assert_eq!(p("k v EX 1 PX 1 TAGS 1 a"), Err(Error::Syntax("PX".into())));
+        assert_eq!(p("k v NX XX TAGS 1 a"), Err(Error::Syntax("XX".into())));
+        assert_eq!(p("k v FOO TAGS 1 a"), Err(Error::Syntax("FOO".into())));
+        assert_eq!(p("k v EX"), Err(Error::Syntax("EX".into())));
+        let v: Vec<&[u8]> = vec![b"k", b"v", b"TAGS", b"1", b""];
+        assert_eq!(parse_tag_set(&v), Err(Error::EmptyTag));
+    }
+
+    #[test]
+    fn deadline_overflow() {
+        assert_eq!(Expiry::Relative(10).deadline(5), Ok(Some(15)));
+        assert!(Expiry::Relative(i64::MAX).deadline(5).is_err());
+        assert_eq!(Expiry::Keep.deadline(5), Ok(None));
+    }
+
+    #[test]
+    fn binary_tags() {
+        let v: Vec<&[u8]> = vec![b"\x00k", b"\xff", b"TAGS", b"1", b"\x00\xff"];
+        let a = parse_tag_set(&v).unwrap();
+        assert_eq!(a.tags, vec![&b"\x00\xff"[..]]);
+    }
+}

@@ -1,0 +1,107 @@
+//! Purge, bump and rule events: one JSON document per operation, published
+//! on the events channel and, when configured, appended to the events stream.
+
+use crate::config;
+use crate::stats;
+use crate::store::{self, Mode};
+use redis_module::Context;
+use serde_json::json;
+
+pub enum Op {
+    Purge,
+    Bump,
+    Link,
+}
+
+impl Op {
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Purge => "purge",
+            Op::Bump => "bump",
+            Op::Link => "link",
+        }
+    }
+}
+
+pub struct Event<'a> {
+    pub op: Op,
+    pub tags: &'a [Vec<u8>],
+    pub scopes: &'a [Vec<u8>],
+    pub keys: i64,
+    pub source: Option<&'a [u8]>,
+}
+
+fn lossy(items: &[Vec<u8>]) -> Vec<String> {
+    items
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect()
+}
+
+/// The JSON payload, as subscribers receive it.
+pub fn payload(ev: &Event, ts: i64) -> String {
+    json!({
+        "op": ev.op.name(),
+        "tags": lossy(ev.tags),
+        "scopes": lossy(ev.scopes),
+        "keys": ev.keys,
+        "source": ev.source.map(|s| String::from_utf8_lossy(s).into_owned()),
+        "ts": ts,
+    })
+    .to_string()
+}
+
+/// Publishes the event once the change is done. Only a master emits: a
+/// replica receives the stream entry through replication.
+pub fn emit(ctx: &Context, ev: &Event) {
+    if !store::may_write(ctx) {
+        return;
+    }
+    let body = payload(ev, store::now_ms());
+    let channel = config::EVENTS_CHANNEL.get();
+    if !channel.is_empty()
+        && store::call(ctx, Mode::Local, "PUBLISH", &[channel.as_bytes(), body.as_bytes()]).is_ok()
+    {
+        stats::bump(&stats::EVENTS);
+    }
+    let stream = config::EVENTS_STREAM.get();
+    if !stream.is_empty() {
+        let maxlen = config::stream_maxlen().to_string();
+        let args: [&[u8]; 7] = [
+            stream.as_bytes(),
+            b"MAXLEN",
+            b"~",
+            maxlen.as_bytes(),
+            b"*",
+            b"event",
+            body.as_bytes(),
+        ];
+        if let Err(e) = store::call(ctx, Mode::Replicated, "XADD", &args) {
+            ctx.log_warning(&format!("tagcache: events stream append failed: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_shape() {
+        let tags = vec![b"a".to_vec(), b"\xffb".to_vec()];
+        let ev = Event {
+            op: Op::Purge,
+            tags: &tags,
+            scopes: &[],
+            keys: 3,
+            source: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&payload(&ev, 7)).unwrap();
+        assert_eq!(v["op"], "purge");
+        assert_eq!(v["tags"][0], "a");
+        assert_eq!(v["keys"], 3);
+        assert!(v["source"].is_null());
+        assert_eq!(v["ts"], 7);
+        assert_eq!(v["scopes"].as_array().map(Vec::len), Some(0));
+    }
+}

@@ -1,0 +1,289 @@
+//! The reverse index: for each tagged key, the tags it carries. Plain Rust,
+//! no Redis calls. The forward direction (tag -> keys) lives in Redis sets so
+//! that any client can read it; this side answers "which sets hold this key"
+//! when the key is re-tagged, deleted, expires or is renamed.
+//!
+//! Tag names are interned per database and referenced by a `u32`, so a key
+//! with two tags costs one map entry, its name and eight bytes of ids.
+
+use std::collections::HashMap;
+
+pub type Db = i32;
+type TagId = u32;
+
+#[derive(Default)]
+struct TagTable {
+    ids: HashMap<Box<[u8]>, TagId>,
+    names: Vec<Box<[u8]>>,
+    refs: Vec<u32>,
+    free: Vec<TagId>,
+}
+
+impl TagTable {
+    fn acquire(&mut self, name: &[u8]) -> TagId {
+        if let Some(&id) = self.ids.get(name) {
+            self.refs[id as usize] += 1;
+            return id;
+        }
+        let boxed: Box<[u8]> = name.into();
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.names[id as usize] = boxed.clone();
+                self.refs[id as usize] = 1;
+                id
+            }
+            None => {
+                self.names.push(boxed.clone());
+                self.refs.push(1);
+                (self.names.len() - 1) as TagId
+            }
+        };
+        self.ids.insert(boxed, id);
+        id
+    }
+
+    fn release(&mut self, id: TagId) {
+        let i = id as usize;
+        self.refs[i] -= 1;
+        if self.refs[i] == 0 {
+            let name = std::mem::take(&mut self.names[i]);
+            self.ids.remove(&name);
+            self.free.push(id);
+        }
+    }
+
+    fn name(&self, id: TagId) -> &[u8] {
+        &self.names[id as usize]
+    }
+
+    fn id(&self, name: &[u8]) -> Option<TagId> {
+        self.ids.get(name).copied()
+    }
+
+    fn live(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+#[derive(Default)]
+struct DbIndex {
+    keys: HashMap<Box<[u8]>, Box<[TagId]>>,
+    tags: TagTable,
+}
+
+impl DbIndex {
+    fn names(&self, ids: &[TagId]) -> Vec<Vec<u8>> {
+        ids.iter().map(|&id| self.tags.name(id).to_vec()).collect()
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Vec<Vec<u8>> {
+        match self.keys.remove(key) {
+            Some(ids) => {
+                let names = self.names(&ids);
+                ids.iter().for_each(|&id| self.tags.release(id));
+                names
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn store(&mut self, key: &[u8], ids: Vec<TagId>) {
+        if ids.is_empty() {
+            self.keys.remove(key);
+        } else {
+            self.keys.insert(key.into(), ids.into_boxed_slice());
+        }
+    }
+}
+
+/// Reverse index for every database of the server.
+#[derive(Default)]
+pub struct Index {
+    dbs: HashMap<Db, DbIndex>,
+}
+
+impl Index {
+    /// Tags the key carries, in the order they were added.
+    pub fn tags(&self, db: Db, key: &[u8]) -> Vec<Vec<u8>> {
+        self.dbs
+            .get(&db)
+            .and_then(|d| d.keys.get(key).map(|ids| d.names(ids)))
+            .unwrap_or_default()
+    }
+
+    pub fn contains(&self, db: Db, key: &[u8]) -> bool {
+        self.dbs.get(&db).is_some_and(|d| d.keys.contains_key(key))
+    }
+
+    /// Makes the key's tags exactly `tags`; returns the tags it had before.
+    pub fn replace(&mut self, db: Db, key: &[u8], tags: &[&[u8]]) -> Vec<Vec<u8>> {
+        let d = self.dbs.entry(db).or_default();
+        let old = d.remove(key);
+        let ids = tags.iter().map(|t| d.tags.acquire(t)).collect();
+        d.store(key, ids);
+        old
+    }
+
+    /// Adds tags to the key; returns how many it did not carry before.
+    pub fn add(&mut self, db: Db, key: &[u8], tags: &[&[u8]]) -> usize {
+        let d = self.dbs.entry(db).or_default();
+        let mut ids: Vec<TagId> = d.keys.get(key).map(|b| b.to_vec()).unwrap_or_default();
+        let mut added = 0;
+        for t in tags {
+            if d.tags.id(t).is_some_and(|id| ids.contains(&id)) {
+                continue;
+            }
+            ids.push(d.tags.acquire(t));
+            added += 1;
+        }
+        d.store(key, ids);
+        added
+    }
+
+    /// Removes tags from the key; returns how many it carried.
+    pub fn remove_tags(&mut self, db: Db, key: &[u8], tags: &[&[u8]]) -> usize {
+        let Some(d) = self.dbs.get_mut(&db) else {
+            return 0;
+        };
+        let Some(current) = d.keys.get(key) else {
+            return 0;
+        };
+        let mut keep = Vec::with_capacity(current.len());
+        let mut gone = Vec::new();
+        for &id in current.iter() {
+            if tags.contains(&d.tags.name(id)) {
+                gone.push(id);
+            } else {
+                keep.push(id);
+            }
+        }
+        gone.iter().for_each(|&id| d.tags.release(id));
+        d.store(key, keep);
+        gone.len()
+    }
+
+    /// Forgets the key; returns the tags it carried.
+    pub fn remove_key(&mut self, db: Db, key: &[u8]) -> Vec<Vec<u8>> {
+        self.dbs.get_mut(&db).map(|d| d.remove(key)).unwrap_or_default()
+    }
+
+    /// Moves the entry of `from` to `to` (dropping whatever `to` had);
+    /// returns (tags moved, tags `to` had before).
+    pub fn rename(&mut self, db: Db, from: &[u8], to: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let Some(d) = self.dbs.get_mut(&db) else {
+            return (Vec::new(), Vec::new());
+        };
+        let overwritten = d.remove(to);
+        match d.keys.remove(from) {
+            Some(ids) => {
+                let names = d.names(&ids);
+                d.keys.insert(to.into(), ids);
+                (names, overwritten)
+            }
+            None => (Vec::new(), overwritten),
+        }
+    }
+
+    /// `FLUSHDB` (one database) or `FLUSHALL` (`None`).
+    pub fn flush(&mut self, db: Option<Db>) {
+        match db {
+            Some(db) => {
+                self.dbs.remove(&db);
+            }
+            None => self.dbs.clear(),
+        }
+    }
+
+    pub fn swap(&mut self, a: Db, b: Db) {
+        let da = self.dbs.remove(&a);
+        let db_ = self.dbs.remove(&b);
+        if let Some(x) = da {
+            self.dbs.insert(b, x);
+        }
+        if let Some(x) = db_ {
+            self.dbs.insert(a, x);
+        }
+    }
+
+    /// Number of tagged keys, across databases.
+    pub fn keys(&self) -> usize {
+        self.dbs.values().map(|d| d.keys.len()).sum()
+    }
+
+    /// Number of distinct tags referenced, across databases.
+    pub fn tag_count(&self) -> usize {
+        self.dbs.values().map(|d| d.tags.live()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(tags: &[&str]) -> Vec<Vec<u8>> {
+        tags.iter().map(|t| t.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn replace_returns_old_tags() {
+        let mut ix = Index::default();
+        assert!(ix.replace(0, b"k", &[b"a", b"b"]).is_empty());
+        assert_eq!(ix.replace(0, b"k", &[b"b", b"c"]), v(&["a", "b"]));
+        assert_eq!(ix.tags(0, b"k"), v(&["b", "c"]));
+        assert_eq!(ix.tag_count(), 2);
+        assert!(ix.tags(1, b"k").is_empty());
+    }
+
+    #[test]
+    fn add_and_remove_count_changes() {
+        let mut ix = Index::default();
+        assert_eq!(ix.add(0, b"k", &[b"a", b"b"]), 2);
+        assert_eq!(ix.add(0, b"k", &[b"b", b"c"]), 1);
+        assert_eq!(ix.remove_tags(0, b"k", &[b"a", b"zz"]), 1);
+        assert_eq!(ix.tags(0, b"k"), v(&["b", "c"]));
+        assert_eq!(ix.remove_tags(0, b"k", &[b"b", b"c"]), 2);
+        assert!(!ix.contains(0, b"k"));
+        assert_eq!(ix.keys(), 0);
+        assert_eq!(ix.tag_count(), 0, "interned names are released");
+    }
+
+    #[test]
+    fn ids_are_reused_after_release() {
+        let mut ix = Index::default();
+        ix.replace(0, b"k1", &[b"a"]);
+        ix.remove_key(0, b"k1");
+        ix.replace(0, b"k2", &[b"b"]);
+        ix.replace(0, b"k3", &[b"b", b"a"]);
+        assert_eq!(ix.tags(0, b"k3"), v(&["b", "a"]));
+        assert_eq!(ix.tags(0, b"k2"), v(&["b"]));
+    }
+
+    #[test]
+    fn rename_moves_and_drops_target() {
+        let mut ix = Index::default();
+        ix.replace(0, b"a", &[b"x"]);
+        ix.replace(0, b"b", &[b"y"]);
+        let (moved, dropped) = ix.rename(0, b"a", b"b");
+        assert_eq!(moved, v(&["x"]));
+        assert_eq!(dropped, v(&["y"]));
+        assert!(!ix.contains(0, b"a"));
+        assert_eq!(ix.tags(0, b"b"), v(&["x"]));
+        assert_eq!(ix.tag_count(), 1);
+    }
+
+    #[test]
+    fn flush_and_swap() {
+        let mut ix = Index::default();
+        ix.replace(0, b"a", &[b"x"]);
+        ix.replace(1, b"b", &[b"y"]);
+        ix.swap(0, 1);
+        assert_eq!(ix.tags(0, b"b"), v(&["y"]));
+        assert_eq!(ix.tags(1, b"a"), v(&["x"]));
+        ix.swap(1, 5);
+        assert_eq!(ix.tags(5, b"a"), v(&["x"]));
+        ix.flush(Some(0));
+        assert_eq!(ix.keys(), 1);
+        ix.flush(None);
+        assert_eq!(ix.keys(), 0);
+    }
+}

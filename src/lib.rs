@@ -1,0 +1,73 @@
+//! tagcache: cache invalidation inside Redis. The command table and the
+//! module's start-up; everything else lives in the modules below.
+
+mod args;
+mod cmdinfo;
+mod commands;
+mod config;
+mod error;
+mod events;
+mod index;
+mod lease;
+mod link;
+mod notify;
+mod rebuild;
+mod stats;
+mod store;
+
+use commands::{info, tag};
+use redis_module::configuration::ConfigurationFlags;
+use redis_module::{redis_module, Context, RedisString, Status};
+
+fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    std::panic::set_hook(Box::new(|info| {
+        redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
+    }));
+    let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+    if let Err(why) = config::check_load_args(&raw_args) {
+        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+        return Status::Err;
+    }
+    info::register_info(ctx);
+    if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
+        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+        return Status::Err;
+    }
+    Status::Ok
+}
+
+redis_module! {
+    name: "tagcache",
+    version: 10000,
+    allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+    data_types: [],
+    init: init,
+    commands: [
+        ["tag.set", tag::tag_set, "write deny-oom", 0, 0, 0, ""],
+        ["tag.add", tag::tag_add, "write deny-oom", 0, 0, 0, ""],
+        ["tag.rem", tag::tag_rem, "write", 0, 0, 0, ""],
+        ["tag.purge", tag::tag_purge, "write", 0, 0, 0, ""],
+        ["tag.members", tag::tag_members, "readonly", 0, 0, 0, ""],
+        ["tag.card", tag::tag_card, "readonly", 0, 0, 0, ""],
+        ["tag.tags", tag::tag_tags, "readonly fast", 0, 0, 0, ""],
+        ["tag.info", info::tag_info, "readonly fast", 0, 0, 0, ""],
+    ],
+    event_handlers: [
+        [@ALL: notify::on_keyspace_event],
+    ],
+    configurations: [
+        i64: [
+            ["events-stream-maxlen", &config::STREAM_MAXLEN, config::STREAM_MAXLEN_DEFAULT, config::STREAM_MAXLEN_MIN, config::STREAM_MAXLEN_MAX, ConfigurationFlags::DEFAULT, None],
+            ["lease-ttl", &config::LEASE_TTL, config::LEASE_TTL_DEFAULT, config::LEASE_TTL_MIN, config::LEASE_TTL_MAX, ConfigurationFlags::DEFAULT, None],
+        ],
+        string: [
+            ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::DEFAULT, None],
+            ["ver-prefix", &config::VER_PREFIX, config::VER_PREFIX_DEFAULT, ConfigurationFlags::DEFAULT, None],
+            ["events-channel", &config::EVENTS_CHANNEL, config::EVENTS_CHANNEL_DEFAULT, ConfigurationFlags::DEFAULT, None],
+            ["events-stream", &config::EVENTS_STREAM, config::EVENTS_STREAM_DEFAULT, ConfigurationFlags::DEFAULT, None],
+        ],
+        bool: [],
+        enum: [],
+        module_args_as_configuration: true,
+    ]
+}

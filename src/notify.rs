@@ -1,0 +1,185 @@
+//! Keyspace-notification and server-event handlers: they keep the reverse
+//! index and the tag sets in step with every change of the keyspace,
+//! whoever makes it.
+//!
+//! A master removes a vanished key from its tag sets (writes that are
+//! replicated like any other); a replica or a loading server only updates
+//! its in-memory index, since the master's stream carries the writes.
+
+use crate::config;
+use crate::index::Db;
+use crate::store::{self, with_index, Mode, OwnWrites};
+use redis_module::{raw, Context, NotifyEvent};
+use std::cell::RefCell;
+
+thread_local! {
+    /// `rename_from` names the source; `rename_to`, fired next, the target.
+    static RENAMING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+}
+
+/// Events after which the key no longer holds what it was tagged for.
+fn ends_tags(event: &str) -> bool {
+    matches!(
+        event,
+        "del"
+            | "expired"
+            | "evicted"
+            | "set"
+            | "restore"
+            | "move_from"
+            | "copy_to"
+            | "sortstore"
+            | "sunionstore"
+            | "sinterstore"
+            | "sdiffstore"
+            | "zunionstore"
+            | "zinterstore"
+            | "zdiffstore"
+            | "georadiusstore"
+            | "geosearchstore"
+    )
+}
+
+/// Runs a write for the index on a master. Where the server offers
+/// post-notification jobs, the write waits for one, as writing from inside
+/// a notification is unsafe; on Redis 7.0 it runs at once with the
+/// replicate flag, which keeps the server's own propagation intact.
+pub fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>) {
+    let run = move |ctx: &Context| {
+        store::select_db(ctx, db);
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        if let Err(e) = store::call(ctx, Mode::Replicated, cmd, &refs) {
+            ctx.log_warning(&format!("tagcache: index update failed: {e}"));
+        }
+    };
+    let job = std::rc::Rc::new(RefCell::new(Some(run)));
+    let queued = job.clone();
+    let status = ctx.add_post_notification_job(move |ctx| {
+        if let Some(f) = queued.borrow_mut().take() {
+            f(ctx);
+        }
+    });
+    if status != Ok(redis_module::Status::Ok) {
+        if let Some(f) = job.borrow_mut().take() {
+            f(ctx);
+        }
+    }
+}
+
+fn remove_from_sets(ctx: &Context, db: Db, key: &[u8], tags: &[Vec<u8>]) {
+    let prefix = config::tag_prefix();
+    for t in tags {
+        let set = [prefix.as_slice(), t].concat();
+        write_later(ctx, db, "SREM", vec![set, key.to_vec()]);
+    }
+    crate::stats::bump(&crate::stats::INDEX_CLEANUPS);
+}
+
+pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+    let flags = ctx.get_flags();
+    if flags.contains(redis_module::ContextFlags::LOADING) {
+        return; // the index is rebuilt when loading ends
+    }
+    if key.starts_with(&config::tag_prefix()) {
+        return;
+    }
+    let db = store::selected_db(ctx);
+    let writes = store::may_write(ctx);
+    let own = OwnWrites::active() && matches!(event, "del" | "set");
+    if ends_tags(event) && !own {
+        crate::lease::key_written(ctx, db, key);
+        let tags = with_index(|ix| ix.remove_key(db, key));
+        if writes && !tags.is_empty() {
+            remove_from_sets(ctx, db, key, &tags);
+        }
+    } else if event == "rename_from" {
+        RENAMING.with(|r| *r.borrow_mut() = Some(key.to_vec()));
+    } else if event == "rename_to" {
+        crate::lease::key_written(ctx, db, key);
+        let Some(from) = RENAMING.with(|r| r.borrow_mut().take()) else {
+            return;
+        };
+        crate::lease::key_written(ctx, db, &from);
+        let (moved, overwritten) = with_index(|ix| ix.rename(db, &from, key));
+        if writes {
+            if !overwritten.is_empty() {
+                remove_from_sets(ctx, db, key, &overwritten);
+            }
+            let prefix = config::tag_prefix();
+            for t in &moved {
+                let set = [prefix.as_slice(), t].concat();
+                write_later(ctx, db, "SREM", vec![set.clone(), from.clone()]);
+                write_later(ctx, db, "SADD", vec![set, key.to_vec()]);
+            }
+        }
+    } else if !own {
+        crate::lease::key_written(ctx, db, key);
+    }
+    crate::link::on_keyspace_event(ctx, event, key);
+}
+
+fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool {
+    let event = raw::RedisModuleEvent { id, dataver: 1 };
+    unsafe {
+        raw::RedisModule_SubscribeToServerEvent
+            .is_some_and(|f| f(ctx.ctx, event, cb) == raw::REDISMODULE_OK as i32)
+    }
+}
+
+unsafe extern "C" fn on_flush(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut std::ffi::c_void,
+) {
+    if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() {
+        return;
+    }
+    let info = &*(data as *const raw::RedisModuleFlushInfo);
+    let db = if info.dbnum < 0 { None } else { Some(info.dbnum) };
+    with_index(|ix| ix.flush(db));
+    crate::lease::flushed();
+}
+
+unsafe extern "C" fn on_swapdb(
+    _ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    _sub: u64,
+    data: *mut std::ffi::c_void,
+) {
+    if data.is_null() {
+        return;
+    }
+    let info = &*(data as *const raw::RedisModuleSwapDbInfo);
+    with_index(|ix| ix.swap(info.dbnum_first, info.dbnum_second));
+    crate::lease::flushed();
+}
+
+unsafe extern "C" fn on_loading(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    let ctx = Context::new(ctx);
+    match sub {
+        raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
+            crate::rebuild::rebuild(&ctx)
+        }
+        _ => {
+            with_index(|ix| ix.flush(None));
+            crate::lease::flushed();
+        }
+    }
+}
+
+pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
+    let ok = subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_flush))
+        && subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_swapdb))
+        && subscribe(ctx, raw::REDISMODULE_EVENT_LOADING, Some(on_loading));
+    if ok {
+        Ok(())
+    } else {
+        Err("could not subscribe to server events".into())
+    }
+}

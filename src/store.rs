@@ -1,0 +1,283 @@
+//! Thin glue over the module API: calls into Redis with owned replies, the
+//! caller's ACL, the selected database, and the guard that tells the
+//! notification handler which writes are the module's own.
+
+use crate::error::{Error, Result};
+use crate::index::Db;
+use redis_module::{
+    raw, CallOptionResp, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context,
+    KeyType, RedisString,
+};
+use std::cell::Cell;
+
+/// An owned reply from a call into Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Int(i64),
+    Bytes(Vec<u8>),
+    Array(Vec<Reply>),
+    Nil,
+    Other,
+}
+
+impl Reply {
+    pub fn int(&self) -> i64 {
+        match self {
+            Reply::Int(n) => *n,
+            _ => 0,
+        }
+    }
+
+    pub fn into_bytes_list(self) -> Vec<Vec<u8>> {
+        match self {
+            Reply::Array(items) => items
+                .into_iter()
+                .filter_map(|r| match r {
+                    Reply::Bytes(b) => Some(b),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn own(reply: &CallReply) -> Reply {
+    match reply {
+        CallReply::I64(i) => Reply::Int(i.to_i64()),
+        CallReply::String(s) => Reply::Bytes(s.as_bytes().to_vec()),
+        CallReply::VerbatimString(v) => v
+            .as_parts()
+            .map_or(Reply::Other, |(_, b)| Reply::Bytes(b.to_vec())),
+        CallReply::Null(_) => Reply::Nil,
+        CallReply::Array(a) => Reply::Array(
+            a.iter()
+                .map(|r| r.as_ref().map_or(Reply::Other, own))
+                .collect(),
+        ),
+        CallReply::Set(a) => Reply::Array(
+            a.iter()
+                .map(|r| r.as_ref().map_or(Reply::Other, own))
+                .collect(),
+        ),
+        _ => Reply::Other,
+    }
+}
+
+/// How a call into Redis is made.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Not propagated: the command replicates its own effect explicitly.
+    Local,
+    /// Propagated to replicas and the AOF as it runs.
+    Replicated,
+}
+
+fn options(mode: Mode) -> CallOptions {
+    let b = CallOptionsBuilder::new()
+        .errors_as_replies()
+        .resp(CallOptionResp::Resp2);
+    match mode {
+        Mode::Local => b.build(),
+        Mode::Replicated => b.replicate().build(),
+    }
+}
+
+pub fn call(ctx: &Context, mode: Mode, cmd: &str, args: &[&[u8]]) -> Result<Reply> {
+    let res: CallResult = ctx.call_ext(cmd, &options(mode), args);
+    match res {
+        Ok(r) => Ok(own(&r)),
+        Err(e) => {
+            let msg = e.to_utf8_string().unwrap_or_default();
+            if msg.starts_with("WRONGTYPE") {
+                Err(Error::WrongType)
+            } else {
+                Err(Error::Internal(format!("{cmd}: {msg}")))
+            }
+        }
+    }
+}
+
+pub fn selected_db(ctx: &Context) -> Db {
+    unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx)) }
+}
+
+pub fn select_db(ctx: &Context, db: Db) {
+    unsafe {
+        if let Some(f) = raw::RedisModule_SelectDb {
+            f(ctx.ctx, db);
+        }
+    }
+}
+
+/// Unix time in milliseconds as the server sees it.
+pub fn now_ms() -> i64 {
+    unsafe { raw::RedisModule_Milliseconds.map_or(0, |f| f()) }
+}
+
+pub fn key_type(ctx: &Context, key: &[u8]) -> KeyType {
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    ctx.open_key(&name).key_type()
+}
+
+pub fn exists(ctx: &Context, key: &[u8]) -> bool {
+    key_type(ctx, key) != KeyType::Empty
+}
+
+/// Fails with WRONGTYPE unless every key is a set or absent.
+pub fn ensure_sets(ctx: &Context, keys: &[Vec<u8>]) -> Result<()> {
+    for k in keys {
+        match key_type(ctx, k) {
+            KeyType::Empty | KeyType::Set => {}
+            _ => return Err(Error::WrongType),
+        }
+    }
+    Ok(())
+}
+
+pub fn smembers(ctx: &Context, key: &[u8]) -> Result<Vec<Vec<u8>>> {
+    Ok(call(ctx, Mode::Local, "SMEMBERS", &[key])?.into_bytes_list())
+}
+
+/// What the caller wants to do with a key, for the ACL check.
+#[derive(Clone, Copy)]
+pub enum Access {
+    Read,
+    Write,
+    Delete,
+}
+
+/// The calling user, resolved once per command. `None` stands for the
+/// replication link, the AOF loader and other contexts without a user,
+/// which Redis does not restrict either.
+pub struct Caller {
+    user: *mut raw::RedisModuleUser,
+}
+
+impl Caller {
+    pub fn of(ctx: &Context) -> Caller {
+        let user = unsafe {
+            match (
+                raw::RedisModule_GetCurrentUserName,
+                raw::RedisModule_GetModuleUserFromUserName,
+                raw::RedisModule_FreeString,
+            ) {
+                (Some(name_of), Some(user_of), Some(free)) => {
+                    let name = name_of(ctx.ctx);
+                    if name.is_null() {
+                        std::ptr::null_mut()
+                    } else {
+                        let u = user_of(name);
+                        free(ctx.ctx, name);
+                        if u.is_null() {
+                            // A user deleted while connected may do nothing.
+                            usize::MAX as *mut raw::RedisModuleUser
+                        } else {
+                            u
+                        }
+                    }
+                }
+                _ => std::ptr::null_mut(),
+            }
+        };
+        Caller { user }
+    }
+
+    pub fn check(&self, ctx: &Context, key: &[u8], access: Access) -> Result<()> {
+        if self.user.is_null() {
+            return Ok(());
+        }
+        let denied = || Error::NoPerm(String::from_utf8_lossy(key).into_owned());
+        if self.user == usize::MAX as *mut raw::RedisModuleUser {
+            return Err(denied());
+        }
+        let flags = match access {
+            Access::Read => raw::REDISMODULE_CMD_KEY_ACCESS,
+            Access::Write => raw::REDISMODULE_CMD_KEY_UPDATE | raw::REDISMODULE_CMD_KEY_INSERT,
+            Access::Delete => raw::REDISMODULE_CMD_KEY_DELETE,
+        };
+        let name = RedisString::create_from_slice(ctx.ctx, key);
+        let ok = unsafe {
+            raw::RedisModule_ACLCheckKeyPermissions
+                .map_or(raw::REDISMODULE_OK as i32, |f| f(self.user, name.inner, flags as i32))
+        };
+        if ok == raw::REDISMODULE_OK as i32 {
+            Ok(())
+        } else {
+            Err(denied())
+        }
+    }
+
+    pub fn check_all<K: AsRef<[u8]>>(&self, ctx: &Context, keys: &[K], access: Access) -> Result<()> {
+        keys.iter().try_for_each(|k| self.check(ctx, k.as_ref(), access))
+    }
+}
+
+impl Drop for Caller {
+    fn drop(&mut self) {
+        if !self.user.is_null() && self.user != usize::MAX as *mut raw::RedisModuleUser {
+            unsafe {
+                if let Some(free) = raw::RedisModule_FreeModuleUser {
+                    free(self.user);
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static OWN_WRITES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// While alive, `del` and `set` notifications come from the module's own
+/// command, which keeps the index itself: the handler leaves them alone.
+pub struct OwnWrites;
+
+impl OwnWrites {
+    pub fn begin() -> OwnWrites {
+        OWN_WRITES.with(|c| c.set(c.get() + 1));
+        OwnWrites
+    }
+
+    pub fn active() -> bool {
+        OWN_WRITES.with(|c| c.get() > 0)
+    }
+}
+
+impl Drop for OwnWrites {
+    fn drop(&mut self) {
+        OWN_WRITES.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// Prefixes each name: `tag:` + `a` -> `tag:a`.
+pub fn prefixed<T: AsRef<[u8]>>(prefix: &[u8], names: &[T]) -> Vec<Vec<u8>> {
+    names
+        .iter()
+        .map(|n| [prefix, n.as_ref()].concat())
+        .collect()
+}
+
+/// Whether the server may write on its own behalf now (a master, not
+/// loading a dataset).
+pub fn may_write(ctx: &Context) -> bool {
+    let f = ctx.get_flags();
+    !f.intersects(redis_module::ContextFlags::SLAVE | redis_module::ContextFlags::LOADING)
+}
+
+lazy_static::lazy_static! {
+    static ref INDEX: std::sync::Mutex<crate::index::Index> =
+        std::sync::Mutex::new(crate::index::Index::default());
+}
+
+/// Runs `f` on the reverse index. Only the main thread touches it, so the
+/// lock is never contended; a poisoned lock is recovered, not propagated.
+pub fn with_index<R>(f: impl FnOnce(&mut crate::index::Index) -> R) -> R {
+    let mut guard = INDEX.lock().unwrap_or_else(|p| p.into_inner());
+    f(&mut guard)
+}
+
+/// The arguments after the command name, as bytes.
+pub fn argv(args: &[RedisString]) -> Vec<&[u8]> {
+    args.iter().skip(1).map(|a| a.as_slice()).collect()
+}
