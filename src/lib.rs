@@ -19,6 +19,16 @@ use commands::{info, tag};
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{redis_module, Context, RedisString, Status};
 
+// Unit tests run without a server, so they cannot use the server's allocator.
+#[cfg(not(test))]
+type Alloc = redis_module::alloc::RedisAlloc;
+#[cfg(not(test))]
+const ALLOC: Alloc = redis_module::alloc::RedisAlloc;
+#[cfg(test)]
+type Alloc = std::alloc::System;
+#[cfg(test)]
+const ALLOC: Alloc = std::alloc::System;
+
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
     std::panic::set_hook(Box::new(|info| {
         redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
@@ -39,7 +49,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
 redis_module! {
     name: "tagcache",
     version: 10000,
-    allocator: (redis_module::alloc::RedisAlloc, redis_module::alloc::RedisAlloc),
+    allocator: (Alloc, ALLOC),
     data_types: [],
     init: init,
     commands: [
