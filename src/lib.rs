@@ -13,9 +13,10 @@ mod link;
 mod notify;
 mod rebuild;
 mod stats;
+mod slot;
 mod store;
 
-use commands::{info, tag};
+use commands::{info, tag, version};
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{redis_module, Context, RedisString, Status};
 
@@ -61,6 +62,10 @@ redis_module! {
         ["tag.card", tag::tag_card, "readonly", 0, 0, 0, ""],
         ["tag.tags", tag::tag_tags, "readonly fast", 0, 0, 0, ""],
         ["tag.info", info::tag_info, "readonly fast", 0, 0, 0, ""],
+        ["ver.get", version::ver_get, "readonly fast", 0, 0, 0, ""],
+        ["ver.set", version::ver_set, "write deny-oom", 0, 0, 0, ""],
+        ["ver.bump", version::ver_bump, "write deny-oom fast", 0, 0, 0, ""],
+        ["ver.current", version::ver_current, "readonly fast", 0, 0, 0, ""],
     ],
     event_handlers: [
         [@ALL: notify::on_keyspace_event],

@@ -281,3 +281,22 @@ pub fn with_index<R>(f: impl FnOnce(&mut crate::index::Index) -> R) -> R {
 pub fn argv(args: &[RedisString]) -> Vec<&[u8]> {
     args.iter().skip(1).map(|a| a.as_slice()).collect()
 }
+
+/// In a cluster, the keys a command derives must share a slot.
+pub fn ensure_same_slot<K: AsRef<[u8]>>(ctx: &Context, keys: &[K]) -> Result<()> {
+    if ctx.get_flags().contains(redis_module::ContextFlags::CLUSTER) && !crate::slot::same_slot(keys) {
+        return Err(Error::CrossSlot);
+    }
+    Ok(())
+}
+
+/// Reads a string key without a call into Redis. `Ok(None)` when absent.
+pub fn read_string(ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let k = ctx.open_key(&name);
+    match k.key_type() {
+        KeyType::Empty => Ok(None),
+        KeyType::String => Ok(k.read().map_err(|_| Error::WrongType)?.map(<[u8]>::to_vec)),
+        _ => Err(Error::WrongType),
+    }
+}

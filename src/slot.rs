@@ -1,0 +1,64 @@
+//! Redis Cluster hash slots (CRC16/XMODEM of the key or its `{hash tag}`),
+//! so that commands can refuse keys that would live on different nodes.
+
+fn crc16(data: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+/// The part of the key that is hashed: the first non-empty `{...}`.
+fn hashed_part(key: &[u8]) -> &[u8] {
+    if let Some(open) = key.iter().position(|&b| b == b'{') {
+        let rest = &key[open + 1..];
+        if let Some(close) = rest.iter().position(|&b| b == b'}') {
+            if close > 0 {
+                return &rest[..close];
+            }
+        }
+    }
+    key
+}
+
+pub fn slot(key: &[u8]) -> u16 {
+    crc16(hashed_part(key)) & 16383
+}
+
+/// Whether all keys hash to one slot.
+pub fn same_slot<K: AsRef<[u8]>>(keys: &[K]) -> bool {
+    let mut it = keys.iter().map(|k| slot(k.as_ref()));
+    match it.next() {
+        Some(first) => it.all(|s| s == first),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_slots() {
+        // Values from CLUSTER KEYSLOT.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(slot(b"{}x"), crc16(b"{}x") & 16383);
+    }
+
+    #[test]
+    fn same_slot_with_hash_tags() {
+        assert!(same_slot(&[b"ver:{s}".as_ref(), b"v7:{s}:k"]));
+        assert!(!same_slot(&[b"foo".as_ref(), b"bar"]));
+    }
+}
