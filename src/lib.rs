@@ -12,6 +12,7 @@ mod lease;
 mod link;
 mod notify;
 mod rebuild;
+mod rules;
 mod stats;
 mod slot;
 mod store;
@@ -62,6 +63,9 @@ redis_module! {
         ["tag.card", tag::tag_card, "readonly", 0, 0, 0, ""],
         ["tag.tags", tag::tag_tags, "readonly fast", 0, 0, 0, ""],
         ["tag.info", info::tag_info, "readonly fast", 0, 0, 0, ""],
+        ["tag.link", link::tag_link, "write deny-oom", 0, 0, 0, ""],
+        ["tag.unlink", link::tag_unlink, "write", 0, 0, 0, ""],
+        ["tag.links", link::tag_links, "readonly", 0, 0, 0, ""],
         ["ver.get", version::ver_get, "readonly fast", 0, 0, 0, ""],
         ["ver.set", version::ver_set, "write deny-oom", 0, 0, 0, ""],
         ["ver.bump", version::ver_bump, "write deny-oom fast", 0, 0, 0, ""],

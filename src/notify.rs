@@ -40,19 +40,13 @@ fn ends_tags(event: &str) -> bool {
     )
 }
 
-/// Runs a write for the index on a master. Where the server offers
-/// post-notification jobs, the write waits for one, as writing from inside
-/// a notification is unsafe; on Redis 7.0 it runs at once with the
-/// replicate flag, which keeps the server's own propagation intact.
-pub fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>) {
-    let run = move |ctx: &Context| {
-        store::select_db(ctx, db);
-        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-        if let Err(e) = store::call(ctx, Mode::Replicated, cmd, &refs) {
-            ctx.log_warning(&format!("tagcache: index update failed: {e}"));
-        }
-    };
-    let job = std::rc::Rc::new(RefCell::new(Some(run)));
+/// Runs `f` once it is safe to write. Where the server offers
+/// post-notification jobs, `f` waits for one, as writing from inside a
+/// notification is unsafe; on Redis 7.0 it runs at once, and every call it
+/// makes carries the replicate flag, which keeps the server's own
+/// propagation of expired and evicted keys intact.
+pub fn run_after(ctx: &Context, f: impl FnOnce(&Context) + 'static) {
+    let job = std::rc::Rc::new(RefCell::new(Some(f)));
     let queued = job.clone();
     let status = ctx.add_post_notification_job(move |ctx| {
         if let Some(f) = queued.borrow_mut().take() {
@@ -64,6 +58,19 @@ pub fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>)
             f(ctx);
         }
     }
+}
+
+/// Runs a write that keeps the tag sets in step, replicated.
+fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>) {
+    run_after(ctx, move |ctx| {
+        let home = store::selected_db(ctx);
+        store::select_db(ctx, db);
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        if let Err(e) = store::call(ctx, Mode::Replicated, cmd, &refs) {
+            ctx.log_warning(&format!("tagcache: index update failed: {e}"));
+        }
+        store::select_db(ctx, home);
+    });
 }
 
 fn remove_from_sets(ctx: &Context, db: Db, key: &[u8], tags: &[Vec<u8>]) {
@@ -138,6 +145,7 @@ unsafe extern "C" fn on_flush(
     let info = &*(data as *const raw::RedisModuleFlushInfo);
     let db = if info.dbnum < 0 { None } else { Some(info.dbnum) };
     with_index(|ix| ix.flush(db));
+    crate::link::forget(db);
     crate::lease::flushed();
 }
 
@@ -152,6 +160,7 @@ unsafe extern "C" fn on_swapdb(
     }
     let info = &*(data as *const raw::RedisModuleSwapDbInfo);
     with_index(|ix| ix.swap(info.dbnum_first, info.dbnum_second));
+    crate::link::swap(info.dbnum_first, info.dbnum_second);
     crate::lease::flushed();
 }
 
@@ -168,6 +177,7 @@ unsafe extern "C" fn on_loading(
         }
         _ => {
             with_index(|ix| ix.flush(None));
+            crate::link::forget(None);
             crate::lease::flushed();
         }
     }

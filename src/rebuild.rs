@@ -60,6 +60,7 @@ pub fn rebuild(ctx: &Context) {
     let mut stale: Vec<(Db, Vec<u8>, Vec<u8>)> = Vec::new();
     for db in 0..databases(ctx) {
         store::select_db(ctx, db);
+        crate::link::reload(ctx);
         let mut sets = Vec::new();
         each_tag_set(ctx, |k| sets.push(k.to_vec()));
         for set in sets {

@@ -67,6 +67,8 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         store::call(ctx, Mode::Replicated, "DEL", &[a.key])?;
         with_index(|ix| ix.remove_key(db, a.key));
         lease::key_written(ctx, db, a.key);
+        drop(_own);
+        crate::link::drain(ctx);
         return Ok(RedisValue::SimpleStringStatic("OK"));
     }
 
@@ -96,6 +98,8 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
     stats::bump(&stats::TAG_WRITES);
     lease::key_written(ctx, db, a.key);
+    drop(_own);
+    crate::link::drain(ctx);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -148,7 +152,15 @@ pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// checking that the caller may delete each of them. Returns the number of
 /// keys deleted. Shared by TAG.PURGE and rule firings (`caller` is `None`
 /// for a rule, which acts for the server rather than a user).
-pub fn purge(ctx: &Context, tags: &[Vec<u8>], caller: Option<&Caller>) -> Result<i64> {
+///
+/// `keep` is the key whose change fired a rule: it survives the purge and
+/// keeps its tags.
+pub fn purge(
+    ctx: &Context,
+    tags: &[Vec<u8>],
+    caller: Option<&Caller>,
+    keep: Option<&[u8]>,
+) -> Result<i64> {
     let sets = prefixed(&config::tag_prefix(), tags);
     if let Some(c) = caller {
         c.check_all(ctx, &sets, Access::Delete)?;
@@ -156,9 +168,12 @@ pub fn purge(ctx: &Context, tags: &[Vec<u8>], caller: Option<&Caller>) -> Result
     store::ensure_sets(ctx, &sets)?;
     let mut members: Vec<Vec<u8>> = Vec::new();
     let mut seen = std::collections::HashSet::new();
+    let mut kept_in: Vec<&[u8]> = Vec::new();
     for set in &sets {
         for m in store::smembers(ctx, set)? {
-            if seen.insert(m.clone()) {
+            if Some(m.as_slice()) == keep {
+                kept_in.push(set);
+            } else if seen.insert(m.clone()) {
                 members.push(m);
             }
         }
@@ -193,6 +208,11 @@ pub fn purge(ctx: &Context, tags: &[Vec<u8>], caller: Option<&Caller>) -> Result
     if !set_keys.is_empty() {
         store::call(ctx, Mode::Replicated, "DEL", &set_keys)?;
     }
+    if let Some(k) = keep {
+        for set in kept_in {
+            store::call(ctx, Mode::Replicated, "SADD", &[set, k])?;
+        }
+    }
     with_index(|ix| members.iter().for_each(|m| drop(ix.remove_key(db, m))));
     for m in &members {
         lease::key_written(ctx, db, m);
@@ -214,7 +234,7 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .map(<[u8]>::to_vec)
         .collect();
     let caller = Caller::of(ctx);
-    let deleted = purge(ctx, &tags, Some(&caller))?;
+    let deleted = purge(ctx, &tags, Some(&caller), None)?;
     events::emit(
         ctx,
         &Event {
@@ -225,6 +245,7 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             source: None,
         },
     );
+    crate::link::drain(ctx);
     Ok(RedisValue::Integer(deleted))
 }
 
