@@ -239,7 +239,9 @@ mod tests {
 
     #[test]
     fn ver_set_args() {
-        let v = |s: &str| s.split(' ').map(str::as_bytes).collect::<Vec<_>>();
+        fn v(s: &str) -> Vec<&[u8]> {
+            s.split(' ').map(str::as_bytes).collect()
+        }
         assert_eq!(parse_ver_set(&v("s k v")).map(|a| a.expiry), Ok(Expiry::Persist));
         assert_eq!(parse_ver_set(&v("s k v px 5")).map(|a| a.expiry), Ok(Expiry::Relative(5)));
         assert_eq!(parse_ver_set(&v("s k")), Err(Error::WrongArity("ver.set")));
