@@ -45,9 +45,6 @@ fn ro() -> KeySpecFlags {
 fn ro_access() -> KeySpecFlags {
     KeySpecFlags::READ_ONLY | KeySpecFlags::ACCESS
 }
-fn rw_update() -> KeySpecFlags {
-    KeySpecFlags::READ_WRITE | KeySpecFlags::UPDATE
-}
 fn ow_update() -> KeySpecFlags {
     KeySpecFlags::OVERWRITE | KeySpecFlags::UPDATE
 }

@@ -66,6 +66,7 @@ redis_module! {
         ["tag.link", link::tag_link, "write deny-oom", 0, 0, 0, ""],
         ["tag.unlink", link::tag_unlink, "write", 0, 0, 0, ""],
         ["tag.links", link::tag_links, "readonly", 0, 0, 0, ""],
+        ["tag.getl", commands::lease::tag_getl, "write deny-oom", 0, 0, 0, ""],
         ["ver.get", version::ver_get, "readonly fast", 0, 0, 0, ""],
         ["ver.set", version::ver_set, "write deny-oom", 0, 0, 0, ""],
         ["ver.bump", version::ver_bump, "write deny-oom fast", 0, 0, 0, ""],

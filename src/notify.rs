@@ -94,7 +94,8 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     let writes = store::may_write(ctx);
     let own = OwnWrites::active() && matches!(event, "del" | "set");
     if ends_tags(event) && !own {
-        crate::lease::key_written(ctx, db, key);
+        let gone = matches!(event, "del" | "expired" | "evicted" | "move_from");
+        crate::commands::lease::key_written(ctx, db, key, gone);
         let tags = with_index(|ix| ix.remove_key(db, key));
         if writes && !tags.is_empty() {
             remove_from_sets(ctx, db, key, &tags);
@@ -102,11 +103,11 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     } else if event == "rename_from" {
         RENAMING.with(|r| *r.borrow_mut() = Some(key.to_vec()));
     } else if event == "rename_to" {
-        crate::lease::key_written(ctx, db, key);
+        crate::commands::lease::key_written(ctx, db, key, false);
         let Some(from) = RENAMING.with(|r| r.borrow_mut().take()) else {
             return;
         };
-        crate::lease::key_written(ctx, db, &from);
+        crate::commands::lease::key_written(ctx, db, &from, true);
         let (moved, overwritten) = with_index(|ix| ix.rename(db, &from, key));
         if writes {
             if !overwritten.is_empty() {
@@ -119,8 +120,8 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
                 write_later(ctx, db, "SADD", vec![set, key.to_vec()]);
             }
         }
-    } else if !own {
-        crate::lease::key_written(ctx, db, key);
+    } else if !own && !matches!(event, "expire" | "persist") {
+        crate::commands::lease::key_written(ctx, db, key, false);
     }
     crate::link::on_keyspace_event(ctx, event, key);
 }
@@ -146,7 +147,7 @@ unsafe extern "C" fn on_flush(
     let db = if info.dbnum < 0 { None } else { Some(info.dbnum) };
     with_index(|ix| ix.flush(db));
     crate::link::forget(db);
-    crate::lease::flushed();
+    crate::commands::lease::flushed();
 }
 
 unsafe extern "C" fn on_swapdb(
@@ -161,7 +162,7 @@ unsafe extern "C" fn on_swapdb(
     let info = &*(data as *const raw::RedisModuleSwapDbInfo);
     with_index(|ix| ix.swap(info.dbnum_first, info.dbnum_second));
     crate::link::swap(info.dbnum_first, info.dbnum_second);
-    crate::lease::flushed();
+    crate::commands::lease::flushed();
 }
 
 unsafe extern "C" fn on_loading(
@@ -178,7 +179,7 @@ unsafe extern "C" fn on_loading(
         _ => {
             with_index(|ix| ix.flush(None));
             crate::link::forget(None);
-            crate::lease::flushed();
+            crate::commands::lease::flushed();
         }
     }
 }

@@ -47,6 +47,7 @@ impl Rules {
         }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.count
     }

@@ -13,6 +13,7 @@ enum Field {
 
 fn fields() -> Vec<(&'static str, Field)> {
     let (keys, tags) = with_index(|ix| (ix.keys(), ix.tag_count()));
+    let (leases, waiters) = crate::commands::lease::outstanding();
     let n = |v: u64| Field::Int(i64::try_from(v).unwrap_or(i64::MAX));
     vec![
         ("commands", n(get(&stats::COMMANDS))),
@@ -27,6 +28,8 @@ fn fields() -> Vec<(&'static str, Field)> {
         ("events_published", n(get(&stats::EVENTS))),
         ("leases_granted", n(get(&stats::LEASES_GRANTED))),
         ("leases_rejected", n(get(&stats::LEASES_REJECTED))),
+        ("leases_outstanding", Field::Int(leases as i64)),
+        ("lease_waiters", Field::Int(waiters as i64)),
         ("tag_prefix", Field::Text(config::TAG_PREFIX.get())),
         ("ver_prefix", Field::Text(config::VER_PREFIX.get())),
         ("events_channel", Field::Text(config::EVENTS_CHANNEL.get())),

@@ -1,3 +1,4 @@
 pub mod info;
+pub mod lease;
 pub mod tag;
 pub mod version;

@@ -9,7 +9,7 @@ use crate::args::{self, Condition};
 use crate::config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event, Op};
-use crate::lease;
+use crate::commands::lease;
 use crate::stats;
 use crate::store::{self, argv, prefixed, with_index, Access, Caller, Mode, OwnWrites};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
@@ -45,16 +45,16 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     store::ensure_sets(ctx, &new_sets)?;
     let now = store::now_ms();
     let deadline = a.expiry.deadline(now)?;
+    match a.condition {
+        Condition::IfAbsent if exists => return Ok(RedisValue::Null),
+        Condition::IfPresent if !exists => return Ok(RedisValue::Null),
+        _ => {}
+    }
     if let Some(token) = a.lease {
         if !lease::redeem(ctx, db, a.key, token, &a.tags)? {
             stats::bump(&stats::LEASES_REJECTED);
             return Ok(RedisValue::Null);
         }
-    }
-    match a.condition {
-        Condition::IfAbsent if exists => return Ok(RedisValue::Null),
-        Condition::IfPresent if !exists => return Ok(RedisValue::Null),
-        _ => {}
     }
 
     let _own = OwnWrites::begin();
@@ -66,7 +66,7 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         store::call(ctx, Mode::Replicated, "DEL", &[a.key])?;
         with_index(|ix| ix.remove_key(db, a.key));
-        lease::key_written(ctx, db, a.key);
+        lease::key_written(ctx, db, a.key, true);
         drop(_own);
         crate::link::drain(ctx);
         return Ok(RedisValue::SimpleStringStatic("OK"));
@@ -97,7 +97,7 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     ctx.replicate("TAG.ADD", add_args.as_slice());
 
     stats::bump(&stats::TAG_WRITES);
-    lease::key_written(ctx, db, a.key);
+    lease::key_written(ctx, db, a.key, false);
     drop(_own);
     crate::link::drain(ctx);
     Ok(RedisValue::SimpleStringStatic("OK"))
@@ -215,7 +215,7 @@ pub fn purge(
     }
     with_index(|ix| members.iter().for_each(|m| drop(ix.remove_key(db, m))));
     for m in &members {
-        lease::key_written(ctx, db, m);
+        lease::key_written(ctx, db, m, true);
     }
     lease::tags_purged(tags);
     stats::bump(&stats::PURGES);
