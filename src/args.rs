@@ -113,7 +113,9 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
     let mut i = 0;
     loop {
         let Some(word_raw) = rest.get(i) else {
-            return Err(Error::Invalid("TAGS numtags tag [tag ...] is required".into()));
+            return Err(Error::Invalid(
+                "TAGS numtags tag [tag ...] is required".into(),
+            ));
         };
         let word = text(word_raw).to_ascii_uppercase();
         match word.as_str() {
@@ -138,7 +140,9 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                 if expiry.is_some() {
                     return Err(Error::Syntax(text(word_raw)));
                 }
-                let v = rest.get(i + 1).ok_or_else(|| Error::Syntax(text(word_raw)))?;
+                let v = rest
+                    .get(i + 1)
+                    .ok_or_else(|| Error::Syntax(text(word_raw)))?;
                 expiry = Some(parse_expiry(w, v, "tag.set")?);
                 i += 2;
             }
@@ -165,7 +169,11 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                 if lease.is_some() {
                     return Err(Error::Syntax(text(word_raw)));
                 }
-                lease = Some(*rest.get(i + 1).ok_or_else(|| Error::Syntax(text(word_raw)))?);
+                lease = Some(
+                    *rest
+                        .get(i + 1)
+                        .ok_or_else(|| Error::Syntax(text(word_raw)))?,
+                );
                 i += 2;
             }
             _ => return Err(Error::Syntax(text(word_raw))),
@@ -174,7 +182,10 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
 }
 
 /// `key tag [tag ...]` for TAG.ADD / TAG.REM.
-pub fn parse_key_tags<'a>(args: &[&'a [u8]], cmd: &'static str) -> Result<(&'a [u8], Vec<&'a [u8]>)> {
+pub fn parse_key_tags<'a>(
+    args: &[&'a [u8]],
+    cmd: &'static str,
+) -> Result<(&'a [u8], Vec<&'a [u8]>)> {
     match args {
         [key, tags @ ..] if !tags.is_empty() => Ok((*key, distinct_tags(tags)?)),
         _ => Err(Error::WrongArity(cmd)),
@@ -242,13 +253,31 @@ mod tests {
         fn v(s: &str) -> Vec<&[u8]> {
             s.split(' ').map(str::as_bytes).collect()
         }
-        assert_eq!(parse_ver_set(&v("s k v")).map(|a| a.expiry), Ok(Expiry::Persist));
-        assert_eq!(parse_ver_set(&v("s k v px 5")).map(|a| a.expiry), Ok(Expiry::Relative(5)));
+        assert_eq!(
+            parse_ver_set(&v("s k v")).map(|a| a.expiry),
+            Ok(Expiry::Persist)
+        );
+        assert_eq!(
+            parse_ver_set(&v("s k v px 5")).map(|a| a.expiry),
+            Ok(Expiry::Relative(5))
+        );
         assert_eq!(parse_ver_set(&v("s k")), Err(Error::WrongArity("ver.set")));
-        assert_eq!(parse_ver_set(&v("s k v EX")), Err(Error::Syntax("EX".into())));
-        assert_eq!(parse_ver_set(&v("s k v KEEPTTL 1")), Err(Error::Syntax("KEEPTTL".into())));
-        assert_eq!(parse_ver_set(&v("s k v EX 0")), Err(Error::InvalidExpire("ver.set")));
-        assert_eq!(parse_ver_set(&v("s k v EX 1 PX 2")), Err(Error::Syntax("EX".into())));
+        assert_eq!(
+            parse_ver_set(&v("s k v EX")),
+            Err(Error::Syntax("EX".into()))
+        );
+        assert_eq!(
+            parse_ver_set(&v("s k v KEEPTTL 1")),
+            Err(Error::Syntax("KEEPTTL".into()))
+        );
+        assert_eq!(
+            parse_ver_set(&v("s k v EX 0")),
+            Err(Error::InvalidExpire("ver.set"))
+        );
+        assert_eq!(
+            parse_ver_set(&v("s k v EX 1 PX 2")),
+            Err(Error::Syntax("EX".into()))
+        );
     }
 
     fn p(s: &str) -> Result<TagSetArgs<'_>> {
@@ -284,7 +313,10 @@ mod tests {
         assert_eq!(p("k v TAGS x a"), Err(Error::NumTags));
         assert_eq!(p("k v TAGS"), Err(Error::NumTags));
         assert_eq!(p("k v EX 0 TAGS 1 a"), Err(Error::InvalidExpire("tag.set")));
-        assert_eq!(p("k v PX -5 TAGS 1 a"), Err(Error::InvalidExpire("tag.set")));
+        assert_eq!(
+            p("k v PX -5 TAGS 1 a"),
+            Err(Error::InvalidExpire("tag.set"))
+        );
         assert_eq!(p("k v EX abc TAGS 1 a"), Err(Error::NotInteger));
         assert_eq!(p("k v EX +5 TAGS 1 a"), Err(Error::NotInteger));
         assert_eq!(

@@ -18,6 +18,8 @@ const VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoV
     sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
 };
 
+type FlagsFn = fn() -> KeySpecFlags;
+
 /// Where a command's keys are.
 enum Keys {
     None,
@@ -26,7 +28,7 @@ enum Keys {
     /// From this index to the end.
     Rest(i32, KeySpecFlags),
     /// Arguments at these indexes, each with its flags.
-    Each(&'static [(i32, fn() -> KeySpecFlags)]),
+    Each(&'static [(i32, FlagsFn)]),
     /// The key at 1, then `TAGS numtags tag...` (TAG.SET).
     KeyAndTags,
 }
@@ -171,7 +173,12 @@ fn table() -> Vec<Info> {
 
 fn specs(keys: &Keys) -> Vec<KeySpec> {
     let one = |i: i32, f: KeySpecFlags| {
-        KeySpec::new(None, f, BeginSearch::new_index(i), FindKeys::new_range(0, 1, 0))
+        KeySpec::new(
+            None,
+            f,
+            BeginSearch::new_index(i),
+            FindKeys::new_range(0, 1, 0),
+        )
     };
     match keys {
         Keys::None => vec![],
@@ -186,7 +193,10 @@ fn specs(keys: &Keys) -> Vec<KeySpec> {
         Keys::KeyAndTags => vec![
             one(1, ow_update()),
             KeySpec::new(
-                Some("tags: routed on in a cluster; their index keys are checked by the module".into()),
+                Some(
+                    "tags: routed on in a cluster; their index keys are checked by the module"
+                        .into(),
+                ),
                 not_key(),
                 BeginSearch::new_keyword("TAGS".into(), 3),
                 FindKeys::new_keys_num(0, 1, 1),
@@ -198,10 +208,9 @@ fn specs(keys: &Keys) -> Vec<KeySpec> {
 /// Attaches command info to every registered command. Skips quietly on a
 /// server without the API (then COMMAND DOCS is just thinner).
 pub fn register(ctx: &Context) -> Result<(), String> {
-    let (Some(get), Some(set)) = (
-        unsafe { raw::RedisModule_GetCommand },
-        unsafe { raw::RedisModule_SetCommandInfo },
-    ) else {
+    let (Some(get), Some(set)) = (unsafe { raw::RedisModule_GetCommand }, unsafe {
+        raw::RedisModule_SetCommandInfo
+    }) else {
         return Ok(());
     };
     for info in table() {
@@ -216,7 +225,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         let spec_list = specs(&info.keys);
         let has_specs = !spec_list.is_empty();
         let mut key_specs = redis_module::commands::get_redis_key_spec(spec_list);
-        let mut raw_info = raw::RedisModuleCommandInfo {
+        let raw_info = raw::RedisModuleCommandInfo {
             version: &VERSION,
             summary: summary.as_ptr(),
             complexity: complexity.as_ptr(),
@@ -231,7 +240,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
             },
             args: std::ptr::null_mut(),
         };
-        let status = unsafe { set(cmd, &mut raw_info) };
+        let status = unsafe { set(cmd, &raw_info) };
         for ks in &key_specs {
             if !ks.notes.is_null() {
                 drop(unsafe { CString::from_raw(ks.notes as *mut std::os::raw::c_char) });

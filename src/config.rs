@@ -117,8 +117,12 @@ mod tests {
     fn load_args() {
         assert!(check_load_args(&[]).is_ok());
         assert!(check_load_args(&[b"tag-prefix", b"t_"]).is_ok());
-        assert!(check_load_args(&[b"tag-prefix"]).unwrap_err().contains("needs a value"));
-        assert!(check_load_args(&[b"bogus", b"1"]).unwrap_err().contains("unknown"));
+        assert!(check_load_args(&[b"tag-prefix"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(check_load_args(&[b"bogus", b"1"])
+            .unwrap_err()
+            .contains("unknown"));
         assert!(check_load_args(&[b"lease-ttl", b"5", b"x"]).is_err());
     }
 }

@@ -60,7 +60,13 @@ pub fn emit(ctx: &Context, ev: &Event) {
     let body = payload(ev, store::now_ms());
     let channel = config::EVENTS_CHANNEL.get();
     if !channel.is_empty()
-        && store::call(ctx, Mode::Local, "PUBLISH", &[channel.as_bytes(), body.as_bytes()]).is_ok()
+        && store::call(
+            ctx,
+            Mode::Local,
+            "PUBLISH",
+            &[channel.as_bytes(), body.as_bytes()],
+        )
+        .is_ok()
     {
         stats::bump(&stats::EVENTS);
     }

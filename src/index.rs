@@ -165,7 +165,10 @@ impl Index {
 
     /// Forgets the key; returns the tags it carried.
     pub fn remove_key(&mut self, db: Db, key: &[u8]) -> Vec<Vec<u8>> {
-        self.dbs.get_mut(&db).map(|d| d.remove(key)).unwrap_or_default()
+        self.dbs
+            .get_mut(&db)
+            .map(|d| d.remove(key))
+            .unwrap_or_default()
     }
 
     /// Moves the entry of `from` to `to` (dropping whatever `to` had);

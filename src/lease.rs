@@ -77,7 +77,13 @@ impl Book {
 
     /// Issues a lease on a miss, unless a live one is held. Returns the
     /// token and the lease.
-    pub fn issue(&mut self, db: Db, key: &[u8], ttl_ms: i64, now_ms: i64) -> Option<(String, Lease)> {
+    pub fn issue(
+        &mut self,
+        db: Db,
+        key: &[u8],
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> Option<(String, Lease)> {
         if self.held(db, key, now_ms).is_some() {
             return None;
         }
@@ -93,7 +99,14 @@ impl Book {
     /// Decides a fill of `key` carrying `tags` with `token`, and consumes
     /// the lease when the fill may go ahead. Errors for a token this
     /// process never issued.
-    pub fn redeem(&mut self, db: Db, key: &[u8], token: &[u8], tags: &[&[u8]], now_ms: i64) -> Result<Verdict> {
+    pub fn redeem(
+        &mut self,
+        db: Db,
+        key: &[u8],
+        token: &[u8],
+        tags: &[&[u8]],
+        now_ms: i64,
+    ) -> Result<Verdict> {
         let seq = self.parse(token)?;
         let Some(lease) = self.held(db, key, now_ms).filter(|l| l.seq == seq) else {
             return Ok(Verdict::Refuse);
@@ -180,8 +193,15 @@ mod tests {
         let (tok, _) = b.issue(0, b"k", 1000, 0).unwrap();
         assert!(b.issue(0, b"k", 1000, 1).is_none());
         assert!(b.issue(1, b"k", 1000, 1).is_some(), "databases are apart");
-        assert_eq!(b.redeem(0, b"k", tok.as_bytes(), &[b"t"], 2), Ok(Verdict::Store));
-        assert_eq!(b.redeem(0, b"k", tok.as_bytes(), &[b"t"], 3), Ok(Verdict::Refuse), "one store per token");
+        assert_eq!(
+            b.redeem(0, b"k", tok.as_bytes(), &[b"t"], 2),
+            Ok(Verdict::Store)
+        );
+        assert_eq!(
+            b.redeem(0, b"k", tok.as_bytes(), &[b"t"], 3),
+            Ok(Verdict::Refuse),
+            "one store per token"
+        );
     }
 
     #[test]
@@ -190,8 +210,14 @@ mod tests {
         let (t1, _) = b.issue(0, b"a", 1000, 0).unwrap();
         let (t2, _) = b.issue(0, b"b", 1000, 0).unwrap();
         b.tags_purged(&[b"x".to_vec()]);
-        assert_eq!(b.redeem(0, b"a", t1.as_bytes(), &[b"x"], 1), Ok(Verdict::Refuse));
-        assert_eq!(b.redeem(0, b"b", t2.as_bytes(), &[b"y"], 1), Ok(Verdict::Store));
+        assert_eq!(
+            b.redeem(0, b"a", t1.as_bytes(), &[b"x"], 1),
+            Ok(Verdict::Refuse)
+        );
+        assert_eq!(
+            b.redeem(0, b"b", t2.as_bytes(), &[b"y"], 1),
+            Ok(Verdict::Store)
+        );
     }
 
     #[test]
@@ -200,7 +226,10 @@ mod tests {
         let (_, _) = b.issue(0, b"other", 1000, 0).unwrap();
         b.tags_purged(&[b"x".to_vec()]);
         let (t, _) = b.issue(0, b"a", 1000, 0).unwrap();
-        assert_eq!(b.redeem(0, b"a", t.as_bytes(), &[b"x"], 1), Ok(Verdict::Store));
+        assert_eq!(
+            b.redeem(0, b"a", t.as_bytes(), &[b"x"], 1),
+            Ok(Verdict::Store)
+        );
     }
 
     #[test]
@@ -210,7 +239,11 @@ mod tests {
         assert!(b.key_changed(0, b"a"));
         assert_eq!(b.redeem(0, b"a", t.as_bytes(), &[], 1), Ok(Verdict::Refuse));
         let (t, _) = b.issue(0, b"a", 10, 0).unwrap();
-        assert_eq!(b.redeem(0, b"a", t.as_bytes(), &[], 10), Ok(Verdict::Refuse), "lapsed");
+        assert_eq!(
+            b.redeem(0, b"a", t.as_bytes(), &[], 10),
+            Ok(Verdict::Refuse),
+            "lapsed"
+        );
         let (_, l) = b.issue(0, b"a", 10, 20).unwrap();
         assert!(b.lapse(0, b"a", l.seq));
         assert!(!b.lapse(0, b"a", l.seq));
@@ -225,7 +258,10 @@ mod tests {
         let other = Book::default();
         let (t, _) = b.issue(0, b"a", 10, 0).unwrap();
         let mut o = other;
-        assert!(o.redeem(0, b"a", t.as_bytes(), &[], 0).is_err(), "another server's token");
+        assert!(
+            o.redeem(0, b"a", t.as_bytes(), &[], 0).is_err(),
+            "another server's token"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ mod link;
 mod notify;
 mod rebuild;
 mod rules;
-mod stats;
 mod slot;
+mod stats;
 mod store;
 
 use commands::{info, tag, version};

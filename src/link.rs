@@ -147,10 +147,17 @@ pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(Error::Invalid("source-prefix must not be empty".into()).into());
     }
     if source.starts_with(&config::tag_prefix()) || config::tag_prefix().starts_with(source) {
-        return Err(Error::Invalid("source-prefix must not cover the tag index keys".into()).into());
+        return Err(
+            Error::Invalid("source-prefix must not cover the tag index keys".into()).into(),
+        );
     }
     check_links_key(ctx)?;
-    store::call(ctx, Mode::Replicated, "HSET", &[LINKS_KEY, source, tag_prefix])?;
+    store::call(
+        ctx,
+        Mode::Replicated,
+        "HSET",
+        &[LINKS_KEY, source, tag_prefix],
+    )?;
     reload(ctx);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
@@ -185,7 +192,10 @@ pub fn tag_links(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         rules
             .into_iter()
             .map(|(s, t)| {
-                RedisValue::Array(vec![RedisValue::StringBuffer(s), RedisValue::StringBuffer(t)])
+                RedisValue::Array(vec![
+                    RedisValue::StringBuffer(s),
+                    RedisValue::StringBuffer(t),
+                ])
             })
             .collect(),
     ))

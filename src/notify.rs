@@ -144,7 +144,11 @@ unsafe extern "C" fn on_flush(
         return;
     }
     let info = &*(data as *const raw::RedisModuleFlushInfo);
-    let db = if info.dbnum < 0 { None } else { Some(info.dbnum) };
+    let db = if info.dbnum < 0 {
+        None
+    } else {
+        Some(info.dbnum)
+    };
     with_index(|ix| ix.flush(db));
     crate::link::forget(db);
     crate::commands::lease::flushed();

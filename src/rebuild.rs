@@ -36,11 +36,17 @@ fn each_tag_set(ctx: &Context, mut f: impl FnMut(&[u8])) {
     let pattern = glob_literal(&config::tag_prefix());
     let mut cursor = b"0".to_vec();
     loop {
-        let args: [&[u8]; 7] = [&cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", b"set"];
-        let Ok(store::Reply::Array(mut parts)) = store::call(ctx, Mode::Local, "SCAN", &args) else {
+        let args: [&[u8]; 7] = [
+            &cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", b"set",
+        ];
+        let Ok(store::Reply::Array(mut parts)) = store::call(ctx, Mode::Local, "SCAN", &args)
+        else {
             return;
         };
-        let keys = parts.pop().map(store::Reply::into_bytes_list).unwrap_or_default();
+        let keys = parts
+            .pop()
+            .map(store::Reply::into_bytes_list)
+            .unwrap_or_default();
         let next = match parts.pop() {
             Some(store::Reply::Bytes(c)) => c,
             _ => return,

@@ -5,8 +5,8 @@
 use crate::error::{Error, Result};
 use crate::index::Db;
 use redis_module::{
-    raw, CallOptionResp, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context,
-    KeyType, RedisString,
+    raw, CallOptionResp, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, KeyType,
+    RedisString,
 };
 use std::cell::Cell;
 
@@ -198,8 +198,9 @@ impl Caller {
         };
         let name = RedisString::create_from_slice(ctx.ctx, key);
         let ok = unsafe {
-            raw::RedisModule_ACLCheckKeyPermissions
-                .map_or(raw::REDISMODULE_OK as i32, |f| f(self.user, name.inner, flags as i32))
+            raw::RedisModule_ACLCheckKeyPermissions.map_or(raw::REDISMODULE_OK as i32, |f| {
+                f(self.user, name.inner, flags as i32)
+            })
         };
         if ok == raw::REDISMODULE_OK as i32 {
             Ok(())
@@ -208,8 +209,14 @@ impl Caller {
         }
     }
 
-    pub fn check_all<K: AsRef<[u8]>>(&self, ctx: &Context, keys: &[K], access: Access) -> Result<()> {
-        keys.iter().try_for_each(|k| self.check(ctx, k.as_ref(), access))
+    pub fn check_all<K: AsRef<[u8]>>(
+        &self,
+        ctx: &Context,
+        keys: &[K],
+        access: Access,
+    ) -> Result<()> {
+        keys.iter()
+            .try_for_each(|k| self.check(ctx, k.as_ref(), access))
     }
 }
 
@@ -284,7 +291,11 @@ pub fn argv(args: &[RedisString]) -> Vec<&[u8]> {
 
 /// In a cluster, the keys a command derives must share a slot.
 pub fn ensure_same_slot<K: AsRef<[u8]>>(ctx: &Context, keys: &[K]) -> Result<()> {
-    if ctx.get_flags().contains(redis_module::ContextFlags::CLUSTER) && !crate::slot::same_slot(keys) {
+    if ctx
+        .get_flags()
+        .contains(redis_module::ContextFlags::CLUSTER)
+        && !crate::slot::same_slot(keys)
+    {
         return Err(Error::CrossSlot);
     }
     Ok(())

@@ -67,7 +67,9 @@ unsafe extern "C" fn info_func(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_rep
     };
     section(ctx, c"stats".as_ptr());
     for (name, value) in fields() {
-        let Ok(name) = CString::new(name) else { continue };
+        let Ok(name) = CString::new(name) else {
+            continue;
+        };
         match value {
             Field::Int(i) => {
                 int(ctx, name.as_ptr(), i);

@@ -69,7 +69,9 @@ fn parse_getl<'a>(argv: &[&'a [u8]]) -> Result<GetlArgs<'a>> {
         match word.as_str() {
             "TTL" if !seen_ttl => {
                 if n <= 0 {
-                    return Err(Error::Invalid("TTL must be a positive number of milliseconds".into()));
+                    return Err(Error::Invalid(
+                        "TTL must be a positive number of milliseconds".into(),
+                    ));
                 }
                 seen_ttl = true;
                 a.ttl_ms = n;
@@ -157,19 +159,26 @@ unsafe extern "C" fn on_wake(
     _argc: c_int,
 ) -> c_int {
     let context = Context::new(ctx);
-    let data = raw::RedisModule_GetBlockedClientPrivateData.map_or(std::ptr::null_mut(), |f| f(ctx));
+    let data =
+        raw::RedisModule_GetBlockedClientPrivateData.map_or(std::ptr::null_mut(), |f| f(ctx));
     let reply = match data.cast::<Wake>().as_ref() {
         None => Ok(pair(None, None)),
         Some(Wake::Value { key }) => store::read_string(&context, key).map(|v| pair(v, None)),
-        Some(Wake::Lease { db, key, ttl_ms }) => store::read_string(&context, key).map(|v| match v {
-            Some(v) => pair(Some(v), None),
-            None => pair(None, issue(&context, *db, key, *ttl_ms)),
-        }),
+        Some(Wake::Lease { db, key, ttl_ms }) => {
+            store::read_string(&context, key).map(|v| match v {
+                Some(v) => pair(Some(v), None),
+                None => pair(None, issue(&context, *db, key, *ttl_ms)),
+            })
+        }
     };
     context.reply(reply.map_err(Into::into)) as c_int
 }
 
-unsafe extern "C" fn on_timeout(ctx: *mut raw::RedisModuleCtx, _argv: *mut *mut raw::RedisModuleString, _argc: c_int) -> c_int {
+unsafe extern "C" fn on_timeout(
+    ctx: *mut raw::RedisModuleCtx,
+    _argv: *mut *mut raw::RedisModuleString,
+    _argc: c_int,
+) -> c_int {
     let context = Context::new(ctx);
     let bc = raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx));
     forget_waiter(bc);
@@ -209,7 +218,15 @@ fn block(ctx: &Context, db: Db, key: &[u8], ttl_ms: i64, wait_ms: i64) -> bool {
     }) else {
         return false;
     };
-    let bc = unsafe { block(ctx.ctx, Some(on_wake), Some(on_timeout), Some(free_wake), wait_ms) };
+    let bc = unsafe {
+        block(
+            ctx.ctx,
+            Some(on_wake),
+            Some(on_timeout),
+            Some(free_wake),
+            wait_ms,
+        )
+    };
     if bc.is_null() {
         return false;
     }
@@ -240,7 +257,9 @@ pub fn tag_getl(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .get_flags()
         .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
     match a.wait_ms {
-        Some(wait) if !cannot_block && block(ctx, db, a.key, a.ttl_ms, wait) => Ok(RedisValue::NoReply),
+        Some(wait) if !cannot_block && block(ctx, db, a.key, a.ttl_ms, wait) => {
+            Ok(RedisValue::NoReply)
+        }
         _ => Ok(pair(None, None)),
     }
 }
@@ -249,7 +268,11 @@ pub fn tag_getl(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// the lease was invalidated since it was issued; an error for a token this
 /// server never issued.
 pub fn redeem(_ctx: &Context, db: Db, key: &[u8], token: &[u8], tags: &[&[u8]]) -> Result<bool> {
-    let v = STATE.with(|s| s.borrow_mut().book.redeem(db, key, token, tags, store::now_ms()))?;
+    let v = STATE.with(|s| {
+        s.borrow_mut()
+            .book
+            .redeem(db, key, token, tags, store::now_ms())
+    })?;
     Ok(v == Verdict::Store)
 }
 
@@ -295,6 +318,9 @@ pub fn flushed() {
 pub fn outstanding() -> (usize, usize) {
     STATE.with(|s| {
         let s = s.borrow();
-        (s.book.outstanding(), s.waiters.values().map(VecDeque::len).sum())
+        (
+            s.book.outstanding(),
+            s.waiters.values().map(VecDeque::len).sum(),
+        )
     })
 }

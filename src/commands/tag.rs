@@ -6,10 +6,10 @@
 //! index; TAG.ADD and TAG.REM are deterministic and replicate verbatim.
 
 use crate::args::{self, Condition};
+use crate::commands::lease;
 use crate::config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event, Op};
-use crate::commands::lease;
 use crate::stats;
 use crate::store::{self, argv, prefixed, with_index, Access, Caller, Mode, OwnWrites};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};

@@ -54,7 +54,12 @@ fn advance(ctx: &Context, token: &[u8], next: i64) -> Result<i64> {
     HIGH_WATER.fetch_max(next, Ordering::Relaxed);
     let text = next.to_string();
     // KEEPTTL: a bump leaves a token's TTL as INCR would.
-    store::call(ctx, Mode::Replicated, "SET", &[token, text.as_bytes(), b"KEEPTTL"])?;
+    store::call(
+        ctx,
+        Mode::Replicated,
+        "SET",
+        &[token, text.as_bytes(), b"KEEPTTL"],
+    )?;
     Ok(next)
 }
 
@@ -165,6 +170,8 @@ pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Ok(RedisValue::Integer(versions.first().copied().unwrap_or(0)));
     }
     Ok(RedisValue::Array(
-        argv.iter().map(|s| RedisValue::Integer(by_scope(s))).collect(),
+        argv.iter()
+            .map(|s| RedisValue::Integer(by_scope(s)))
+            .collect(),
     ))
 }
