@@ -83,6 +83,7 @@ fn remove_from_sets(ctx: &Context, db: Db, key: &[u8], tags: &[Vec<u8>]) {
 }
 
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+    let _scope = store::InNotification::begin();
     let flags = ctx.get_flags();
     if flags.contains(redis_module::ContextFlags::LOADING) {
         return; // the index is rebuilt when loading ends

@@ -77,9 +77,13 @@ fn options(mode: Mode) -> CallOptions {
     let b = CallOptionsBuilder::new()
         .errors_as_replies()
         .resp(CallOptionResp::Resp2);
-    match mode {
-        Mode::Local => b.build(),
-        Mode::Replicated => b.replicate().build(),
+    // On Redis 7.0 any call without the replicate flag made from inside a
+    // notification (even a read) drops the DELs the server had queued for
+    // keys expiring or being evicted at that moment.
+    if mode == Mode::Replicated || InNotification::active() {
+        b.replicate().build()
+    } else {
+        b.build()
     }
 }
 
@@ -234,6 +238,27 @@ impl Drop for Caller {
 
 thread_local! {
     static OWN_WRITES: Cell<u32> = const { Cell::new(0) };
+    static IN_NOTIFICATION: Cell<u32> = const { Cell::new(0) };
+}
+
+/// While alive, calls are made from inside a keyspace notification.
+pub struct InNotification;
+
+impl InNotification {
+    pub fn begin() -> InNotification {
+        IN_NOTIFICATION.with(|c| c.set(c.get() + 1));
+        InNotification
+    }
+
+    pub fn active() -> bool {
+        IN_NOTIFICATION.with(|c| c.get() > 0)
+    }
+}
+
+impl Drop for InNotification {
+    fn drop(&mut self) {
+        IN_NOTIFICATION.with(|c| c.set(c.get().saturating_sub(1)));
+    }
 }
 
 /// While alive, `del` and `set` notifications come from the module's own
