@@ -20,14 +20,14 @@ pub enum Expiry {
 impl Expiry {
     /// The absolute deadline in unix ms, or `None` for `Persist`/`Keep`.
     /// Replication carries this form so replicas expire at the same instant.
-    pub fn deadline(self, now_ms: i64) -> Result<Option<i64>> {
+    pub fn deadline(self, now_ms: i64, cmd: &'static str) -> Result<Option<i64>> {
         match self {
             Expiry::Persist | Expiry::Keep => Ok(None),
             Expiry::At(ms) => Ok(Some(ms)),
             Expiry::Relative(ms) => now_ms
                 .checked_add(ms)
                 .map(Some)
-                .ok_or(Error::InvalidExpire("tag.set")),
+                .ok_or(Error::InvalidExpire(cmd)),
         }
     }
 }
@@ -215,7 +215,8 @@ pub fn parse_ver_set<'a>(args: &[&'a [u8]]) -> Result<VerSetArgs<'a>> {
             }
             parse_expiry(&w, n, "ver.set")?
         }
-        [word, ..] => return Err(Error::Syntax(text(word))),
+        [word] => return Err(Error::Syntax(text(word))),
+        [_, _, extra, ..] => return Err(Error::Syntax(text(extra))),
     };
     Ok(VerSetArgs {
         scope,
@@ -276,7 +277,7 @@ mod tests {
         );
         assert_eq!(
             parse_ver_set(&v("s k v EX 1 PX 2")),
-            Err(Error::Syntax("EX".into()))
+            Err(Error::Syntax("PX".into()))
         );
     }
 
@@ -333,9 +334,9 @@ mod tests {
 
     #[test]
     fn deadline_overflow() {
-        assert_eq!(Expiry::Relative(10).deadline(5), Ok(Some(15)));
-        assert!(Expiry::Relative(i64::MAX).deadline(5).is_err());
-        assert_eq!(Expiry::Keep.deadline(5), Ok(None));
+        assert_eq!(Expiry::Relative(10).deadline(5, "x"), Ok(Some(15)));
+        assert!(Expiry::Relative(i64::MAX).deadline(5, "x").is_err());
+        assert_eq!(Expiry::Keep.deadline(5, "x"), Ok(None));
     }
 
     #[test]

@@ -90,23 +90,80 @@ pub fn lease_ttl() -> i64 {
     LEASE_TTL.load(Ordering::Relaxed)
 }
 
-/// Checks the load arguments: `name value` pairs of known names. The
-/// values themselves are checked when the settings are applied.
-pub fn check_load_args(args: &[&[u8]]) -> Result<(), String> {
-    let mut it = args.chunks(2);
-    for pair in &mut it {
-        let name = String::from_utf8_lossy(pair[0]);
-        if !NAMES.contains(&name.as_ref()) {
+/// A load argument, checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoadArg {
+    Text(&'static str, String),
+    Int(&'static str, i64),
+}
+
+fn check_int(name: &str, value: &str, min: i64, max: i64) -> Result<i64, String> {
+    let n: i64 = value
+        .parse()
+        .map_err(|_| format!("argument '{name}' must be an integer, got '{value}'"))?;
+    if n < min || n > max {
+        return Err(format!(
+            "argument '{name}' must be between {min} and {max}, got {n}"
+        ));
+    }
+    Ok(n)
+}
+
+/// Parses the load arguments: `name value` pairs of known names, each
+/// value checked as `CONFIG SET` would check it.
+pub fn parse_load_args(args: &[&[u8]]) -> Result<Vec<LoadArg>, String> {
+    let mut out = Vec::new();
+    for pair in args.chunks(2) {
+        let name = String::from_utf8_lossy(pair[0]).into_owned();
+        let Some(&known) = NAMES.iter().find(|n| **n == name) else {
             return Err(format!(
                 "unknown argument '{name}' (known: {})",
                 NAMES.join(", ")
             ));
-        }
-        if pair.len() < 2 {
+        };
+        let Some(raw) = pair.get(1) else {
             return Err(format!("argument '{name}' needs a value"));
+        };
+        let value = std::str::from_utf8(raw)
+            .map_err(|_| format!("argument '{name}' must be valid UTF-8"))?
+            .to_string();
+        out.push(match known {
+            "events-stream-maxlen" => LoadArg::Int(
+                known,
+                check_int(known, &value, STREAM_MAXLEN_MIN, STREAM_MAXLEN_MAX)?,
+            ),
+            "lease-ttl" => LoadArg::Int(
+                known,
+                check_int(known, &value, LEASE_TTL_MIN, LEASE_TTL_MAX)?,
+            ),
+            "tag-prefix" | "ver-prefix" if value.is_empty() => {
+                return Err(format!("argument '{name}' must not be empty"));
+            }
+            _ => LoadArg::Text(known, value),
+        });
+    }
+    Ok(out)
+}
+
+/// Applies checked load arguments over the registered defaults.
+pub fn apply(args: Vec<LoadArg>) {
+    for a in args {
+        match a {
+            LoadArg::Int("events-stream-maxlen", n) => STREAM_MAXLEN.store(n, Ordering::Relaxed),
+            LoadArg::Int(_, n) => LEASE_TTL.store(n, Ordering::Relaxed),
+            LoadArg::Text(name, v) => {
+                let target = match name {
+                    "tag-prefix" => &TAG_PREFIX,
+                    "ver-prefix" => &VER_PREFIX,
+                    "events-channel" => &EVENTS_CHANNEL,
+                    _ => &EVENTS_STREAM,
+                };
+                if let Ok(mut guard) = target.value.lock() {
+                    *guard = v;
+                }
+            }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -115,14 +172,24 @@ mod tests {
 
     #[test]
     fn load_args() {
-        assert!(check_load_args(&[]).is_ok());
-        assert!(check_load_args(&[b"tag-prefix", b"t_"]).is_ok());
-        assert!(check_load_args(&[b"tag-prefix"])
-            .unwrap_err()
-            .contains("needs a value"));
-        assert!(check_load_args(&[b"bogus", b"1"])
-            .unwrap_err()
-            .contains("unknown"));
-        assert!(check_load_args(&[b"lease-ttl", b"5", b"x"]).is_err());
+        assert_eq!(parse_load_args(&[]), Ok(vec![]));
+        assert_eq!(
+            parse_load_args(&[b"tag-prefix", b"t_", b"lease-ttl", b"5"]),
+            Ok(vec![
+                LoadArg::Text("tag-prefix", "t_".into()),
+                LoadArg::Int("lease-ttl", 5)
+            ])
+        );
+        let err = |a: &[&[u8]]| parse_load_args(a).unwrap_err();
+        assert!(err(&[b"tag-prefix"]).contains("'tag-prefix' needs a value"));
+        assert!(err(&[b"bogus", b"1"]).contains("unknown argument 'bogus'"));
+        assert!(err(&[b"lease-ttl", b"5", b"x"]).contains("'x'"));
+        assert!(err(&[b"lease-ttl", b"soon"]).contains("'lease-ttl' must be an integer"));
+        assert!(err(&[b"events-stream-maxlen", b"0"]).contains("between"));
+        assert!(err(&[b"tag-prefix", b""]).contains("must not be empty"));
+        assert_eq!(
+            parse_load_args(&[b"events-stream", b""]),
+            Ok(vec![LoadArg::Text("events-stream", String::new())])
+        );
     }
 }

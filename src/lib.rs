@@ -36,9 +36,12 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
     }));
     let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-    if let Err(why) = config::check_load_args(&raw_args) {
-        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
-        return Status::Err;
+    match config::parse_load_args(&raw_args) {
+        Ok(settings) => config::apply(settings),
+        Err(why) => {
+            ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+            return Status::Err;
+        }
     }
     info::register_info(ctx);
     if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
@@ -88,6 +91,6 @@ redis_module! {
         ],
         bool: [],
         enum: [],
-        module_args_as_configuration: true,
+        module_args_as_configuration: false,
     ]
 }

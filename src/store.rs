@@ -160,6 +160,16 @@ pub struct Caller {
 
 impl Caller {
     pub fn of(ctx: &Context) -> Caller {
+        // Commands from the master link or the AOF run without a user (and
+        // asking for its name then crashes Redis 7.0).
+        let f = ctx.get_flags();
+        if f.intersects(
+            redis_module::ContextFlags::REPLICATED | redis_module::ContextFlags::LOADING,
+        ) {
+            return Caller {
+                user: std::ptr::null_mut(),
+            };
+        }
         let user = unsafe {
             match (
                 raw::RedisModule_GetCurrentUserName,

@@ -44,7 +44,7 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     caller.check_all(ctx, &dropped_sets, Access::Write)?;
     store::ensure_sets(ctx, &new_sets)?;
     let now = store::now_ms();
-    let deadline = a.expiry.deadline(now)?;
+    let deadline = a.expiry.deadline(now, "tag.set")?;
     match a.condition {
         Condition::IfAbsent if exists => return Ok(RedisValue::Null),
         Condition::IfPresent if !exists => return Ok(RedisValue::Null),

@@ -99,7 +99,7 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let a = args::parse_ver_set(&argv)?;
-    let deadline = a.expiry.deadline(store::now_ms())?;
+    let deadline = a.expiry.deadline(store::now_ms(), "ver.set")?;
     let token = token_key(a.scope);
     let caller = Caller::of(ctx);
     caller.check(ctx, &token, Access::Write)?;
