@@ -1,0 +1,101 @@
+"""Every key a command touches is checked against the caller's ACL first."""
+
+import pytest
+import redis
+
+from harness import acl_client, dataset, digest, error_text, tag_set
+
+CACHE_USER = ("~cache:*", "~tag:*", "+@all")
+
+
+@pytest.fixture
+def admin(r):
+    return r
+
+
+def seed(r):
+    tag_set(r, "cache:1", "v1", "shared", "c1")
+    tag_set(r, "cache:2", "v2", "shared")
+    tag_set(r, "secret:1", "s1", "shared")
+    tag_set(r, "cache:3", "v3", "public")
+
+
+def test_purge_of_tag_holding_forbidden_key_is_refused_whole(server, admin):
+    seed(admin)
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    before = dataset(admin)
+    d = digest(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "shared")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert dataset(admin) == before
+    assert digest(admin) == d
+    assert admin.get("cache:1") == b"v1"
+    assert admin.get("cache:2") == b"v2"
+    assert admin.get("secret:1") == b"s1"
+    assert admin.smembers("tag:shared") == {b"cache:1", b"cache:2", b"secret:1"}
+
+
+def test_purge_of_several_tags_refused_if_any_holds_forbidden_key(server, admin):
+    seed(admin)
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "public", "shared")
+    assert error_text(e.value).startswith("NOPERM")
+    assert dataset(admin) == before
+
+
+def test_purge_of_client_written_set_with_forbidden_member(server, admin):
+    admin.set("cache:9", "v")
+    admin.set("secret:9", "s")
+    admin.sadd("tag:legacy", "cache:9", "secret:9")
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "legacy")
+    assert error_text(e.value).startswith("NOPERM")
+    assert dataset(admin) == before
+
+
+def test_purge_of_allowed_keys_works(server, admin):
+    seed(admin)
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    assert u.execute_command("TAG.PURGE", "public") == 1
+    assert not admin.exists("cache:3")
+    assert admin.get("cache:1") == b"v1"
+
+
+def test_tag_set_forbidden_key(server, admin):
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    with pytest.raises(redis.ResponseError) as e:
+        tag_set(u, "secret:x", "v", "t")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert not admin.exists("secret:x")
+    assert not admin.exists("tag:t")
+    assert admin.dbsize() == 0
+
+
+def test_tag_set_allowed_key(server, admin):
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    assert tag_set(u, "cache:x", "v", "t") == b"OK"
+    assert admin.get("cache:x") == b"v"
+    assert admin.smembers("tag:t") == {b"cache:x"}
+
+
+def test_tag_set_needs_access_to_tag_sets(server, admin):
+    u = acl_client(server, admin, "nosets", "pw", "~cache:*", "+@all")
+    with pytest.raises(redis.ResponseError) as e:
+        tag_set(u, "cache:x", "v", "t")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert admin.dbsize() == 0
+
+
+def test_tag_add_forbidden_key(server, admin):
+    admin.hset("secret:h", "f", "v")
+    u = acl_client(server, admin, "u", "pw", *CACHE_USER)
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.ADD", "secret:h", "t")
+    assert error_text(e.value).startswith("NOPERM")
+    assert dataset(admin) == before

@@ -1,0 +1,201 @@
+"""TAG.PURGE: deletion count, index cleanup, client-written sets, errors, tracking."""
+
+import pytest
+import redis
+
+from harness import Push, RawConn, dataset, digest, error_text, tag_set, tags_of
+
+
+def populate(r):
+    tag_set(r, "k1", "v1", "a")
+    tag_set(r, "k2", "v2", "a", "b")
+    tag_set(r, "k3", "v3", "b")
+    tag_set(r, "k4", "v4", "c")
+
+
+def test_purge_deletes_keys_and_tag_set(r):
+    populate(r)
+    assert r.execute_command("TAG.PURGE", "a") == 2
+    assert not r.exists("k1")
+    assert not r.exists("k2")
+    assert not r.exists("tag:a")
+    assert r.get("k3") == b"v3"
+    assert r.get("k4") == b"v4"
+    assert r.execute_command("TAG.MEMBERS", "a") == []
+    assert r.execute_command("TAG.CARD", "a") == 0
+
+
+def test_purge_removes_deleted_keys_from_their_other_tags(r):
+    populate(r)
+    r.execute_command("TAG.PURGE", "a")
+    assert r.smembers("tag:b") == {b"k3"}
+    assert tags_of(r, "k3") == {b"b"}
+    assert r.execute_command("TAG.TAGS", "k2") == []
+    # Only k3 is left under b: a second purge counts only it.
+    assert r.execute_command("TAG.PURGE", "b") == 1
+    assert not r.exists("tag:b")
+    assert set(r.keys("*")) == {b"k4", b"tag:c"}
+
+
+def test_purge_last_member_of_other_tag_removes_that_set(r):
+    tag_set(r, "k", "v", "a", "only")
+    assert r.execute_command("TAG.PURGE", "a") == 1
+    assert not r.exists("tag:only")
+    assert r.dbsize() == 0
+
+
+def test_purge_several_tags_counts_each_key_once(r):
+    populate(r)
+    assert r.execute_command("TAG.PURGE", "a", "b") == 3
+    for k in ("k1", "k2", "k3", "tag:a", "tag:b"):
+        assert not r.exists(k), k
+    assert r.get("k4") == b"v4"
+    assert r.smembers("tag:c") == {b"k4"}
+
+
+def test_purge_repeated_tag_counts_once(r):
+    populate(r)
+    assert r.execute_command("TAG.PURGE", "a", "a") == 2
+
+
+def test_purge_unknown_tag(r):
+    populate(r)
+    before = dataset(r)
+    assert r.execute_command("TAG.PURGE", "nope") == 0
+    assert dataset(r) == before
+
+
+def test_purge_deletes_keys_of_any_type(r):
+    r.hset("h", "f", "v")
+    r.rpush("l", "x")
+    r.sadd("s", "m")
+    tag_set(r, "k", "v", "t")
+    r.execute_command("TAG.ADD", "h", "t")
+    r.execute_command("TAG.ADD", "l", "t")
+    r.execute_command("TAG.ADD", "s", "t")
+    assert r.execute_command("TAG.PURGE", "t") == 4
+    assert r.dbsize() == 0
+
+
+def test_purge_client_written_set(r):
+    r.set("x1", "v")
+    r.set("x2", "v")
+    r.hset("x3", "f", "v")
+    r.sadd("tag:x", "x1", "x2", "x3", "ghost")
+    r.set("untouched", "v")
+    assert r.execute_command("TAG.PURGE", "x") == 3
+    for k in ("x1", "x2", "x3", "tag:x"):
+        assert not r.exists(k), k
+    assert r.get("untouched") == b"v"
+
+
+def test_purge_client_written_set_only_ghosts_counts_zero(r):
+    r.sadd("tag:x", "ghost1", "ghost2")
+    assert r.execute_command("TAG.PURGE", "x") == 0
+    assert not r.exists("tag:x")
+
+
+def test_purge_mixed_module_and_client_written_members(r):
+    tag_set(r, "m1", "v", "x", "y")
+    r.set("legacy1", "v")
+    r.sadd("tag:x", "legacy1")
+    assert r.execute_command("TAG.PURGE", "x") == 2
+    assert not r.exists("m1")
+    assert not r.exists("legacy1")
+    assert not r.exists("tag:x")
+    assert not r.exists("tag:y")
+
+
+@pytest.mark.parametrize("order", ["bad-last", "bad-first"])
+def test_purge_wrongtype_changes_nothing(r, order):
+    populate(r)
+    r.set("tag:bad", "a string")
+    tags = ["a", "b", "bad"] if order == "bad-last" else ["bad", "a", "b"]
+    before = dataset(r)
+    d = digest(r)
+    with pytest.raises(redis.ResponseError) as e:
+        r.execute_command("TAG.PURGE", *tags)
+    assert error_text(e.value).startswith("WRONGTYPE")
+    assert dataset(r) == before
+    assert digest(r) == d
+    assert r.smembers("tag:a") == {b"k1", b"k2"}
+    assert tags_of(r, "k2") == {b"a", b"b"}
+
+
+def test_purge_after_purge_is_zero(r):
+    populate(r)
+    assert r.execute_command("TAG.PURGE", "a") == 2
+    assert r.execute_command("TAG.PURGE", "a") == 0
+
+
+def test_purged_key_can_be_set_again(r):
+    tag_set(r, "k", "v", "a", "b")
+    r.execute_command("TAG.PURGE", "a")
+    assert tag_set(r, "k", "v2", "b") == b"OK"
+    assert tags_of(r, "k") == {b"b"}
+    assert r.execute_command("TAG.PURGE", "b") == 1
+    assert not r.exists("k")
+
+
+# ---------------------------------------------------------------- CLIENT TRACKING
+
+
+def test_purge_sends_tracking_invalidation_resp2_redirect(server, r):
+    tag_set(r, "k1", "v", "a")
+    tag_set(r, "k2", "v", "a")
+    tag_set(r, "k3", "v", "other")
+
+    # RESP2 tracking: invalidations go to a subscriber of __redis__:invalidate.
+    sub = RawConn(server.port)
+    try:
+        sub_id = sub.command("CLIENT", "ID")
+        sub.send("SUBSCRIBE", "__redis__:invalidate")
+        assert sub.read()[0] == b"subscribe"
+
+        reader = server.client(single_connection_client=True)
+        reader.execute_command("CLIENT", "TRACKING", "on", "REDIRECT", sub_id)
+        assert reader.get("k1") == b"v"
+        assert reader.get("k2") == b"v"
+        assert reader.get("k3") == b"v"
+
+        assert r.execute_command("TAG.PURGE", "a") == 2
+        # Something after the purge that does invalidate, as a marker.
+        r.set("k3", "changed")
+
+        seen = []
+        while b"k3" not in seen:
+            msg = sub.read(timeout=5)
+            assert msg[:2] == [b"message", b"__redis__:invalidate"], msg
+            seen.extend(msg[2] or [])
+        assert set(seen) == {b"k1", b"k2", b"k3"}, seen
+    finally:
+        sub.close()
+
+
+def test_purge_sends_tracking_invalidation_resp3(server, r):
+    tag_set(r, "k1", "v", "a")
+    tag_set(r, "k2", "v", "b")
+    conn = RawConn(server.port)
+    try:
+        hello = conn.command("HELLO", 3)
+        assert isinstance(hello, dict)
+        assert conn.command("CLIENT", "TRACKING", "on") == b"OK"
+        assert conn.command("GET", "k1") == b"v"
+        assert conn.command("GET", "k2") == b"v"
+
+        assert r.execute_command("TAG.PURGE", "a") == 1
+
+        # Invalidations for the purge arrive before the reply to a later PING.
+        conn.send("PING")
+        seen = set()
+        while True:
+            msg = conn.read(timeout=5)
+            if not isinstance(msg, Push):
+                assert msg == b"PONG"
+                break
+            if msg and msg[0] == b"invalidate" and msg[1]:
+                seen.update(msg[1])
+        assert b"k1" in seen
+        assert b"k2" not in seen
+    finally:
+        conn.close()
