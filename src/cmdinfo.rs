@@ -9,7 +9,7 @@
 
 use redis_module::commands::{BeginSearch, FindKeys, KeySpec, KeySpecFlags};
 use redis_module::{raw, Context};
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 
 const VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoVersion {
     version: 1,
@@ -39,6 +39,129 @@ struct Info {
     complexity: &'static str,
     arity: i32,
     keys: Keys,
+    args: Vec<Arg>,
+}
+
+/// One argument as COMMAND DOCS shows it.
+struct Arg {
+    name: &'static CStr,
+    kind: raw::RedisModuleCommandArgType,
+    key_spec: i32,
+    token: Option<&'static CStr>,
+    flags: u32,
+    sub: Vec<Arg>,
+}
+
+impl Arg {
+    fn new(name: &'static CStr, kind: raw::RedisModuleCommandArgType) -> Arg {
+        Arg {
+            name,
+            kind,
+            key_spec: -1,
+            token: None,
+            flags: raw::REDISMODULE_CMD_ARG_NONE,
+            sub: Vec::new(),
+        }
+    }
+    fn opt(mut self) -> Arg {
+        self.flags |= raw::REDISMODULE_CMD_ARG_OPTIONAL;
+        self
+    }
+    fn multi(mut self) -> Arg {
+        self.flags |= raw::REDISMODULE_CMD_ARG_MULTIPLE;
+        self
+    }
+    fn token(mut self, t: &'static CStr) -> Arg {
+        self.token = Some(t);
+        self
+    }
+}
+
+fn key(name: &'static CStr) -> Arg {
+    let mut a = Arg::new(
+        name,
+        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
+    );
+    a.key_spec = 0;
+    a
+}
+fn string(name: &'static CStr) -> Arg {
+    Arg::new(
+        name,
+        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
+    )
+}
+fn int(name: &'static CStr) -> Arg {
+    Arg::new(
+        name,
+        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
+    )
+}
+fn unix(name: &'static CStr) -> Arg {
+    Arg::new(
+        name,
+        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_UNIX_TIME,
+    )
+}
+fn pure(token: &'static CStr) -> Arg {
+    Arg::new(
+        token,
+        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN,
+    )
+    .token(token)
+}
+fn one_of(name: &'static CStr, sub: Vec<Arg>) -> Arg {
+    let mut a = Arg::new(
+        name,
+        raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_ONEOF,
+    );
+    a.sub = sub;
+    a
+}
+
+fn expiration(keep: bool) -> Arg {
+    let mut v = vec![
+        int(c"seconds").token(c"EX"),
+        int(c"milliseconds").token(c"PX"),
+        unix(c"unix-time-seconds").token(c"EXAT"),
+        unix(c"unix-time-milliseconds").token(c"PXAT"),
+    ];
+    if keep {
+        v.push(pure(c"KEEPTTL"));
+    }
+    one_of(c"expiration", v).opt()
+}
+
+/// Lays `args` out as the zero-terminated arrays Redis reads; `arena`
+/// keeps every array alive until Redis has copied them.
+fn lay_out(
+    args: &[Arg],
+    arena: &mut Vec<Vec<raw::RedisModuleCommandArg>>,
+) -> *mut raw::RedisModuleCommandArg {
+    let mut out: Vec<raw::RedisModuleCommandArg> = Vec::with_capacity(args.len() + 1);
+    for a in args {
+        let subargs = if a.sub.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            lay_out(&a.sub, arena)
+        };
+        out.push(raw::RedisModuleCommandArg {
+            name: a.name.as_ptr(),
+            type_: a.kind,
+            key_spec_index: a.key_spec,
+            token: a.token.map_or(std::ptr::null(), CStr::as_ptr),
+            summary: std::ptr::null(),
+            since: std::ptr::null(),
+            flags: a.flags as i32,
+            deprecated_since: std::ptr::null(),
+            subargs,
+            display_text: std::ptr::null(),
+        });
+    }
+    out.push(unsafe { std::mem::zeroed() });
+    let ptr = out.as_mut_ptr();
+    arena.push(out);
+    ptr
 }
 
 fn ro() -> KeySpecFlags {
@@ -62,6 +185,15 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of tags given and removed",
             arity: -6,
             keys: Keys::KeyAndTags,
+            args: vec![
+                key(c"key"),
+                string(c"value"),
+                expiration(true),
+                one_of(c"condition", vec![pure(c"NX"), pure(c"XX")]).opt(),
+                string(c"token").token(c"LEASE").opt(),
+                int(c"numtags").token(c"TAGS"),
+                string(c"tag").multi(),
+            ],
         },
         Info {
             name: "tag.add",
@@ -69,6 +201,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of tags",
             arity: -3,
             keys: Keys::At(1, ro()),
+            args: vec![key(c"key"), string(c"tag").multi()],
         },
         Info {
             name: "tag.rem",
@@ -76,6 +209,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of tags",
             arity: -3,
             keys: Keys::At(1, ro()),
+            args: vec![key(c"key"), string(c"tag").multi()],
         },
         Info {
             name: "tag.purge",
@@ -83,6 +217,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of keys deleted",
             arity: -2,
             keys: Keys::Rest(1, not_key()),
+            args: vec![string(c"tag").multi()],
         },
         Info {
             name: "tag.members",
@@ -90,6 +225,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of keys carrying the tag",
             arity: 2,
             keys: Keys::At(1, not_key()),
+            args: vec![string(c"tag")],
         },
         Info {
             name: "tag.card",
@@ -97,6 +233,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of keys carrying the tag",
             arity: 2,
             keys: Keys::At(1, not_key()),
+            args: vec![string(c"tag")],
         },
         Info {
             name: "tag.tags",
@@ -104,6 +241,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of tags of the key",
             arity: 2,
             keys: Keys::At(1, ro()),
+            args: vec![key(c"key")],
         },
         Info {
             name: "tag.info",
@@ -111,6 +249,7 @@ fn table() -> Vec<Info> {
             complexity: "O(1)",
             arity: 1,
             keys: Keys::None,
+            args: vec![],
         },
         Info {
             name: "ver.get",
@@ -118,6 +257,7 @@ fn table() -> Vec<Info> {
             complexity: "O(1)",
             arity: 3,
             keys: Keys::Each(&[(1, not_key), (2, not_key)]),
+            args: vec![string(c"scope"), string(c"key")],
         },
         Info {
             name: "ver.set",
@@ -125,6 +265,12 @@ fn table() -> Vec<Info> {
             complexity: "O(1)",
             arity: -4,
             keys: Keys::Each(&[(1, not_key), (2, not_key)]),
+            args: vec![
+                string(c"scope"),
+                string(c"key"),
+                string(c"value"),
+                expiration(false),
+            ],
         },
         Info {
             name: "ver.bump",
@@ -132,6 +278,7 @@ fn table() -> Vec<Info> {
             complexity: "O(1) for each scope",
             arity: -2,
             keys: Keys::Rest(1, not_key()),
+            args: vec![string(c"scope").multi()],
         },
         Info {
             name: "ver.current",
@@ -139,6 +286,7 @@ fn table() -> Vec<Info> {
             complexity: "O(1)",
             arity: 2,
             keys: Keys::At(1, not_key()),
+            args: vec![string(c"scope")],
         },
         Info {
             name: "tag.link",
@@ -146,6 +294,7 @@ fn table() -> Vec<Info> {
             complexity: "O(L) where L is the length of the prefix",
             arity: 3,
             keys: Keys::None,
+            args: vec![string(c"source-prefix"), string(c"tag-prefix")],
         },
         Info {
             name: "tag.unlink",
@@ -153,6 +302,7 @@ fn table() -> Vec<Info> {
             complexity: "O(L) where L is the length of the prefix",
             arity: 2,
             keys: Keys::None,
+            args: vec![string(c"source-prefix")],
         },
         Info {
             name: "tag.links",
@@ -160,6 +310,7 @@ fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of rules",
             arity: 1,
             keys: Keys::None,
+            args: vec![],
         },
         Info {
             name: "tag.getl",
@@ -167,6 +318,11 @@ fn table() -> Vec<Info> {
             complexity: "O(1)",
             arity: -2,
             keys: Keys::At(1, ro_access()),
+            args: vec![
+                key(c"key"),
+                int(c"milliseconds").token(c"TTL").opt(),
+                int(c"timeout").token(c"WAIT").opt(),
+            ],
         },
     ]
 }
@@ -225,6 +381,12 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         let spec_list = specs(&info.keys);
         let has_specs = !spec_list.is_empty();
         let mut key_specs = redis_module::commands::get_redis_key_spec(spec_list);
+        let mut arena = Vec::new();
+        let args = if info.args.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            lay_out(&info.args, &mut arena)
+        };
         let raw_info = raw::RedisModuleCommandInfo {
             version: &VERSION,
             summary: summary.as_ptr(),
@@ -238,7 +400,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
             } else {
                 std::ptr::null_mut()
             },
-            args: std::ptr::null_mut(),
+            args,
         };
         let status = unsafe { set(cmd, &raw_info) };
         for ks in &key_specs {

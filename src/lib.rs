@@ -44,6 +44,7 @@ fn init(ctx: &Context, args: &[RedisString]) -> Status {
         }
     }
     info::register_info(ctx);
+    notify::register_filter(ctx);
     if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
         ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
         return Status::Err;

@@ -9,12 +9,78 @@
 use crate::config;
 use crate::index::Db;
 use crate::store::{self, with_index, Mode, OwnWrites};
-use redis_module::{raw, Context, NotifyEvent};
+use redis_module::{raw, Context, NotifyEvent, RedisString};
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::raw::c_int;
 
 thread_local! {
     /// `rename_from` names the source; `rename_to`, fired next, the target.
     static RENAMING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// Members that clients are adding to tag sets with plain SADD, keyed
+    /// by set, until the `sadd` notification says in which database.
+    static SADDED: RefCell<HashMap<Vec<u8>, Vec<Vec<u8>>>> = RefCell::new(HashMap::new());
+}
+
+/// Bound on members remembered between a SADD and its notification (a SADD
+/// that fails, e.g. WRONGTYPE, never notifies).
+const SADDED_MAX: usize = 100_000;
+
+/// Sees every client command (not the module's own calls). A plain `SADD`
+/// to a tag set is remembered so that the index learns the membership too:
+/// then a key tagged by client code is cleaned up like any other.
+unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    let (Some(count), Some(arg)) = (
+        raw::RedisModule_CommandFilterArgsCount,
+        raw::RedisModule_CommandFilterArgGet,
+    ) else {
+        return;
+    };
+    let argc = count(fctx);
+    if argc < 3 {
+        return;
+    }
+    let bytes = |i: c_int| RedisString::string_as_slice(arg(fctx, i));
+    if !bytes(0).eq_ignore_ascii_case(b"sadd") {
+        return;
+    }
+    let set = bytes(1);
+    if !set.starts_with(&config::tag_prefix()) {
+        return;
+    }
+    SADDED.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.values().map(Vec::len).sum::<usize>() > SADDED_MAX {
+            s.clear();
+        }
+        let members = s.entry(set.to_vec()).or_default();
+        members.extend((2..argc).map(|i| bytes(i).to_vec()));
+    });
+}
+
+pub fn register_filter(ctx: &Context) {
+    unsafe {
+        if let Some(f) = raw::RedisModule_RegisterCommandFilter {
+            f(
+                ctx.ctx,
+                Some(on_command),
+                raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
+            );
+        }
+    }
+}
+
+/// A client's SADD to a tag set took effect in `db`.
+fn learn_sadd(db: Db, set: &[u8], prefix: &[u8]) {
+    let Some(members) = SADDED.with(|s| s.borrow_mut().remove(set)) else {
+        return;
+    };
+    let tag = set.get(prefix.len()..).unwrap_or_default();
+    with_index(|ix| {
+        for m in &members {
+            ix.add(db, m, &[tag]);
+        }
+    });
 }
 
 /// Events after which the key no longer holds what it was tagged for.
@@ -88,7 +154,11 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     if flags.contains(redis_module::ContextFlags::LOADING) {
         return; // the index is rebuilt when loading ends
     }
-    if key.starts_with(&config::tag_prefix()) {
+    let prefix = config::tag_prefix();
+    if key.starts_with(&prefix) {
+        if event == "sadd" {
+            learn_sadd(store::selected_db(ctx), key, &prefix);
+        }
         return;
     }
     let db = store::selected_db(ctx);
