@@ -81,9 +81,22 @@ impl DbIndex {
             Some(ids) => {
                 let names = self.names(&ids);
                 ids.iter().for_each(|&id| self.tags.release(id));
+                self.shrink();
                 names
             }
             None => Vec::new(),
+        }
+    }
+
+    /// Gives memory back once most entries are gone, so the index stays
+    /// proportional to the live tagged keys rather than to their peak.
+    fn shrink(&mut self) {
+        if self.keys.capacity() > 1024 && self.keys.len() * 4 < self.keys.capacity() {
+            self.keys.shrink_to(self.keys.len() * 2);
+        }
+        let t = &mut self.tags;
+        if t.ids.capacity() > 1024 && t.ids.len() * 4 < t.ids.capacity() {
+            t.ids.shrink_to(t.ids.len() * 2);
         }
     }
 
@@ -209,6 +222,21 @@ impl Index {
         }
     }
 
+    /// Keys that carry `tag` (a scan: used only when a tag set is evicted).
+    pub fn keys_with_tag(&self, db: Db, tag: &[u8]) -> Vec<Vec<u8>> {
+        let Some(d) = self.dbs.get(&db) else {
+            return Vec::new();
+        };
+        let Some(id) = d.tags.id(tag) else {
+            return Vec::new();
+        };
+        d.keys
+            .iter()
+            .filter(|(_, ids)| ids.contains(&id))
+            .map(|(k, _)| k.to_vec())
+            .collect()
+    }
+
     /// Number of tagged keys, across databases.
     pub fn keys(&self) -> usize {
         self.dbs.values().map(|d| d.keys.len()).sum()
@@ -272,6 +300,27 @@ mod tests {
         assert_eq!(dropped, v(&["y"]));
         assert!(!ix.contains(0, b"a"));
         assert_eq!(ix.tags(0, b"b"), v(&["x"]));
+        assert_eq!(ix.tag_count(), 1);
+    }
+
+    #[test]
+    fn keys_with_tag_and_shrink() {
+        let mut ix = Index::default();
+        for i in 0..5000 {
+            ix.replace(0, format!("k{i}").as_bytes(), &[b"a", b"b"]);
+        }
+        ix.replace(0, b"only", &[b"c"]);
+        assert_eq!(ix.keys_with_tag(0, b"c"), vec![b"only".to_vec()]);
+        assert_eq!(ix.keys_with_tag(0, b"a").len(), 5000);
+        for i in 0..5000 {
+            ix.remove_key(0, format!("k{i}").as_bytes());
+        }
+        let d = ix.dbs.get(&0).unwrap();
+        assert!(
+            d.keys.capacity() < 1024 * 4,
+            "capacity {}",
+            d.keys.capacity()
+        );
         assert_eq!(ix.tag_count(), 1);
     }
 

@@ -106,11 +106,20 @@ fn ends_tags(event: &str) -> bool {
     )
 }
 
+type Job = Box<dyn FnOnce(&Context)>;
+
+thread_local! {
+    static DEFERRED: RefCell<Vec<Job>> = RefCell::new(Vec::new());
+    static TIMER_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Runs `f` once it is safe to write. Where the server offers
-/// post-notification jobs, `f` waits for one, as writing from inside a
-/// notification is unsafe; on Redis 7.0 it runs at once, and every call it
-/// makes carries the replicate flag, which keeps the server's own
-/// propagation of expired and evicted keys intact.
+/// post-notification jobs, `f` runs in one, atomically with the change.
+/// Redis 7.0 has none, and a write made inside a notification there is
+/// unsafe (it makes a failing command count as a change and be
+/// replicated, and can drop the DELs of expiring keys); so `f` waits for a
+/// 0 ms timer, which runs before the server handles further commands from
+/// the same event-loop turn's backlog, and is replicated on its own.
 pub fn run_after(ctx: &Context, f: impl FnOnce(&Context) + 'static) {
     let job = std::rc::Rc::new(RefCell::new(Some(f)));
     let queued = job.clone();
@@ -119,10 +128,33 @@ pub fn run_after(ctx: &Context, f: impl FnOnce(&Context) + 'static) {
             f(ctx);
         }
     });
-    if status != Ok(redis_module::Status::Ok) {
-        if let Some(f) = job.borrow_mut().take() {
-            f(ctx);
+    if status == Ok(redis_module::Status::Ok) {
+        return;
+    }
+    let pending = job.borrow_mut().take();
+    if let Some(f) = pending {
+        DEFERRED.with(|d| d.borrow_mut().push(Box::new(f)));
+        if !TIMER_ARMED.with(|t| t.replace(true)) {
+            ctx.create_timer(std::time::Duration::ZERO, drain_deferred, ());
         }
+    }
+}
+
+fn drain_deferred(ctx: &Context, (): ()) {
+    TIMER_ARMED.with(|t| t.set(false));
+    // Jobs may queue more jobs (a purge's deletions); a bounded number of
+    // rounds here, the rest on the next timer.
+    for _ in 0..64 {
+        let jobs = DEFERRED.with(|d| std::mem::take(&mut *d.borrow_mut()));
+        if jobs.is_empty() {
+            return;
+        }
+        for job in jobs {
+            job(ctx);
+        }
+    }
+    if DEFERRED.with(|d| !d.borrow().is_empty()) && !TIMER_ARMED.with(|t| t.replace(true)) {
+        ctx.create_timer(std::time::Duration::ZERO, drain_deferred, ());
     }
 }
 
@@ -148,6 +180,17 @@ fn remove_from_sets(ctx: &Context, db: Db, key: &[u8], tags: &[Vec<u8>]) {
     crate::stats::bump(&crate::stats::INDEX_CLEANUPS);
 }
 
+/// A tag set was evicted: the keys that carried the tag could no longer be
+/// purged through it, so they go too (memory is short anyway).
+fn drop_orphans(ctx: &Context, db: Db, tag: &[u8]) {
+    let keys = with_index(|ix| ix.keys_with_tag(db, tag));
+    for chunk in keys.chunks(1024) {
+        let mut args = Vec::with_capacity(chunk.len());
+        args.extend(chunk.iter().cloned());
+        write_later(ctx, db, "DEL", args);
+    }
+}
+
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
     let _scope = store::InNotification::begin();
     let flags = ctx.get_flags();
@@ -156,8 +199,11 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     }
     let prefix = config::tag_prefix();
     if key.starts_with(&prefix) {
+        let db = store::selected_db(ctx);
         if event == "sadd" {
-            learn_sadd(store::selected_db(ctx), key, &prefix);
+            learn_sadd(db, key, &prefix);
+        } else if event == "evicted" && store::may_write(ctx) {
+            drop_orphans(ctx, db, key.get(prefix.len()..).unwrap_or_default());
         }
         return;
     }

@@ -300,6 +300,12 @@ pub fn prefixed<T: AsRef<[u8]>>(prefix: &[u8], names: &[T]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Whether the command is replayed from the master link or the AOF.
+pub fn from_master(ctx: &Context) -> bool {
+    ctx.get_flags()
+        .intersects(redis_module::ContextFlags::REPLICATED | redis_module::ContextFlags::LOADING)
+}
+
 /// Whether the server may write on its own behalf now (a master, not
 /// loading a dataset).
 pub fn may_write(ctx: &Context) -> bool {

@@ -115,7 +115,9 @@ pub fn tag_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     caller.check(ctx, key, Access::Read)?;
     caller.check_all(ctx, &sets, Access::Write)?;
     store::ensure_sets(ctx, &sets)?;
-    if !store::exists(ctx, key) {
+    // The master checked existence; a replica (or an AOF replay) may see
+    // the key already logically expired and must apply the write anyway.
+    if !store::from_master(ctx) && !store::exists(ctx, key) {
         return Err(Error::NoSuchKey.into());
     }
     let db = store::selected_db(ctx);
