@@ -31,6 +31,8 @@ pub const NAMES: [&str; 6] = [
 pub struct Text {
     value: Mutex<String>,
     required: bool,
+    /// Bumped on every change, so hot paths can cache the value.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Text {
@@ -38,6 +40,14 @@ impl Text {
         Text {
             value: Mutex::new(String::new()),
             required,
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn store(&self, v: String) {
+        if let Ok(mut guard) = self.value.lock() {
+            *guard = v;
+            self.generation.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -58,11 +68,7 @@ impl ConfigurationValue<RedisString> for Text {
         if self.required && s.is_empty() {
             return Err(RedisError::Str("value must not be empty"));
         }
-        let mut v = self
-            .value
-            .lock()
-            .map_err(|_| RedisError::Str("setting unavailable"))?;
-        *v = s.to_string();
+        self.store(s.to_string());
         Ok(())
     }
 }
@@ -74,8 +80,21 @@ pub static EVENTS_STREAM: Text = Text::new(false);
 pub static STREAM_MAXLEN: AtomicI64 = AtomicI64::new(STREAM_MAXLEN_DEFAULT);
 pub static LEASE_TTL: AtomicI64 = AtomicI64::new(LEASE_TTL_DEFAULT);
 
-pub fn tag_prefix() -> Vec<u8> {
-    TAG_PREFIX.get().into_bytes()
+thread_local! {
+    static TAG_PREFIX_CACHE: std::cell::RefCell<(u64, std::rc::Rc<[u8]>)> =
+        std::cell::RefCell::new((u64::MAX, std::rc::Rc::from(&b""[..])));
+}
+
+/// The tag prefix, cached: every keyspace notification asks for it.
+pub fn tag_prefix() -> std::rc::Rc<[u8]> {
+    let generation = TAG_PREFIX.generation.load(Ordering::Acquire);
+    TAG_PREFIX_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != generation {
+            *c = (generation, std::rc::Rc::from(TAG_PREFIX.get().into_bytes()));
+        }
+        c.1.clone()
+    })
 }
 
 pub fn ver_prefix() -> Vec<u8> {
@@ -158,9 +177,7 @@ pub fn apply(args: Vec<LoadArg>) {
                     "events-channel" => &EVENTS_CHANNEL,
                     _ => &EVENTS_STREAM,
                 };
-                if let Ok(mut guard) = target.value.lock() {
-                    *guard = v;
-                }
+                target.store(v);
             }
         }
     }

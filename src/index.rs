@@ -91,11 +91,11 @@ impl DbIndex {
     /// Gives memory back once most entries are gone, so the index stays
     /// proportional to the live tagged keys rather than to their peak.
     fn shrink(&mut self) {
-        if self.keys.capacity() > 1024 && self.keys.len() * 4 < self.keys.capacity() {
+        if self.keys.capacity() > 64 && self.keys.len() * 4 < self.keys.capacity() {
             self.keys.shrink_to(self.keys.len() * 2);
         }
         let t = &mut self.tags;
-        if t.ids.capacity() > 1024 && t.ids.len() * 4 < t.ids.capacity() {
+        if t.ids.capacity() > 64 && t.ids.len() * 4 < t.ids.capacity() {
             t.ids.shrink_to(t.ids.len() * 2);
         }
     }

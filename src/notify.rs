@@ -142,6 +142,13 @@ pub fn run_after(ctx: &Context, f: impl FnOnce(&Context) + 'static) {
 
 fn drain_deferred(ctx: &Context, (): ()) {
     TIMER_ARMED.with(|t| t.set(false));
+    drain(ctx);
+}
+
+/// Runs the deferred jobs. Called from the 0 ms timer and, so that no
+/// client command of the next event-loop turn runs before them, from the
+/// server's before-sleep hook.
+fn drain(ctx: &Context) {
     // Jobs may queue more jobs (a purge's deletions); a bounded number of
     // rounds here, the rest on the next timer.
     for _ in 0..64 {
@@ -155,6 +162,19 @@ fn drain_deferred(ctx: &Context, (): ()) {
     }
     if DEFERRED.with(|d| !d.borrow().is_empty()) && !TIMER_ARMED.with(|t| t.replace(true)) {
         ctx.create_timer(std::time::Duration::ZERO, drain_deferred, ());
+    }
+}
+
+unsafe extern "C" fn on_event_loop(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    if sub == raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP
+        && DEFERRED.with(|d| !d.borrow().is_empty())
+    {
+        drain(&Context::new(ctx));
     }
 }
 
@@ -174,7 +194,7 @@ fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>) {
 fn remove_from_sets(ctx: &Context, db: Db, key: &[u8], tags: &[Vec<u8>]) {
     let prefix = config::tag_prefix();
     for t in tags {
-        let set = [prefix.as_slice(), t].concat();
+        let set = [&prefix[..], t].concat();
         write_later(ctx, db, "SREM", vec![set, key.to_vec()]);
     }
     crate::stats::bump(&crate::stats::INDEX_CLEANUPS);
@@ -232,7 +252,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
             }
             let prefix = config::tag_prefix();
             for t in &moved {
-                let set = [prefix.as_slice(), t].concat();
+                let set = [&prefix[..], t].concat();
                 write_later(ctx, db, "SREM", vec![set.clone(), from.clone()]);
                 write_later(ctx, db, "SADD", vec![set, key.to_vec()]);
             }
@@ -308,7 +328,8 @@ unsafe extern "C" fn on_loading(
 pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
     let ok = subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_flush))
         && subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_swapdb))
-        && subscribe(ctx, raw::REDISMODULE_EVENT_LOADING, Some(on_loading));
+        && subscribe(ctx, raw::REDISMODULE_EVENT_LOADING, Some(on_loading))
+        && subscribe(ctx, raw::REDISMODULE_EVENT_EVENTLOOP, Some(on_event_loop));
     if ok {
         Ok(())
     } else {

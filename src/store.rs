@@ -128,6 +128,59 @@ pub fn exists(ctx: &Context, key: &[u8]) -> bool {
     key_type(ctx, key) != KeyType::Empty
 }
 
+/// Writes a string value as `SET` does (any old value and TTL replaced),
+/// through the key API rather than a command call: the TTL is the absolute
+/// `deadline`, the old one when `keep_ttl`, or none. Fires the keyspace
+/// events `SET` fires; closing the key signals WATCH and CLIENT TRACKING.
+pub fn write_string(
+    ctx: &Context,
+    key: &[u8],
+    value: &[u8],
+    deadline: Option<i64>,
+    keep_ttl: bool,
+) -> Result<()> {
+    let missing = || Error::Internal("key API unavailable".into());
+    let (open, close, set, get_ttl, set_ttl, set_abs) = unsafe {
+        (
+            raw::RedisModule_OpenKey.ok_or_else(missing)?,
+            raw::RedisModule_CloseKey.ok_or_else(missing)?,
+            raw::RedisModule_StringSet.ok_or_else(missing)?,
+            raw::RedisModule_GetExpire.ok_or_else(missing)?,
+            raw::RedisModule_SetExpire.ok_or_else(missing)?,
+            raw::RedisModule_SetAbsExpire.ok_or_else(missing)?,
+        )
+    };
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let val = RedisString::create_from_slice(ctx.ctx, value);
+    let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
+    let ok = raw::REDISMODULE_OK as i32;
+    let written = unsafe {
+        let kp = open(ctx.ctx, name.inner, mode);
+        if kp.is_null() {
+            return Err(Error::Internal("cannot open key".into()));
+        }
+        let old_ttl = if keep_ttl { get_ttl(kp) } else { -1 };
+        let mut status = set(kp, val.inner);
+        if status == ok {
+            status = match deadline {
+                Some(d) => set_abs(kp, d),
+                None if keep_ttl && old_ttl >= 0 => set_ttl(kp, old_ttl.max(1)),
+                None => ok,
+            };
+        }
+        close(kp);
+        status == ok
+    };
+    if !written {
+        return Err(Error::Internal("string write failed".into()));
+    }
+    ctx.notify_keyspace_event(redis_module::NotifyEvent::STRING, "set", &name);
+    if deadline.is_some() {
+        ctx.notify_keyspace_event(redis_module::NotifyEvent::GENERIC, "expire", &name);
+    }
+    Ok(())
+}
+
 /// Fails with WRONGTYPE unless every key is a set or absent.
 pub fn ensure_sets(ctx: &Context, keys: &[Vec<u8>]) -> Result<()> {
     for k in keys {

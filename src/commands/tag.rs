@@ -79,7 +79,13 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         (None, args::Expiry::Keep) => set_args.push(b"KEEPTTL"),
         _ => {}
     }
-    store::call(ctx, Mode::Local, "SET", &set_args)?;
+    store::write_string(
+        ctx,
+        a.key,
+        a.value,
+        deadline,
+        a.expiry == args::Expiry::Keep,
+    )?;
     for set in &dropped_sets {
         store::call(ctx, Mode::Local, "SREM", &[set, a.key])?;
     }
@@ -198,7 +204,7 @@ pub fn purge(
     });
     let prefix = config::tag_prefix();
     for (t, m) in &other {
-        let set = [prefix.as_slice(), t].concat();
+        let set = [&prefix[..], t].concat();
         store::call(ctx, Mode::Replicated, "SREM", &[&set, m])?;
     }
     let mut deleted = 0;
@@ -256,7 +262,7 @@ fn live_members(ctx: &Context, tag: &[u8]) -> Result<Vec<Vec<u8>>> {
     if tag.is_empty() {
         return Err(Error::EmptyTag);
     }
-    let set = [config::tag_prefix().as_slice(), tag].concat();
+    let set = [&config::tag_prefix()[..], tag].concat();
     Caller::of(ctx).check(ctx, &set, Access::Read)?;
     store::ensure_sets(ctx, std::slice::from_ref(&set))?;
     let members = store::smembers(ctx, &set)?;
@@ -301,7 +307,7 @@ pub fn tag_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let mut tags = Vec::new();
     // The index may remember a set that a client deleted; the set decides.
     for t in with_index(|ix| ix.tags(db, key)) {
-        let set = [prefix.as_slice(), &t].concat();
+        let set = [&prefix[..], &t].concat();
         if store::key_type(ctx, &set) == redis_module::KeyType::Set
             && store::call(ctx, Mode::Local, "SISMEMBER", &[&set, key])?.int() == 1
         {
