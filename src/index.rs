@@ -124,7 +124,6 @@ impl Index {
             .unwrap_or_default()
     }
 
-    #[cfg(test)]
     pub fn contains(&self, db: Db, key: &[u8]) -> bool {
         self.dbs.get(&db).is_some_and(|d| d.keys.contains_key(key))
     }

@@ -80,15 +80,19 @@ fn is_change(event: &str) -> bool {
     !matches!(event, "expire" | "persist" | "new" | "keymiss" | "loaded")
 }
 
-pub fn on_keyspace_event(ctx: &Context, event: &str, key: &[u8]) {
+pub fn has_rules(db: Db) -> bool {
+    RULES.with(|r| r.borrow().contains_key(&db))
+}
+
+/// `writes`: the server may write on its own (a master, not loading).
+pub fn on_keyspace_event(ctx: &Context, event: &str, key: &[u8], db: Db, writes: bool) {
     if key == LINKS_KEY {
         reload(ctx);
         return;
     }
-    if FIRING.with(Cell::get) || !is_change(event) || !store::may_write(ctx) {
+    if FIRING.with(Cell::get) || !is_change(event) || !writes {
         return;
     }
-    let db = store::selected_db(ctx);
     let tags = RULES.with(|r| r.borrow().get(&db).map(|rules| rules.tags_for(key)));
     let Some(tags) = tags.filter(|t| !t.is_empty()) else {
         return;

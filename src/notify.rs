@@ -212,24 +212,35 @@ fn drop_orphans(ctx: &Context, db: Db, tag: &[u8]) {
 }
 
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+    let db = store::selected_db(ctx);
+    let prefix = config::tag_prefix();
+    let on_index = key.starts_with(&prefix);
+    // Most keys of a busy server are neither tagged nor watched by a rule or
+    // a lease: leave them after one lookup.
+    let own = OwnWrites::active() && matches!(event, "del" | "set");
+    let watched = crate::link::has_rules(db) || crate::commands::lease::watching();
+    if !on_index
+        && !watched
+        && key != crate::link::LINKS_KEY
+        && !matches!(event, "rename_from" | "rename_to")
+        && (own || !with_index(|ix| ix.contains(db, key)))
+    {
+        return;
+    }
     let _scope = store::InNotification::begin();
     let flags = ctx.get_flags();
     if flags.contains(redis_module::ContextFlags::LOADING) {
         return; // the index is rebuilt when loading ends
     }
-    let prefix = config::tag_prefix();
-    if key.starts_with(&prefix) {
-        let db = store::selected_db(ctx);
+    let writes = !flags.contains(redis_module::ContextFlags::SLAVE);
+    if on_index {
         if event == "sadd" {
             learn_sadd(db, key, &prefix);
-        } else if event == "evicted" && store::may_write(ctx) {
+        } else if event == "evicted" && writes {
             drop_orphans(ctx, db, key.get(prefix.len()..).unwrap_or_default());
         }
         return;
     }
-    let db = store::selected_db(ctx);
-    let writes = store::may_write(ctx);
-    let own = OwnWrites::active() && matches!(event, "del" | "set");
     if ends_tags(event) && !own {
         let gone = matches!(event, "del" | "expired" | "evicted" | "move_from");
         crate::commands::lease::key_written(ctx, db, key, gone);
@@ -250,7 +261,6 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
             if !overwritten.is_empty() {
                 remove_from_sets(ctx, db, key, &overwritten);
             }
-            let prefix = config::tag_prefix();
             for t in &moved {
                 let set = [&prefix[..], t].concat();
                 write_later(ctx, db, "SREM", vec![set.clone(), from.clone()]);
@@ -260,7 +270,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     } else if !own && !matches!(event, "expire" | "persist") {
         crate::commands::lease::key_written(ctx, db, key, false);
     }
-    crate::link::on_keyspace_event(ctx, event, key);
+    crate::link::on_keyspace_event(ctx, event, key, db, writes);
 }
 
 fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool {

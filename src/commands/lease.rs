@@ -298,6 +298,14 @@ pub fn key_written(_ctx: &Context, db: Db, key: &[u8], gone: bool) {
     }
 }
 
+/// Whether any lease or waiter exists (then every write matters).
+pub fn watching() -> bool {
+    STATE.with(|s| {
+        let s = s.borrow();
+        s.book.outstanding() > 0 || !s.waiters.is_empty()
+    })
+}
+
 pub fn tags_purged(tags: &[Vec<u8>]) {
     STATE.with(|s| s.borrow_mut().book.tags_purged(tags));
 }

@@ -175,16 +175,24 @@ pub fn purge(
     }
     store::ensure_sets(ctx, &sets)?;
     let mut members: Vec<Vec<u8>> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     let mut kept_in: Vec<&[u8]> = Vec::new();
-    for set in &sets {
-        for m in store::smembers(ctx, set)? {
-            if Some(m.as_slice()) == keep {
+    for (i, set) in sets.iter().enumerate() {
+        let found = store::smembers(ctx, set)?;
+        if i == 0 {
+            members = found;
+        } else {
+            // Several tags may share keys: each key once.
+            let mut seen: std::collections::HashSet<Vec<u8>> = members.iter().cloned().collect();
+            members.extend(found.into_iter().filter(|m| seen.insert(m.clone())));
+        }
+    }
+    if let Some(k) = keep {
+        for set in &sets {
+            if store::call(ctx, Mode::Local, "SISMEMBER", &[set, k])?.int() == 1 {
                 kept_in.push(set);
-            } else if seen.insert(m.clone()) {
-                members.push(m);
             }
         }
+        members.retain(|m| m.as_slice() != k);
     }
     if let Some(c) = caller {
         c.check_all(ctx, &members, Access::Delete)?;
@@ -195,7 +203,7 @@ pub fn purge(
     let mut other: Vec<(Vec<u8>, &[u8])> = Vec::new();
     with_index(|ix| {
         for m in &members {
-            for t in ix.tags(db, m) {
+            for t in ix.remove_key(db, m) {
                 if !tags.contains(&t) {
                     other.push((t, m.as_slice()));
                 }
@@ -221,9 +229,10 @@ pub fn purge(
             store::call(ctx, Mode::Replicated, "SADD", &[set, k])?;
         }
     }
-    with_index(|ix| members.iter().for_each(|m| drop(ix.remove_key(db, m))));
-    for m in &members {
-        lease::key_written(ctx, db, m, true);
+    if lease::watching() {
+        for m in &members {
+            lease::key_written(ctx, db, m, true);
+        }
     }
     lease::tags_purged(tags);
     stats::bump(&stats::PURGES);
