@@ -98,6 +98,9 @@ def test_purge_rounds(r, l1):
         assert l1.stats["hits"] - hits == len(kept)
         # Refill the purged keys with a new generation: read afresh.
         load(r, rnd, purged)
+        # The refill's own invalidations (the keys were tracked) must land
+        # before the new values are read, or they would drop them again.
+        l1.sync(timeout=5)
         for i in purged:
             generation[i] = rnd
             assert l1.get(key(i)) == f"gen{rnd}:{i}".encode()
