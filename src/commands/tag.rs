@@ -38,6 +38,9 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .collect();
     let dropped_sets = prefixed(&prefix, &dropped);
 
+    let mut all_keys: Vec<&[u8]> = vec![a.key];
+    all_keys.extend(new_sets.iter().chain(&dropped_sets).map(Vec::as_slice));
+    store::ensure_same_slot(ctx, &all_keys)?;
     let caller = Caller::of(ctx);
     caller.check(ctx, a.key, Access::Write)?;
     caller.check_all(ctx, &new_sets, Access::Write)?;
@@ -117,6 +120,9 @@ pub fn tag_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if sets.iter().any(|s| s.as_slice() == key) {
         return Err(Error::Invalid("a key cannot carry the tag whose index it is".into()).into());
     }
+    let mut all_keys: Vec<&[u8]> = vec![key];
+    all_keys.extend(sets.iter().map(Vec::as_slice));
+    store::ensure_same_slot(ctx, &all_keys)?;
     let caller = Caller::of(ctx);
     caller.check(ctx, key, Access::Read)?;
     caller.check_all(ctx, &sets, Access::Write)?;
@@ -142,6 +148,9 @@ pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let argv = argv(&args);
     let (key, tags) = args::parse_key_tags(&argv, "tag.rem")?;
     let sets = prefixed(&config::tag_prefix(), &tags);
+    let mut all_keys: Vec<&[u8]> = vec![key];
+    all_keys.extend(sets.iter().map(Vec::as_slice));
+    store::ensure_same_slot(ctx, &all_keys)?;
     let caller = Caller::of(ctx);
     caller.check_all(ctx, &sets, Access::Write)?;
     store::ensure_sets(ctx, &sets)?;
@@ -170,6 +179,7 @@ pub fn purge(
     keep: Option<&[u8]>,
 ) -> Result<i64> {
     let sets = prefixed(&config::tag_prefix(), tags);
+    store::ensure_same_slot(ctx, &sets)?;
     if let Some(c) = caller {
         c.check_all(ctx, &sets, Access::Delete)?;
     }
