@@ -183,6 +183,30 @@ impl Index {
             .unwrap_or_default()
     }
 
+    /// Forgets the key; returns the tags it carried other than `except`
+    /// (a purge needs only those, and most keys carry no others).
+    pub fn remove_key_except(&mut self, db: Db, key: &[u8], except: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        let Some(d) = self.dbs.get_mut(&db) else {
+            return Vec::new();
+        };
+        let Some(ids) = d.keys.remove(key) else {
+            return Vec::new();
+        };
+        let mut others = Vec::new();
+        for &id in ids.iter() {
+            let name = d.tags.name(id);
+            if !except.iter().any(|e| e.as_slice() == name) {
+                others.push(name.to_vec());
+            }
+            d.tags.release(id);
+        }
+        d.shrink();
+        if d.keys.is_empty() {
+            self.dbs.remove(&db);
+        }
+        others
+    }
+
     /// Moves the entry of `from` to `to` (dropping whatever `to` had);
     /// returns (tags moved, tags `to` had before).
     pub fn rename(&mut self, db: Db, from: &[u8], to: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
@@ -321,6 +345,19 @@ mod tests {
             d.keys.capacity()
         );
         assert_eq!(ix.tag_count(), 1);
+    }
+
+    #[test]
+    fn remove_except() {
+        let mut ix = Index::default();
+        ix.replace(0, b"k", &[b"a", b"b", b"c"]);
+        assert_eq!(
+            ix.remove_key_except(0, b"k", &[b"b".to_vec()]),
+            v(&["a", "c"])
+        );
+        assert_eq!(ix.keys(), 0);
+        assert_eq!(ix.tag_count(), 0);
+        assert!(ix.remove_key_except(0, b"k", &[]).is_empty());
     }
 
     #[test]

@@ -80,6 +80,10 @@ fn is_change(event: &str) -> bool {
     !matches!(event, "expire" | "persist" | "new" | "keymiss" | "loaded")
 }
 
+pub fn any_rules() -> bool {
+    RULES.with(|r| !r.borrow().is_empty())
+}
+
 pub fn has_rules(db: Db) -> bool {
     RULES.with(|r| r.borrow().contains_key(&db))
 }

@@ -212,12 +212,21 @@ fn drop_orphans(ctx: &Context, db: Db, tag: &[u8]) {
 }
 
 pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+    let own = OwnWrites::active() && matches!(event, "del" | "set");
+    // The module's own deletions and writes (a purge of many keys) keep
+    // the index themselves: unless a rule or a lease watches, nothing to do.
+    if own
+        && !crate::link::any_rules()
+        && !crate::commands::lease::watching()
+        && key != crate::link::LINKS_KEY
+    {
+        return;
+    }
     let db = store::selected_db(ctx);
     let prefix = config::tag_prefix();
     let on_index = key.starts_with(&prefix);
     // Most keys of a busy server are neither tagged nor watched by a rule or
     // a lease: leave them after one lookup.
-    let own = OwnWrites::active() && matches!(event, "del" | "set");
     let watched = crate::link::has_rules(db) || crate::commands::lease::watching();
     if !on_index
         && !watched

@@ -213,10 +213,8 @@ pub fn purge(
     let mut other: Vec<(Vec<u8>, &[u8])> = Vec::new();
     with_index(|ix| {
         for m in &members {
-            for t in ix.remove_key(db, m) {
-                if !tags.contains(&t) {
-                    other.push((t, m.as_slice()));
-                }
+            for t in ix.remove_key_except(db, m, tags) {
+                other.push((t, m.as_slice()));
             }
         }
     });
