@@ -361,6 +361,44 @@ fn specs(keys: &Keys) -> Vec<KeySpec> {
     }
 }
 
+/// Where the server has module ACL categories (Redis >= 7.4, Valkey), the
+/// commands join a `tagcache` category beside `read` or `write`, so that
+/// `+@tagcache` grants them all. Elsewhere (7.0) this is skipped quietly.
+fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, name: &str, own: bool) {
+    let Some(set) = (unsafe { raw::RedisModule_SetCommandACLCategories }) else {
+        return;
+    };
+    let writes = matches!(
+        name,
+        "tag.set"
+            | "tag.add"
+            | "tag.rem"
+            | "tag.purge"
+            | "ver.set"
+            | "ver.bump"
+            | "tag.link"
+            | "tag.unlink"
+            | "tag.getl"
+    );
+    let base = if writes { "write" } else { "read" };
+    let cats = if own {
+        format!("{base} tagcache")
+    } else {
+        base.to_string()
+    };
+    let Ok(cats) = CString::new(cats) else { return };
+    if unsafe { set(cmd, cats.as_ptr()) } != raw::REDISMODULE_OK as i32 {
+        ctx.log_notice(&format!("tagcache: no ACL categories for {name}"));
+    }
+}
+
+fn add_own_category(ctx: &Context) -> bool {
+    match unsafe { raw::RedisModule_AddACLCategory } {
+        Some(add) => unsafe { add(ctx.ctx, c"tagcache".as_ptr()) == raw::REDISMODULE_OK as i32 },
+        None => false,
+    }
+}
+
 /// Attaches command info to every registered command. Skips quietly on a
 /// server without the API (then COMMAND DOCS is just thinner).
 pub fn register(ctx: &Context) -> Result<(), String> {
@@ -369,12 +407,14 @@ pub fn register(ctx: &Context) -> Result<(), String> {
     }) else {
         return Ok(());
     };
+    let own_category = add_own_category(ctx);
     for info in table() {
         let name = CString::new(info.name).map_err(|e| e.to_string())?;
         let cmd = unsafe { get(ctx.ctx, name.as_ptr()) };
         if cmd.is_null() {
-            continue; // not part of this build
+            return Err(format!("command {} is not registered", info.name));
         }
+        set_acl_categories(ctx, cmd, info.name, own_category);
         let summary = CString::new(info.summary).map_err(|e| e.to_string())?;
         let complexity = CString::new(info.complexity).map_err(|e| e.to_string())?;
         let since = CString::new("1.0.0").map_err(|e| e.to_string())?;

@@ -3,6 +3,7 @@
 import pytest
 import redis
 
+import harness
 from harness import acl_client, dataset, digest, error_text, tag_set
 
 CACHE_USER = ("~cache:*", "~tag:*", "+@all")
@@ -99,3 +100,28 @@ def test_tag_add_forbidden_key(server, admin):
         u.execute_command("TAG.ADD", "secret:h", "t")
     assert error_text(e.value).startswith("NOPERM")
     assert dataset(admin) == before
+
+
+ALL_COMMANDS = {
+    "tag.set", "tag.add", "tag.rem", "tag.purge", "tag.members", "tag.card", "tag.tags",
+    "tag.info", "tag.link", "tag.unlink", "tag.links", "tag.getl",
+    "ver.get", "ver.set", "ver.bump", "ver.current",
+}
+
+
+def test_acl_category_where_the_server_has_module_categories(r):
+    """Redis >= 7.4 and Valkey let a module add an ACL category: every
+    command is in @tagcache there. Redis 7.0 has no such API."""
+    name, version = harness.server_version()
+    if name == "redis" and version < (7, 4):
+        with pytest.raises(redis.ResponseError):
+            r.execute_command("ACL", "CAT", "tagcache")
+        return
+    listed = {c.decode() for c in r.execute_command("ACL", "CAT", "tagcache")}
+    assert listed == ALL_COMMANDS
+    r.execute_command("ACL", "SETUSER", "ops", "on", ">pw", "~*", "+@tagcache")
+    ops = redis.Redis(host="127.0.0.1", port=r.connection_pool.connection_kwargs["port"],
+                      username="ops", password="pw")
+    assert ops.execute_command("TAG.SET", "k", "v", "TAGS", 1, "t") == b"OK"
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        ops.get("k")
