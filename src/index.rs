@@ -124,6 +124,14 @@ impl Index {
             .unwrap_or_default()
     }
 
+    pub fn has_tag(&self, db: Db, key: &[u8], tag: &[u8]) -> bool {
+        self.dbs.get(&db).is_some_and(|d| {
+            d.tags
+                .id(tag)
+                .is_some_and(|id| d.keys.get(key).is_some_and(|ids| ids.contains(&id)))
+        })
+    }
+
     pub fn contains(&self, db: Db, key: &[u8]) -> bool {
         self.dbs.get(&db).is_some_and(|d| d.keys.contains_key(key))
     }
@@ -285,6 +293,8 @@ mod tests {
         assert!(ix.replace(0, b"k", &[b"a", b"b"]).is_empty());
         assert_eq!(ix.replace(0, b"k", &[b"b", b"c"]), v(&["a", "b"]));
         assert_eq!(ix.tags(0, b"k"), v(&["b", "c"]));
+        assert!(ix.has_tag(0, b"k", b"c") && !ix.has_tag(0, b"k", b"a"));
+        assert!(!ix.has_tag(1, b"k", b"c") && !ix.has_tag(0, b"zz", b"c"));
         assert_eq!(ix.tag_count(), 2);
         assert!(ix.tags(1, b"k").is_empty());
     }

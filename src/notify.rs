@@ -70,6 +70,24 @@ pub fn register_filter(ctx: &Context) {
     }
 }
 
+/// Whether a client SADD of `member` to `set` is still pending (consumed).
+fn take_sadded(set: &[u8], member: &[u8]) -> bool {
+    SADDED.with(|s| {
+        let mut s = s.borrow_mut();
+        let Some(members) = s.get_mut(set) else {
+            return false;
+        };
+        let Some(i) = members.iter().position(|m| m == member) else {
+            return false;
+        };
+        members.swap_remove(i);
+        if members.is_empty() {
+            s.remove(set);
+        }
+        true
+    })
+}
+
 /// A client's SADD to a tag set took effect in `db`.
 fn learn_sadd(db: Db, set: &[u8], prefix: &[u8]) {
     let Some(members) = SADDED.with(|s| s.borrow_mut().remove(set)) else {
@@ -180,7 +198,32 @@ unsafe extern "C" fn on_event_loop(
 
 /// Runs a write that keeps the tag sets in step, replicated.
 fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>) {
+    run_membership_later(ctx, db, cmd, args, None);
+}
+
+/// A membership change decided now but made later: `(key, tag, wanted)`
+/// is checked against the index when the write runs, because a command of
+/// the same transaction, script or pipeline may have re-tagged (or deleted)
+/// the key meanwhile, and the latest state wins.
+fn run_membership_later(
+    ctx: &Context,
+    db: Db,
+    cmd: &'static str,
+    args: Vec<Vec<u8>>,
+    check: Option<(Vec<u8>, Vec<u8>, bool)>,
+) {
     run_after(ctx, move |ctx| {
+        if let Some((key, tag, wanted)) = &check {
+            if with_index(|ix| ix.has_tag(db, key, tag)) != *wanted {
+                return;
+            }
+            // A client SADD of the key that changed nothing (the member was
+            // still there) sends no notification: it is found here instead.
+            if !*wanted && take_sadded(args.first().map_or(&[][..], Vec::as_slice), key) {
+                with_index(|ix| ix.add(db, key, &[tag]));
+                return;
+            }
+        }
         let home = store::selected_db(ctx);
         store::select_db(ctx, db);
         let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
@@ -191,11 +234,18 @@ fn write_later(ctx: &Context, db: Db, cmd: &'static str, args: Vec<Vec<u8>>) {
     });
 }
 
+/// Takes `key` out of the sets of `tags`, unless it carries the tag again
+/// by the time the write runs.
+fn srem_later(ctx: &Context, db: Db, key: &[u8], tag: &[u8], prefix: &[u8]) {
+    let set = [prefix, tag].concat();
+    let check = Some((key.to_vec(), tag.to_vec(), false));
+    run_membership_later(ctx, db, "SREM", vec![set, key.to_vec()], check);
+}
+
 fn remove_from_sets(ctx: &Context, db: Db, key: &[u8], tags: &[Vec<u8>]) {
     let prefix = config::tag_prefix();
     for t in tags {
-        let set = [&prefix[..], t].concat();
-        write_later(ctx, db, "SREM", vec![set, key.to_vec()]);
+        srem_later(ctx, db, key, t, &prefix);
     }
     crate::stats::bump(&crate::stats::INDEX_CLEANUPS);
 }
@@ -271,9 +321,10 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
                 remove_from_sets(ctx, db, key, &overwritten);
             }
             for t in &moved {
+                srem_later(ctx, db, &from, t, &prefix);
                 let set = [&prefix[..], t].concat();
-                write_later(ctx, db, "SREM", vec![set.clone(), from.clone()]);
-                write_later(ctx, db, "SADD", vec![set, key.to_vec()]);
+                let check = Some((key.to_vec(), t.clone(), true));
+                run_membership_later(ctx, db, "SADD", vec![set, key.to_vec()], check);
             }
         }
     } else if !own && !matches!(event, "expire" | "persist") {

@@ -622,3 +622,41 @@ def test_stress_index_stays_clean(servers):
             f"keys={STRESS_KEYS}; still +{after_flush} after a FLUSHALL; "
             f"INFO memory changes: {changed}"
         ) from None
+
+
+# ------------------------------------------- client code that re-tags itself
+
+
+def test_client_rewrite_and_sadd_keeps_membership(r):
+    """Client code that rewrites a key and re-adds it to its tag set in one
+    script, transaction or pipeline ends with the key still in the set: the
+    cleanup of the overwrite must not undo the client's own SADD."""
+    r.set("page:1", "v0")
+    r.sadd("tag:pages", "page:1")
+    script = "redis.call('SET', KEYS[1], ARGV[1]); redis.call('SADD', KEYS[2], KEYS[1])"
+    r.eval(script, 2, "page:1", "tag:pages", "v1")
+    assert r.smembers("tag:pages") == {b"page:1"}
+    p = r.pipeline(transaction=True)
+    p.set("page:1", "v2")
+    p.sadd("tag:pages", "page:1")
+    p.execute()
+    assert r.smembers("tag:pages") == {b"page:1"}
+    p = r.pipeline(transaction=False)
+    p.set("page:1", "v3")
+    p.sadd("tag:pages", "page:1")
+    p.execute()
+    r.ping()  # a later command: deferred cleanups have run
+    assert r.smembers("tag:pages") == {b"page:1"}
+    assert r.execute_command("TAG.PURGE", "pages") == 1
+    assert r.exists("page:1") == 0
+
+
+def test_set_then_tag_set_in_one_transaction_keeps_new_tags(r):
+    tag_set(r, "k", "v", "a")
+    p = r.pipeline(transaction=True)
+    p.set("k", "plain")
+    p.execute_command("TAG.SET", "k", "v2", "TAGS", 1, "a")
+    p.execute()
+    r.ping()
+    assert r.smembers("tag:a") == {b"k"}
+    assert r.execute_command("TAG.TAGS", "k") == [b"a"]
