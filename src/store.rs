@@ -159,7 +159,11 @@ pub fn write_string(
         if kp.is_null() {
             return Err(Error::Internal("cannot open key".into()));
         }
-        let old_ttl = if keep_ttl { get_ttl(kp) } else { -1 };
+        // Asking a missing key for its TTL crashes Redis 8.2: only ask an
+        // existing one.
+        let exists = raw::RedisModule_KeyType
+            .is_some_and(|f| f(kp) != raw::REDISMODULE_KEYTYPE_EMPTY as i32);
+        let old_ttl = if keep_ttl && exists { get_ttl(kp) } else { -1 };
         let mut status = set(kp, val.inner);
         if status == ok {
             status = match deadline {
