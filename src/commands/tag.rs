@@ -112,17 +112,23 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
+/// The index sets of `tags`, which must share the key's slot in a cluster.
+fn key_tag_sets(ctx: &Context, key: &[u8], tags: &[&[u8]]) -> Result<Vec<Vec<u8>>> {
+    let sets = prefixed(&config::tag_prefix(), tags);
+    let mut all: Vec<&[u8]> = vec![key];
+    all.extend(sets.iter().map(Vec::as_slice));
+    store::ensure_same_slot(ctx, &all)?;
+    Ok(sets)
+}
+
 pub fn tag_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let (key, tags) = args::parse_key_tags(&argv, "tag.add")?;
-    let sets = prefixed(&config::tag_prefix(), &tags);
+    let sets = key_tag_sets(ctx, key, &tags)?;
     if sets.iter().any(|s| s.as_slice() == key) {
         return Err(Error::Invalid("a key cannot carry the tag whose index it is".into()).into());
     }
-    let mut all_keys: Vec<&[u8]> = vec![key];
-    all_keys.extend(sets.iter().map(Vec::as_slice));
-    store::ensure_same_slot(ctx, &all_keys)?;
     let caller = Caller::of(ctx);
     caller.check(ctx, key, Access::Read)?;
     caller.check_all(ctx, &sets, Access::Write)?;
@@ -147,10 +153,7 @@ pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let (key, tags) = args::parse_key_tags(&argv, "tag.rem")?;
-    let sets = prefixed(&config::tag_prefix(), &tags);
-    let mut all_keys: Vec<&[u8]> = vec![key];
-    all_keys.extend(sets.iter().map(Vec::as_slice));
-    store::ensure_same_slot(ctx, &all_keys)?;
+    let sets = key_tag_sets(ctx, key, &tags)?;
     let caller = Caller::of(ctx);
     caller.check_all(ctx, &sets, Access::Write)?;
     store::ensure_sets(ctx, &sets)?;
