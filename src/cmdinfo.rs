@@ -463,6 +463,8 @@ pub fn register(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     #[test]

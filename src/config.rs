@@ -133,7 +133,8 @@ fn check_int(name: &str, value: &str, min: i64, max: i64) -> Result<i64, String>
 pub fn parse_load_args(args: &[&[u8]]) -> Result<Vec<LoadArg>, String> {
     let mut out = Vec::new();
     for pair in args.chunks(2) {
-        let name = String::from_utf8_lossy(pair[0]).into_owned();
+        let Some(first) = pair.first() else { break };
+        let name = String::from_utf8_lossy(first).into_owned();
         let Some(&known) = NAMES.iter().find(|n| **n == name) else {
             return Err(format!(
                 "unknown argument '{name}' (known: {})",
@@ -183,6 +184,8 @@ pub fn apply(args: Vec<LoadArg>) {
     }
 }
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     use super::*;

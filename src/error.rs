@@ -61,6 +61,8 @@ impl From<Error> for RedisError {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     use super::*;

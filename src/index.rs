@@ -11,6 +11,11 @@ use std::collections::HashMap;
 pub type Db = i32;
 type TagId = u32;
 
+/// Interned tag names. Indexing `names`/`refs` by a `TagId` cannot go out of
+/// bounds: ids are only ever made by `acquire`, which pushes both vectors in
+/// step (or reuses a freed slot), and never reach clients or the keyspace.
+/// Ids are `u32` to keep four bytes per tag of a key; 2^32 distinct live tags
+/// in one database would need hundreds of GB for their names and sets.
 #[derive(Default)]
 struct TagTable {
     ids: HashMap<Box<[u8]>, TagId>,
@@ -279,6 +284,8 @@ impl Index {
     }
 }
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     use super::*;

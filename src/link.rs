@@ -36,7 +36,10 @@ fn read_rules(ctx: &Context) -> Vec<(Vec<u8>, Vec<u8>)> {
     };
     let flat = reply.into_bytes_list();
     flat.chunks_exact(2)
-        .map(|p| (p[0].clone(), p[1].clone()))
+        .filter_map(|p| match p {
+            [field, value] => Some((field.clone(), value.clone())),
+            _ => None,
+        })
         .collect()
 }
 

@@ -96,6 +96,8 @@ fn drop_stale(ctx: &Context, stale: Vec<(Db, Vec<u8>, Vec<u8>)>) {
     }
 }
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     #[test]

@@ -10,6 +10,8 @@ struct Node {
     tag_prefix: Option<Vec<u8>>,
 }
 
+/// Node ids index `nodes` only: they are made by `insert` as the node is
+/// pushed, and nodes are never removed, so the indexing cannot fail.
 #[derive(Default, Clone)]
 pub struct Rules {
     nodes: Vec<Node>,
@@ -76,6 +78,8 @@ impl Rules {
     }
 }
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     use super::*;

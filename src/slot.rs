@@ -18,6 +18,7 @@ fn crc16(data: &[u8]) -> u16 {
 
 /// The part of the key that is hashed: the first non-empty `{...}`.
 fn hashed_part(key: &[u8]) -> &[u8] {
+    // `open` and `close` are positions found in the slices they index.
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         let rest = &key[open + 1..];
         if let Some(close) = rest.iter().position(|&b| b == b'}') {
@@ -42,6 +43,8 @@ pub fn same_slot<K: AsRef<[u8]>>(keys: &[K]) -> bool {
     }
 }
 
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,12 +59,13 @@ fn parse_getl<'a>(argv: &[&'a [u8]]) -> Result<GetlArgs<'a>> {
         wait_ms: None,
     };
     let mut seen_ttl = false;
-    let mut it = rest.chunks(2);
-    for pair in &mut it {
-        let word = String::from_utf8_lossy(pair[0]).to_ascii_uppercase();
-        let Some(value) = pair.get(1) else {
-            return Err(Error::Syntax(String::from_utf8_lossy(pair[0]).into_owned()));
+    for pair in rest.chunks(2) {
+        let (raw_word, value) = match pair {
+            [w, v] => (*w, *v),
+            [w, ..] => return Err(Error::Syntax(String::from_utf8_lossy(w).into_owned())),
+            [] => break,
         };
+        let word = String::from_utf8_lossy(raw_word).to_ascii_uppercase();
         let n = parse_i64(value)?;
         match word.as_str() {
             "TTL" if !seen_ttl => {
@@ -82,7 +83,11 @@ fn parse_getl<'a>(argv: &[&'a [u8]]) -> Result<GetlArgs<'a>> {
                 }
                 a.wait_ms = Some(n);
             }
-            _ => return Err(Error::Syntax(String::from_utf8_lossy(pair[0]).into_owned())),
+            _ => {
+                return Err(Error::Syntax(
+                    String::from_utf8_lossy(raw_word).into_owned(),
+                ))
+            }
         }
     }
     Ok(a)
