@@ -51,6 +51,18 @@ pub fn payload(ev: &Event, ts: i64) -> String {
     .to_string()
 }
 
+/// PUBLISH without a command call (not replicated, as from a module).
+fn publish(ctx: &Context, channel: &[u8], message: &[u8]) -> bool {
+    let Some(publish) = (unsafe { redis_module::raw::RedisModule_PublishMessage }) else {
+        return false;
+    };
+    let channel = redis_module::RedisString::create_from_slice(ctx.ctx, channel);
+    let message = redis_module::RedisString::create_from_slice(ctx.ctx, message);
+    unsafe {
+        publish(ctx.ctx, channel.inner, message.inner) == redis_module::raw::REDISMODULE_OK as i32
+    }
+}
+
 /// Publishes the event once the change is done. Only a master emits: a
 /// replica receives the stream entry through replication.
 pub fn emit(ctx: &Context, ev: &Event) {
@@ -59,15 +71,7 @@ pub fn emit(ctx: &Context, ev: &Event) {
     }
     let body = payload(ev, store::now_ms());
     let channel = config::EVENTS_CHANNEL.get();
-    if !channel.is_empty()
-        && store::call(
-            ctx,
-            Mode::Local,
-            "PUBLISH",
-            &[channel.as_bytes(), body.as_bytes()],
-        )
-        .is_ok()
-    {
+    if !channel.is_empty() && publish(ctx, channel.as_bytes(), body.as_bytes()) {
         stats::bump(&stats::EVENTS);
     }
     let stream = config::EVENTS_STREAM.get();

@@ -65,17 +65,7 @@ pub fn forget(db: Option<Db>) {
 }
 
 pub fn swap(a: Db, b: Db) {
-    RULES.with(|r| {
-        let mut r = r.borrow_mut();
-        let ra = r.remove(&a);
-        let rb = r.remove(&b);
-        if let Some(x) = ra {
-            r.insert(b, x);
-        }
-        if let Some(x) = rb {
-            r.insert(a, x);
-        }
-    });
+    RULES.with(|r| crate::index::swap_dbs(&mut r.borrow_mut(), a, b));
 }
 
 /// Events that change a key's value or existence (not its TTL alone).

@@ -19,7 +19,15 @@ thread_local! {
     static RENAMING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
     /// Members that clients are adding to tag sets with plain SADD, keyed
     /// by set, until the `sadd` notification says in which database.
-    static SADDED: RefCell<HashMap<Vec<u8>, Vec<Vec<u8>>>> = RefCell::new(HashMap::new());
+    static SADDED: RefCell<Sadded> = RefCell::new(Sadded::default());
+}
+
+/// Client SADDs waiting for their notification, with their member count
+/// kept as they come and go so the bound costs nothing to check.
+#[derive(Default)]
+struct Sadded {
+    by_set: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    members: usize,
 }
 
 /// Bound on members remembered between a SADD and its notification (a SADD
@@ -50,10 +58,11 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     }
     SADDED.with(|s| {
         let mut s = s.borrow_mut();
-        if s.values().map(Vec::len).sum::<usize>() > SADDED_MAX {
-            s.clear();
+        if s.members > SADDED_MAX {
+            *s = Sadded::default();
         }
-        let members = s.entry(set.to_vec()).or_default();
+        s.members += (argc - 2) as usize;
+        let members = s.by_set.entry(set.to_vec()).or_default();
         members.extend((2..argc).map(|i| bytes(i).to_vec()));
     });
 }
@@ -74,7 +83,7 @@ pub fn register_filter(ctx: &Context) {
 fn take_sadded(set: &[u8], member: &[u8]) -> bool {
     SADDED.with(|s| {
         let mut s = s.borrow_mut();
-        let Some(members) = s.get_mut(set) else {
+        let Some(members) = s.by_set.get_mut(set) else {
             return false;
         };
         let Some(i) = members.iter().position(|m| m == member) else {
@@ -82,15 +91,23 @@ fn take_sadded(set: &[u8], member: &[u8]) -> bool {
         };
         members.swap_remove(i);
         if members.is_empty() {
-            s.remove(set);
+            s.by_set.remove(set);
         }
+        s.members = s.members.saturating_sub(1);
         true
     })
 }
 
 /// A client's SADD to a tag set took effect in `db`.
 fn learn_sadd(db: Db, set: &[u8], prefix: &[u8]) {
-    let Some(members) = SADDED.with(|s| s.borrow_mut().remove(set)) else {
+    let Some(members) = SADDED.with(|s| {
+        let mut s = s.borrow_mut();
+        let taken = s.by_set.remove(set);
+        if let Some(m) = &taken {
+            s.members = s.members.saturating_sub(m.len());
+        }
+        taken
+    }) else {
         return;
     };
     let tag = set.get(prefix.len()..).unwrap_or_default();
@@ -135,9 +152,9 @@ thread_local! {
 /// post-notification jobs, `f` runs in one, atomically with the change.
 /// Redis 7.0 has none, and a write made inside a notification there is
 /// unsafe (it makes a failing command count as a change and be
-/// replicated, and can drop the DELs of expiring keys); so `f` waits for a
-/// 0 ms timer, which runs before the server handles further commands from
-/// the same event-loop turn's backlog, and is replicated on its own.
+/// replicated, and can drop the DELs of expiring keys); so `f` is queued
+/// and runs, replicated on its own, when the server is about to sleep or
+/// in a 0 ms timer, whichever comes first.
 pub fn run_after(ctx: &Context, f: impl FnOnce(&Context) + 'static) {
     let job = std::rc::Rc::new(RefCell::new(Some(f)));
     let queued = job.clone();
@@ -234,8 +251,8 @@ fn run_membership_later(
     });
 }
 
-/// Takes `key` out of the sets of `tags`, unless it carries the tag again
-/// by the time the write runs.
+/// Takes `key` out of the set of `tag`, unless it carries the tag again by
+/// the time the write runs.
 fn srem_later(ctx: &Context, db: Db, key: &[u8], tag: &[u8], prefix: &[u8]) {
     let set = [prefix, tag].concat();
     let check = Some((key.to_vec(), tag.to_vec(), false));
@@ -302,7 +319,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     }
     if ends_tags(event) && !own {
         let gone = matches!(event, "del" | "expired" | "evicted" | "move_from");
-        crate::commands::lease::key_written(ctx, db, key, gone);
+        crate::commands::lease::key_written(db, key, gone);
         let tags = with_index(|ix| ix.remove_key(db, key));
         if writes && !tags.is_empty() {
             remove_from_sets(ctx, db, key, &tags);
@@ -310,11 +327,11 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     } else if event == "rename_from" {
         RENAMING.with(|r| *r.borrow_mut() = Some(key.to_vec()));
     } else if event == "rename_to" {
-        crate::commands::lease::key_written(ctx, db, key, false);
+        crate::commands::lease::key_written(db, key, false);
         let Some(from) = RENAMING.with(|r| r.borrow_mut().take()) else {
             return;
         };
-        crate::commands::lease::key_written(ctx, db, &from, true);
+        crate::commands::lease::key_written(db, &from, true);
         let (moved, overwritten) = with_index(|ix| ix.rename(db, &from, key));
         if writes {
             if !overwritten.is_empty() {
@@ -328,7 +345,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
             }
         }
     } else if !own && !matches!(event, "expire" | "persist") {
-        crate::commands::lease::key_written(ctx, db, key, false);
+        crate::commands::lease::key_written(db, key, false);
     }
     crate::link::on_keyspace_event(ctx, event, key, db, writes);
 }

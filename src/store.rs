@@ -132,7 +132,7 @@ pub fn exists(ctx: &Context, key: &[u8]) -> bool {
 /// through the key API rather than a command call: the TTL is the absolute
 /// `deadline`, the old one when `keep_ttl`, or none. Fires the keyspace
 /// events `SET` fires; closing the key signals WATCH and CLIENT TRACKING.
-pub fn write_string(
+fn write_string(
     ctx: &Context,
     key: &[u8],
     value: &[u8],
@@ -182,6 +182,28 @@ pub fn write_string(
     if deadline.is_some() {
         ctx.notify_keyspace_event(redis_module::NotifyEvent::GENERIC, "expire", &name);
     }
+    Ok(())
+}
+
+/// Writes a string value through the key API and replicates it as the
+/// `SET` that has the same effect anywhere: `PXAT <deadline>` (absolute, so
+/// replicas and the AOF expire it at the master's instant) or `KEEPTTL`.
+pub fn set_string(
+    ctx: &Context,
+    key: &[u8],
+    value: &[u8],
+    deadline: Option<i64>,
+    keep_ttl: bool,
+) -> Result<()> {
+    write_string(ctx, key, value, deadline, keep_ttl)?;
+    let when = deadline.map(|d| d.to_string());
+    let mut args: Vec<&[u8]> = vec![key, value];
+    match &when {
+        Some(w) => args.extend([&b"PXAT"[..], w.as_bytes()]),
+        None if keep_ttl => args.push(b"KEEPTTL"),
+        None => {}
+    }
+    ctx.replicate("SET", args.as_slice());
     Ok(())
 }
 
@@ -308,44 +330,52 @@ thread_local! {
     static IN_NOTIFICATION: Cell<u32> = const { Cell::new(0) };
 }
 
-/// While alive, calls are made from inside a keyspace notification.
+/// A nesting depth kept while a guard lives (commands and notifications
+/// nest: a command's write fires a notification that runs a command).
+pub struct Depth(&'static std::thread::LocalKey<Cell<u32>>);
+
+impl Depth {
+    fn enter(depth: &'static std::thread::LocalKey<Cell<u32>>) -> Depth {
+        depth.with(|c| c.set(c.get() + 1));
+        Depth(depth)
+    }
+
+    fn inside(depth: &'static std::thread::LocalKey<Cell<u32>>) -> bool {
+        depth.with(|c| c.get() > 0)
+    }
+}
+
+impl Drop for Depth {
+    fn drop(&mut self) {
+        self.0.with(|c| c.set(c.get().saturating_sub(1)));
+    }
+}
+
+/// While its guard lives, calls are made from inside a keyspace notification.
 pub struct InNotification;
 
 impl InNotification {
-    pub fn begin() -> InNotification {
-        IN_NOTIFICATION.with(|c| c.set(c.get() + 1));
-        InNotification
+    pub fn begin() -> Depth {
+        Depth::enter(&IN_NOTIFICATION)
     }
 
     pub fn active() -> bool {
-        IN_NOTIFICATION.with(|c| c.get() > 0)
+        Depth::inside(&IN_NOTIFICATION)
     }
 }
 
-impl Drop for InNotification {
-    fn drop(&mut self) {
-        IN_NOTIFICATION.with(|c| c.set(c.get().saturating_sub(1)));
-    }
-}
-
-/// While alive, `del` and `set` notifications come from the module's own
-/// command, which keeps the index itself: the handler leaves them alone.
+/// While its guard lives, `del` and `set` notifications come from the
+/// module's own command, which keeps the index itself: the handler leaves
+/// them alone.
 pub struct OwnWrites;
 
 impl OwnWrites {
-    pub fn begin() -> OwnWrites {
-        OWN_WRITES.with(|c| c.set(c.get() + 1));
-        OwnWrites
+    pub fn begin() -> Depth {
+        Depth::enter(&OWN_WRITES)
     }
 
     pub fn active() -> bool {
-        OWN_WRITES.with(|c| c.get() > 0)
-    }
-}
-
-impl Drop for OwnWrites {
-    fn drop(&mut self) {
-        OWN_WRITES.with(|c| c.set(c.get().saturating_sub(1)));
+        Depth::inside(&OWN_WRITES)
     }
 }
 

@@ -114,12 +114,11 @@ fn issue(ctx: &Context, db: Db, key: &[u8], ttl_ms: i64) -> Option<String> {
     Some(token)
 }
 
-unsafe extern "C" fn on_lapse(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
+unsafe extern "C" fn on_lapse(_ctx: *mut raw::RedisModuleCtx, data: *mut c_void) {
     if data.is_null() {
         return;
     }
     let (db, key, seq) = *Box::from_raw(data.cast::<(Db, Vec<u8>, u64)>());
-    let _ = ctx;
     let lapsed = STATE.with(|s| s.borrow_mut().book.lapse(db, &key, seq));
     if lapsed {
         hand_over(db, &key);
@@ -272,7 +271,7 @@ pub fn tag_getl(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 /// Consumes a lease token for a fill of `key` with `tags`. `Ok(false)` when
 /// the lease was invalidated since it was issued; an error for a token this
 /// server never issued.
-pub fn redeem(_ctx: &Context, db: Db, key: &[u8], token: &[u8], tags: &[&[u8]]) -> Result<bool> {
+pub fn redeem(db: Db, key: &[u8], token: &[u8], tags: &[&[u8]]) -> Result<bool> {
     let v = STATE.with(|s| {
         s.borrow_mut()
             .book
@@ -283,7 +282,7 @@ pub fn redeem(_ctx: &Context, db: Db, key: &[u8], token: &[u8], tags: &[&[u8]]) 
 
 /// The key was written (`gone == false`) or deleted: its lease is void,
 /// and its waiters are woken with the value or handed the next lease.
-pub fn key_written(_ctx: &Context, db: Db, key: &[u8], gone: bool) {
+pub fn key_written(db: Db, key: &[u8], gone: bool) {
     let (revoked, waiters) = STATE.with(|s| {
         let mut s = s.borrow_mut();
         let revoked = s.book.key_changed(db, key);

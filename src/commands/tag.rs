@@ -54,7 +54,7 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         _ => {}
     }
     if let Some(token) = a.lease {
-        if !lease::redeem(ctx, db, a.key, token, &a.tags)? {
+        if !lease::redeem(db, a.key, token, &a.tags)? {
             stats::bump(&stats::LEASES_REJECTED);
             return Ok(RedisValue::Null);
         }
@@ -69,20 +69,14 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
         store::call(ctx, Mode::Replicated, "DEL", &[a.key])?;
         with_index(|ix| ix.remove_key(db, a.key));
-        lease::key_written(ctx, db, a.key, true);
+        lease::key_written(db, a.key, true);
         drop(_own);
         crate::link::drain(ctx);
         return Ok(RedisValue::SimpleStringStatic("OK"));
     }
 
-    let deadline_text = deadline.map(|d| d.to_string());
-    let mut set_args: Vec<&[u8]> = vec![a.key, a.value];
-    match (&deadline_text, a.expiry) {
-        (Some(d), _) => set_args.extend([&b"PXAT"[..], d.as_bytes()]),
-        (None, args::Expiry::Keep) => set_args.push(b"KEEPTTL"),
-        _ => {}
-    }
-    store::write_string(
+    // Replicated as SET first; the tag changes follow as SREM and TAG.ADD.
+    store::set_string(
         ctx,
         a.key,
         a.value,
@@ -97,7 +91,6 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     with_index(|ix| ix.replace(db, a.key, &a.tags));
 
-    ctx.replicate("SET", set_args.as_slice());
     for set in &dropped_sets {
         ctx.replicate("SREM", &[set.as_slice(), a.key][..]);
     }
@@ -106,7 +99,7 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     ctx.replicate("TAG.ADD", add_args.as_slice());
 
     stats::bump(&stats::TAG_WRITES);
-    lease::key_written(ctx, db, a.key, false);
+    lease::key_written(db, a.key, false);
     drop(_own);
     crate::link::drain(ctx);
     Ok(RedisValue::SimpleStringStatic("OK"))
@@ -213,18 +206,22 @@ pub fn purge(
     let db = store::selected_db(ctx);
     let _own = OwnWrites::begin();
     // A purged key leaves the other tags it carried too.
-    let mut other: Vec<(Vec<u8>, &[u8])> = Vec::new();
+    // Grouped by set: one SREM per other tag, however many keys share it.
+    let mut other: std::collections::BTreeMap<Vec<u8>, Vec<&[u8]>> = Default::default();
     with_index(|ix| {
         for m in &members {
             for t in ix.remove_key_except(db, m, tags) {
-                other.push((t, m.as_slice()));
+                other.entry(t).or_default().push(m.as_slice());
             }
         }
     });
     let prefix = config::tag_prefix();
-    for (t, m) in &other {
+    for (t, keys) in &other {
         let set = [&prefix[..], t].concat();
-        store::call(ctx, Mode::Replicated, "SREM", &[&set, m])?;
+        let mut args: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        args.push(&set);
+        args.extend(keys.iter().copied());
+        store::call(ctx, Mode::Replicated, "SREM", &args)?;
     }
     let mut deleted = 0;
     for chunk in members.chunks(1024) {
@@ -242,7 +239,7 @@ pub fn purge(
     }
     if lease::watching() {
         for m in &members {
-            lease::key_written(ctx, db, m, true);
+            lease::key_written(db, m, true);
         }
     }
     lease::tags_purged(tags);

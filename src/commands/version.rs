@@ -11,7 +11,7 @@ use crate::config;
 use crate::error::{Error, Result};
 use crate::events::{self, Event, Op};
 use crate::stats;
-use crate::store::{self, argv, Access, Caller, Mode};
+use crate::store::{self, argv, Access, Caller};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -52,14 +52,8 @@ fn next(cur: Option<i64>) -> i64 {
 /// Moves the token to version `next` and replicates it.
 fn advance(ctx: &Context, token: &[u8], next: i64) -> Result<i64> {
     HIGH_WATER.fetch_max(next, Ordering::Relaxed);
-    let text = next.to_string();
     // KEEPTTL: a bump leaves a token's TTL as INCR would.
-    store::call(
-        ctx,
-        Mode::Replicated,
-        "SET",
-        &[token, text.as_bytes(), b"KEEPTTL"],
-    )?;
+    store::set_string(ctx, token, next.to_string().as_bytes(), None, true)?;
     Ok(next)
 }
 
@@ -113,12 +107,7 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if cur.is_none() {
         advance(ctx, &token, version)?;
     }
-    let when = deadline.map(|d| d.to_string());
-    let mut set: Vec<&[u8]> = vec![&vkey, a.value];
-    if let Some(w) = &when {
-        set.extend([&b"PXAT"[..], w.as_bytes()]);
-    }
-    store::call(ctx, Mode::Replicated, "SET", &set)?;
+    store::set_string(ctx, &vkey, a.value, deadline, false)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
