@@ -42,7 +42,8 @@ integration-test: ## the Python suite against every server binary found (PYTEST_
 bench: build ## run the benchmarks (bench/bench.py)
 	$(PYTHON) bench/bench.py
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check and clippy with warnings as errors (adds rustfmt and clippy with rustup if missing)
+	@PYTHON=$(PYTHON) scripts/prereqs.sh lint
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
