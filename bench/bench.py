@@ -1011,10 +1011,15 @@ def _latency_probe(port, cpu, rate, stop_at, max_seconds, ready_q, out_q):
 
 
 def _pct(sorted_xs, p):
+    """Nearest-rank percentile: p in percent (50, 99, 99.9) of an ascending
+    list; None for an empty list."""
     if not sorted_xs:
         return None
-    k = min(len(sorted_xs) - 1, max(0, int(math.ceil(p / 100.0 * len(sorted_xs))) - 1))
-    return sorted_xs[k]
+    n = len(sorted_xs)
+    # The rank is ceil(p/100 * n); the small slack keeps float error (99.9/100
+    # * 1000 = 999.0000000000001) from moving it up one.
+    rank = int(math.ceil(p * n / 100.0 - 1e-9))
+    return sorted_xs[min(n, max(1, rank)) - 1]
 
 
 @scenario("purge-latency", "GET latency (p50/p99/p99.9/max) while a 1,000,000-key tag is purged")
@@ -1382,10 +1387,6 @@ def _lock_get(r, key, load, deadline):
     return v, polls, 0
 
 
-def _pct(xs, q):
-    return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else None
-
-
 def stampede_round(port, fetch, duration, clients=STAMPEDE_CLIENTS, grace=5.0):
     """`clients` threads, one connection each, read `hot` for `duration` s.
     A request started before the deadline may finish up to `grace` s later."""
@@ -1469,8 +1470,8 @@ def stampede_round(port, fetch, duration, clients=STAMPEDE_CLIENTS, grace=5.0):
         "db_per_exp": db[0] / expiries if expiries > 0 else None,
         "db": db[0], "expiries": expiries, "served": len(lat),
         "served_s": len(lat) / elapsed if elapsed > 0 else None,
-        "p50_ms": _pct(lat, 0.50) * 1e3 if lat else None,
-        "p99_ms": _pct(lat, 0.99) * 1e3 if lat else None,
+        "p50_ms": _pct(lat, 50) * 1e3 if lat else None,
+        "p99_ms": _pct(lat, 99) * 1e3 if lat else None,
         "max_ms": lat[-1] * 1e3 if lat else None,
         "waits": tallies["waits"], "rejected": tallies["rejected"],
         "unfinished": tallies["unfinished"], "errors": errors,
