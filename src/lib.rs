@@ -1,25 +1,18 @@
 //! tagcache: cache invalidation inside Redis. The command table and the
-//! module's start-up; everything else lives in the modules below.
+//! module's start-up; everything else lives in three layers:
+//! `commands` (parse, call the engine, reply) over `engine` (plain Rust:
+//! the state and the plans) and `server` (everything that talks to Redis).
 
-mod args;
-mod cmdinfo;
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod commands;
-mod config;
-mod error;
-mod events;
-mod index;
-mod lease;
-mod link;
-mod notify;
-mod rebuild;
-mod rules;
-mod slot;
-mod stats;
-mod store;
+mod engine;
+mod server;
 
-use commands::{info, tag, version};
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{redis_module, Context, RedisString, Status};
+use server::cmdinfo::flags;
+use server::config;
 
 // Unit tests run without a server, so they cannot use the server's allocator.
 #[cfg(not(test))]
@@ -32,24 +25,7 @@ type Alloc = std::alloc::System;
 const ALLOC: Alloc = std::alloc::System;
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
-    std::panic::set_hook(Box::new(|info| {
-        redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
-    }));
-    let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
-    match config::parse_load_args(&raw_args) {
-        Ok(settings) => config::apply(settings),
-        Err(why) => {
-            ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
-            return Status::Err;
-        }
-    }
-    info::register_info(ctx);
-    notify::register_filter(ctx);
-    if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
-        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
-        return Status::Err;
-    }
-    Status::Ok
+    server::init(ctx, args)
 }
 
 redis_module! {
@@ -59,25 +35,25 @@ redis_module! {
     data_types: [],
     init: init,
     commands: [
-        ["tag.set", tag::tag_set, "write deny-oom", 0, 0, 0, ""],
-        ["tag.add", tag::tag_add, "write deny-oom", 0, 0, 0, ""],
-        ["tag.rem", tag::tag_rem, "write", 0, 0, 0, ""],
-        ["tag.purge", tag::tag_purge, "write", 0, 0, 0, ""],
-        ["tag.members", tag::tag_members, "readonly", 0, 0, 0, ""],
-        ["tag.card", tag::tag_card, "readonly", 0, 0, 0, ""],
-        ["tag.tags", tag::tag_tags, "readonly fast", 0, 0, 0, ""],
-        ["tag.info", info::tag_info, "readonly fast", 0, 0, 0, ""],
-        ["tag.link", link::tag_link, "write deny-oom", 0, 0, 0, ""],
-        ["tag.unlink", link::tag_unlink, "write", 0, 0, 0, ""],
-        ["tag.links", link::tag_links, "readonly", 0, 0, 0, ""],
-        ["tag.getl", commands::lease::tag_getl, "write deny-oom", 0, 0, 0, ""],
-        ["ver.get", version::ver_get, "readonly fast", 0, 0, 0, ""],
-        ["ver.set", version::ver_set, "write deny-oom", 0, 0, 0, ""],
-        ["ver.bump", version::ver_bump, "write deny-oom fast", 0, 0, 0, ""],
-        ["ver.current", version::ver_current, "readonly fast", 0, 0, 0, ""],
+        ["tag.set", commands::tag_set, flags("tag.set"), 0, 0, 0, ""],
+        ["tag.add", commands::tag_add, flags("tag.add"), 0, 0, 0, ""],
+        ["tag.rem", commands::tag_rem, flags("tag.rem"), 0, 0, 0, ""],
+        ["tag.purge", commands::tag_purge, flags("tag.purge"), 0, 0, 0, ""],
+        ["tag.members", commands::tag_members, flags("tag.members"), 0, 0, 0, ""],
+        ["tag.card", commands::tag_card, flags("tag.card"), 0, 0, 0, ""],
+        ["tag.tags", commands::tag_tags, flags("tag.tags"), 0, 0, 0, ""],
+        ["tag.info", commands::tag_info, flags("tag.info"), 0, 0, 0, ""],
+        ["tag.link", commands::tag_link, flags("tag.link"), 0, 0, 0, ""],
+        ["tag.unlink", commands::tag_unlink, flags("tag.unlink"), 0, 0, 0, ""],
+        ["tag.links", commands::tag_links, flags("tag.links"), 0, 0, 0, ""],
+        ["tag.getl", commands::tag_getl, flags("tag.getl"), 0, 0, 0, ""],
+        ["ver.get", commands::ver_get, flags("ver.get"), 0, 0, 0, ""],
+        ["ver.set", commands::ver_set, flags("ver.set"), 0, 0, 0, ""],
+        ["ver.bump", commands::ver_bump, flags("ver.bump"), 0, 0, 0, ""],
+        ["ver.current", commands::ver_current, flags("ver.current"), 0, 0, 0, ""],
     ],
     event_handlers: [
-        [@ALL: notify::on_keyspace_event],
+        [@ALL: server::notify::on_keyspace_event],
     ],
     configurations: [
         i64: [
@@ -85,8 +61,8 @@ redis_module! {
             ["lease-ttl", &config::LEASE_TTL, config::LEASE_TTL_DEFAULT, config::LEASE_TTL_MIN, config::LEASE_TTL_MAX, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
-            ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::DEFAULT, None],
-            ["ver-prefix", &config::VER_PREFIX, config::VER_PREFIX_DEFAULT, ConfigurationFlags::DEFAULT, None],
+            ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::IMMUTABLE, None],
+            ["ver-prefix", &config::VER_PREFIX, config::VER_PREFIX_DEFAULT, ConfigurationFlags::IMMUTABLE, None],
             ["events-channel", &config::EVENTS_CHANNEL, config::EVENTS_CHANNEL_DEFAULT, ConfigurationFlags::DEFAULT, None],
             ["events-stream", &config::EVENTS_STREAM, config::EVENTS_STREAM_DEFAULT, ConfigurationFlags::DEFAULT, None],
         ],

@@ -2,16 +2,19 @@
 //! trip. The token `<ver-prefix><scope>` holds the scope's version as an
 //! integer string; values live at `v<N>:<key>`.
 //!
-//! Writes replicate their effect (`SET ver:<scope> N`, `SET v<N>:<key> value
-//! PXAT t`): the version chosen depends on the clock, so replaying the
-//! command elsewhere could choose another.
+//! Writes replicate their effect (`SET ver:<scope> N KEEPTTL`, `SET
+//! v<N>:<key> value PXAT t`): the version chosen depends on the clock, so
+//! replaying the command elsewhere could choose another.
 
-use crate::args::{self, parse_i64};
-use crate::config;
-use crate::error::{Error, Result};
-use crate::events::{self, Event, Op};
-use crate::stats;
-use crate::store::{self, argv, Access, Caller};
+use super::args::{self, parse_i64};
+use crate::engine::error::{Error, Result};
+use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix};
+use crate::engine::version::{self, value_key};
+use crate::engine::{self, stats};
+use crate::server::apply::{self, Cause};
+use crate::server::config;
+use crate::server::events::{self, Event, Op};
+use crate::server::keys::{self, argv, Caller};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -22,13 +25,9 @@ fn token_key(scope: &[u8]) -> Vec<u8> {
     [config::ver_prefix().as_slice(), scope].concat()
 }
 
-fn value_key(version: i64, key: &[u8]) -> Vec<u8> {
-    [format!("v{version}:").as_bytes(), key].concat()
-}
-
 /// The scope's current version, `None` when it has none.
 fn current(ctx: &Context, token: &[u8]) -> Result<Option<i64>> {
-    match store::read_string(ctx, token)? {
+    match keys::read_string(ctx, token)? {
         None => Ok(None),
         Some(v) => parse_i64(&v)
             .map(Some)
@@ -41,20 +40,25 @@ fn now_us() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-        .max(store::now_ms().saturating_mul(1000))
+        .max(keys::now_ms().saturating_mul(1000))
 }
 
 /// The version that would follow `cur` now.
-fn next(cur: Option<i64>) -> i64 {
-    args::next_version(cur, HIGH_WATER.load(Ordering::Relaxed), now_us())
+fn next(cur: Option<i64>) -> Result<i64> {
+    version::next(cur, HIGH_WATER.load(Ordering::Relaxed), now_us())
 }
 
-/// Moves the token to version `next` and replicates it.
-fn advance(ctx: &Context, token: &[u8], next: i64) -> Result<i64> {
-    HIGH_WATER.fetch_max(next, Ordering::Relaxed);
-    // KEEPTTL: a bump leaves a token's TTL as INCR would.
-    store::set_string(ctx, token, next.to_string().as_bytes(), None, true)?;
-    Ok(next)
+/// A bump keeps the token's TTL, as `INCR` would.
+const KEEP: Expiry = Expiry {
+    deadline: None,
+    keep_ttl: true,
+};
+
+fn readable(ctx: &Context, caller: &Option<Caller>, key: &[u8]) -> Result<()> {
+    match caller {
+        Some(c) => c.check(ctx, key, Access::Read),
+        None => Ok(()),
+    }
 }
 
 pub fn ver_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
@@ -65,14 +69,14 @@ pub fn ver_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     let token = token_key(scope);
     let caller = Caller::of(ctx);
-    caller.check(ctx, &token, Access::Read)?;
+    readable(ctx, &caller, &token)?;
     let Some(version) = current(ctx, &token)? else {
         return Ok(RedisValue::Null);
     };
     let vkey = value_key(version, key);
-    store::ensure_same_slot(ctx, &[&token, &vkey])?;
-    caller.check(ctx, &vkey, Access::Read)?;
-    Ok(match store::read_string(ctx, &vkey)? {
+    keys::ensure_same_slot(ctx, &[&token, &vkey])?;
+    readable(ctx, &caller, &vkey)?;
+    Ok(match keys::read_string(ctx, &vkey)? {
         Some(v) => RedisValue::StringBuffer(v),
         None => RedisValue::Null,
     })
@@ -85,7 +89,7 @@ pub fn ver_current(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(Error::WrongArity("ver.current").into());
     };
     let token = token_key(scope);
-    Caller::of(ctx).check(ctx, &token, Access::Read)?;
+    readable(ctx, &Caller::of(ctx), &token)?;
     Ok(current(ctx, &token)?.map_or(RedisValue::Null, RedisValue::Integer))
 }
 
@@ -93,21 +97,37 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let a = args::parse_ver_set(&argv)?;
-    let deadline = a.expiry.deadline(store::now_ms(), "ver.set")?;
+    let deadline = a.expiry.deadline(keys::now_ms(), "ver.set")?;
     let token = token_key(a.scope);
-    let caller = Caller::of(ctx);
-    caller.check(ctx, &token, Access::Write)?;
     let cur = current(ctx, &token)?;
-    // The value key is known only once the version is: check it for the
-    // version that will be used, before anything is written.
-    let version = cur.unwrap_or_else(|| next(None));
+    // The value key is known only once the version is: the plan names it
+    // for the version that will be used, and is checked as a whole.
+    let version = match cur {
+        Some(v) => v,
+        None => next(None)?,
+    };
     let vkey = value_key(version, a.key);
-    store::ensure_same_slot(ctx, &[&token, &vkey])?;
-    caller.check(ctx, &vkey, Access::Write)?;
-    if cur.is_none() {
-        advance(ctx, &token, version)?;
-    }
-    store::set_string(ctx, &vkey, a.value, deadline, false)?;
+    let prefix = config::tag_prefix();
+    let p = Prefix(&prefix);
+    let db = keys::selected_db(ctx);
+    let plan = engine::with(|s| {
+        let mut plan = Plan::default();
+        plan.check(&token, Access::Write, Kind::String);
+        if cur.is_none() {
+            let v = version.to_string();
+            plan::overwrite(&mut plan, &s.index, db, &p, &token, v.as_bytes(), KEEP);
+        }
+        let e = Expiry {
+            deadline,
+            keep_ttl: false,
+        };
+        plan::overwrite(&mut plan, &s.index, db, &p, &vkey, a.value, e);
+        plan
+    })
+    .unwrap_or_default();
+    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
+    apply::apply(ctx, &plan, Cause::Command)?;
+    HIGH_WATER.fetch_max(version, Ordering::Relaxed);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -123,17 +143,27 @@ pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             scopes.push(s);
         }
     }
-    let caller = Caller::of(ctx);
     let tokens: Vec<Vec<u8>> = scopes.iter().map(|s| token_key(s)).collect();
-    caller.check_all(ctx, &tokens, Access::Write)?;
-    store::ensure_same_slot(ctx, &tokens)?;
-    let currents = tokens
-        .iter()
-        .map(|t| current(ctx, t))
-        .collect::<Result<Vec<_>>>()?;
     let mut versions = Vec::with_capacity(tokens.len());
-    for (t, cur) in tokens.iter().zip(currents) {
-        versions.push(advance(ctx, t, next(cur))?);
+    for t in &tokens {
+        versions.push(next(current(ctx, t)?)?);
+    }
+    let prefix = config::tag_prefix();
+    let p = Prefix(&prefix);
+    let db = keys::selected_db(ctx);
+    let plan = engine::with(|s| {
+        let mut plan = Plan::default();
+        for (t, v) in tokens.iter().zip(&versions) {
+            let text = v.to_string();
+            plan::overwrite(&mut plan, &s.index, db, &p, t, text.as_bytes(), KEEP);
+        }
+        plan
+    })
+    .unwrap_or_default();
+    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
+    apply::apply(ctx, &plan, Cause::Command)?;
+    if let Some(&high) = versions.iter().max() {
+        HIGH_WATER.fetch_max(high, Ordering::Relaxed);
     }
     stats::add(&stats::BUMPS, versions.len() as u64);
     let scope_names: Vec<Vec<u8>> = scopes.iter().map(|s| s.to_vec()).collect();

@@ -9,6 +9,8 @@ pub static KEYS_PURGED: AtomicU64 = AtomicU64::new(0);
 pub static INDEX_CLEANUPS: AtomicU64 = AtomicU64::new(0);
 pub static BUMPS: AtomicU64 = AtomicU64::new(0);
 pub static RULE_FIRINGS: AtomicU64 = AtomicU64::new(0);
+/// Keys a rule left in place because its owner may not delete them.
+pub static RULE_KEYS_DENIED: AtomicU64 = AtomicU64::new(0);
 pub static EVENTS: AtomicU64 = AtomicU64::new(0);
 pub static LEASES_GRANTED: AtomicU64 = AtomicU64::new(0);
 pub static LEASES_REJECTED: AtomicU64 = AtomicU64::new(0);

@@ -2,7 +2,7 @@
 //! is unit-tested without a server; every check happens here, before any key
 //! is opened, so that a bad call changes nothing.
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 
 /// Expiry requested by a write, as the client gave it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +61,8 @@ pub fn parse_i64(arg: &[u8]) -> Result<i64> {
         .ok_or(Error::NotInteger)
 }
 
-fn text(arg: &[u8]) -> String {
-    String::from_utf8_lossy(arg).into_owned()
+fn upper(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).to_ascii_uppercase()
 }
 
 /// Parses the value of an `EX`/`PX`/`EXAT`/`PXAT` option (`word` already
@@ -78,7 +78,7 @@ pub fn parse_expiry(word: &str, value: &[u8], cmd: &'static str) -> Result<Expir
         "PX" => Ok(Expiry::Relative(n)),
         "EXAT" => Ok(Expiry::At(ms(n)?)),
         "PXAT" => Ok(Expiry::At(n)),
-        _ => Err(Error::Syntax(word.to_string())),
+        _ => Err(Error::Syntax(word.as_bytes().to_vec())),
     }
 }
 
@@ -117,7 +117,7 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                 "TAGS numtags tag [tag ...] is required".into(),
             ));
         };
-        let word = text(word_raw).to_ascii_uppercase();
+        let word = upper(word_raw);
         match word.as_str() {
             "TAGS" => {
                 let n = rest.get(i + 1).ok_or(Error::NumTags)?;
@@ -138,17 +138,17 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
             }
             w if is_expiry_word(w) => {
                 if expiry.is_some() {
-                    return Err(Error::Syntax(text(word_raw)));
+                    return Err(Error::Syntax(word_raw.to_vec()));
                 }
                 let v = rest
                     .get(i + 1)
-                    .ok_or_else(|| Error::Syntax(text(word_raw)))?;
+                    .ok_or_else(|| Error::Syntax(word_raw.to_vec()))?;
                 expiry = Some(parse_expiry(w, v, "tag.set")?);
                 i += 2;
             }
             "KEEPTTL" => {
                 if expiry.is_some() {
-                    return Err(Error::Syntax(text(word_raw)));
+                    return Err(Error::Syntax(word_raw.to_vec()));
                 }
                 expiry = Some(Expiry::Keep);
                 i += 1;
@@ -160,25 +160,74 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                     Condition::IfPresent
                 };
                 if condition != Condition::Always && condition != c {
-                    return Err(Error::Syntax(text(word_raw)));
+                    return Err(Error::Syntax(word_raw.to_vec()));
                 }
                 condition = c;
                 i += 1;
             }
             "LEASE" => {
                 if lease.is_some() {
-                    return Err(Error::Syntax(text(word_raw)));
+                    return Err(Error::Syntax(word_raw.to_vec()));
                 }
                 lease = Some(
                     *rest
                         .get(i + 1)
-                        .ok_or_else(|| Error::Syntax(text(word_raw)))?,
+                        .ok_or_else(|| Error::Syntax(word_raw.to_vec()))?,
                 );
                 i += 2;
             }
-            _ => return Err(Error::Syntax(text(word_raw))),
+            _ => return Err(Error::Syntax(word_raw.to_vec())),
         }
     }
+}
+
+/// Longest lease or wait, in ms: a day. Larger values are refused so that
+/// no timer overflows.
+pub const LEASE_MS_MAX: i64 = 86_400_000;
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct GetlArgs<'a> {
+    pub key: &'a [u8],
+    pub ttl_ms: Option<i64>,
+    pub wait_ms: Option<i64>,
+}
+
+/// `TAG.GETL key [TTL ms] [WAIT ms]`.
+pub fn parse_getl<'a>(args: &[&'a [u8]]) -> Result<GetlArgs<'a>> {
+    let Some((key, rest)) = args.split_first() else {
+        return Err(Error::WrongArity("tag.getl"));
+    };
+    let mut a = GetlArgs {
+        key,
+        ttl_ms: None,
+        wait_ms: None,
+    };
+    let mut words = rest.iter();
+    while let Some(word) = words.next() {
+        let value = words.next().ok_or_else(|| Error::Syntax(word.to_vec()))?;
+        match upper(word).as_str() {
+            "TTL" if a.ttl_ms.is_none() => {
+                let n = parse_i64(value)?;
+                if !(1..=LEASE_MS_MAX).contains(&n) {
+                    return Err(Error::Invalid(format!(
+                        "TTL must be between 1 and {LEASE_MS_MAX} milliseconds"
+                    )));
+                }
+                a.ttl_ms = Some(n);
+            }
+            "WAIT" if a.wait_ms.is_none() => {
+                let n = parse_i64(value)?;
+                if !(0..=LEASE_MS_MAX).contains(&n) {
+                    return Err(Error::Invalid(format!(
+                        "WAIT must be between 0 and {LEASE_MS_MAX} milliseconds"
+                    )));
+                }
+                a.wait_ms = Some(n);
+            }
+            _ => return Err(Error::Syntax(word.to_vec())),
+        }
+    }
+    Ok(a)
 }
 
 /// `key tag [tag ...]` for TAG.ADD / TAG.REM.
@@ -209,14 +258,14 @@ pub fn parse_ver_set<'a>(args: &[&'a [u8]]) -> Result<VerSetArgs<'a>> {
     let expiry = match rest {
         [] => Expiry::Persist,
         [word, n] => {
-            let w = text(word).to_ascii_uppercase();
+            let w = upper(word);
             if !is_expiry_word(&w) {
-                return Err(Error::Syntax(text(word)));
+                return Err(Error::Syntax(word.to_vec()));
             }
             parse_expiry(&w, n, "ver.set")?
         }
-        [word] => return Err(Error::Syntax(text(word))),
-        [_, _, extra, ..] => return Err(Error::Syntax(text(extra))),
+        [word] => return Err(Error::Syntax(word.to_vec())),
+        [_, _, extra, ..] => return Err(Error::Syntax(extra.to_vec())),
     };
     Ok(VerSetArgs {
         scope,
@@ -226,16 +275,6 @@ pub fn parse_ver_set<'a>(args: &[&'a [u8]]) -> Result<VerSetArgs<'a>> {
     })
 }
 
-/// The next version for a scope whose token holds `current` (`None` when
-/// the token is gone). A new version is above the token, above every
-/// version this process handed out (`high_water`), and at least the clock
-/// in microseconds, so a token that was deleted, expired, flushed or
-/// restored from an older snapshot never brings an old version back.
-pub fn next_version(current: Option<i64>, high_water: i64, now_us: i64) -> i64 {
-    let floor = current.unwrap_or(0).max(high_water).saturating_add(1);
-    floor.max(now_us)
-}
-
 // Unit tests only: compiled out of the module (`cfg(test)`), they never
 // see client input or keyspace data, so `unwrap` here is a test assertion.
 #[cfg(test)]
@@ -243,12 +282,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_only_grow() {
-        assert_eq!(next_version(None, 0, 1_000), 1_000);
-        assert_eq!(next_version(Some(5), 0, 1_000), 1_000);
-        assert_eq!(next_version(Some(5_000), 0, 1_000), 5_001);
-        assert_eq!(next_version(None, 7_000, 1_000), 7_001);
-        assert_eq!(next_version(Some(i64::MAX), 0, 1), i64::MAX);
+    fn getl_bounds() {
+        fn g(s: &'static str) -> Result<GetlArgs<'static>> {
+            let v: Vec<&[u8]> = s.split(' ').map(str::as_bytes).collect();
+            parse_getl(&v)
+        }
+        assert_eq!(
+            g("k ttl 5 WAIT 0").map(|a| (a.ttl_ms, a.wait_ms)),
+            Ok((Some(5), Some(0)))
+        );
+        assert!(g("k TTL 86400000").is_ok());
+        assert!(matches!(g("k TTL 86400001"), Err(Error::Invalid(_))));
+        assert!(matches!(g("k TTL 0"), Err(Error::Invalid(_))));
+        assert!(matches!(g("k WAIT -1"), Err(Error::Invalid(_))));
+        assert_eq!(g("k TTL"), Err(Error::Syntax(b"TTL".to_vec())));
+        assert_eq!(g("k TTL 1 TTL 2"), Err(Error::Syntax(b"TTL".to_vec())));
+        assert_eq!(g("k x"), Err(Error::Syntax(b"x".to_vec())));
     }
 
     #[test]
@@ -267,11 +316,11 @@ mod tests {
         assert_eq!(parse_ver_set(&v("s k")), Err(Error::WrongArity("ver.set")));
         assert_eq!(
             parse_ver_set(&v("s k v EX")),
-            Err(Error::Syntax("EX".into()))
+            Err(Error::Syntax(b"EX".to_vec()))
         );
         assert_eq!(
             parse_ver_set(&v("s k v KEEPTTL 1")),
-            Err(Error::Syntax("KEEPTTL".into()))
+            Err(Error::Syntax(b"KEEPTTL".to_vec()))
         );
         assert_eq!(
             parse_ver_set(&v("s k v EX 0")),
@@ -279,7 +328,7 @@ mod tests {
         );
         assert_eq!(
             parse_ver_set(&v("s k v EX 1 PX 2")),
-            Err(Error::Syntax("PX".into()))
+            Err(Error::Syntax(b"PX".to_vec()))
         );
     }
 
@@ -298,7 +347,7 @@ mod tests {
         assert_eq!(a.expiry, Expiry::Relative(10_000));
         assert_eq!(a.condition, Condition::IfAbsent);
         let a = p("k v PXAT 5 XX KEEPTTL TAGS 1 a");
-        assert_eq!(a, Err(Error::Syntax("KEEPTTL".into())));
+        assert_eq!(a, Err(Error::Syntax(b"KEEPTTL".to_vec())));
         let a = p("k v keepttl lease tok TAGS 3 a a b").unwrap();
         assert_eq!(a.expiry, Expiry::Keep);
         assert_eq!(a.lease, Some(&b"tok"[..]));
@@ -326,10 +375,13 @@ mod tests {
             p("k v EX 9223372036854775807 TAGS 1 a"),
             Err(Error::InvalidExpire("tag.set"))
         );
-        assert_eq!(p("k v EX 1 PX 1 TAGS 1 a"), Err(Error::Syntax("PX".into())));
-        assert_eq!(p("k v NX XX TAGS 1 a"), Err(Error::Syntax("XX".into())));
-        assert_eq!(p("k v FOO TAGS 1 a"), Err(Error::Syntax("FOO".into())));
-        assert_eq!(p("k v EX"), Err(Error::Syntax("EX".into())));
+        assert_eq!(
+            p("k v EX 1 PX 1 TAGS 1 a"),
+            Err(Error::Syntax(b"PX".to_vec()))
+        );
+        assert_eq!(p("k v NX XX TAGS 1 a"), Err(Error::Syntax(b"XX".to_vec())));
+        assert_eq!(p("k v FOO TAGS 1 a"), Err(Error::Syntax(b"FOO".to_vec())));
+        assert_eq!(p("k v EX"), Err(Error::Syntax(b"EX".to_vec())));
         let v: Vec<&[u8]> = vec![b"k", b"v", b"TAGS", b"1", b""];
         assert_eq!(parse_tag_set(&v), Err(Error::EmptyTag));
     }

@@ -7,7 +7,6 @@
 //! cluster (`{product:42}` lands on the slot of `tag:{product:42}`), but
 //! the ACL check applies to the derived keys, which the module checks itself.
 
-use redis_module::commands::{BeginSearch, FindKeys, KeySpec, KeySpecFlags};
 use redis_module::{raw, Context};
 use std::ffi::{CStr, CString};
 
@@ -18,6 +17,7 @@ const VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoV
     sizeof_arg: std::mem::size_of::<raw::RedisModuleCommandArg>(),
 };
 
+type KeySpecFlags = u64;
 type FlagsFn = fn() -> KeySpecFlags;
 
 /// Where a command's keys are.
@@ -33,8 +33,10 @@ enum Keys {
     KeyAndTags,
 }
 
-struct Info {
-    name: &'static str,
+pub struct Info {
+    pub name: &'static str,
+    /// Command flags, as `RedisModule_CreateCommand` takes them.
+    pub flags: &'static str,
     summary: &'static str,
     complexity: &'static str,
     arity: i32,
@@ -158,6 +160,7 @@ fn lay_out(
             display_text: std::ptr::null(),
         });
     }
+    // SAFETY: the terminator is all zeroes, as Redis reads it.
     out.push(unsafe { std::mem::zeroed() });
     let ptr = out.as_mut_ptr();
     arena.push(out);
@@ -165,22 +168,27 @@ fn lay_out(
 }
 
 fn ro() -> KeySpecFlags {
-    KeySpecFlags::READ_ONLY
+    raw::REDISMODULE_CMD_KEY_RO as u64
 }
 fn ro_access() -> KeySpecFlags {
-    KeySpecFlags::READ_ONLY | KeySpecFlags::ACCESS
+    (raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS) as u64
+}
+fn rw_update() -> KeySpecFlags {
+    (raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE) as u64
 }
 fn ow_update() -> KeySpecFlags {
-    KeySpecFlags::OVERWRITE | KeySpecFlags::UPDATE
+    (raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE) as u64
 }
 fn not_key() -> KeySpecFlags {
-    KeySpecFlags::READ_ONLY | KeySpecFlags::NOT_KEY
+    (raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_NOT_KEY) as u64
 }
 
-fn table() -> Vec<Info> {
+/// Every command of the module: one record each (name, flags, docs, keys).
+pub fn table() -> Vec<Info> {
     vec![
         Info {
             name: "tag.set",
+            flags: "write deny-oom",
             summary: "Sets the string value of a key and makes its tags exactly the given ones",
             complexity: "O(N) where N is the number of tags given and removed",
             arity: -6,
@@ -197,22 +205,25 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.add",
+            flags: "write deny-oom",
             summary: "Adds tags to an existing key of any type",
             complexity: "O(N) where N is the number of tags",
             arity: -3,
-            keys: Keys::At(1, ro()),
+            keys: Keys::At(1, rw_update()),
             args: vec![key(c"key"), string(c"tag").multi()],
         },
         Info {
             name: "tag.rem",
+            flags: "write",
             summary: "Removes tags from a key",
             complexity: "O(N) where N is the number of tags",
             arity: -3,
-            keys: Keys::At(1, ro()),
+            keys: Keys::At(1, rw_update()),
             args: vec![key(c"key"), string(c"tag").multi()],
         },
         Info {
             name: "tag.purge",
+            flags: "write",
             summary: "Deletes every key that carries any of the tags, and the tags' index",
             complexity: "O(N) where N is the number of keys deleted",
             arity: -2,
@@ -221,6 +232,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.members",
+            flags: "readonly",
             summary: "Returns the keys that carry a tag",
             complexity: "O(N) where N is the number of keys carrying the tag",
             arity: 2,
@@ -229,6 +241,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.card",
+            flags: "readonly",
             summary: "Returns the number of keys that carry a tag",
             complexity: "O(N) where N is the number of keys carrying the tag",
             arity: 2,
@@ -237,6 +250,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.tags",
+            flags: "readonly fast",
             summary: "Returns the tags a key carries",
             complexity: "O(N) where N is the number of tags of the key",
             arity: 2,
@@ -245,6 +259,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.info",
+            flags: "readonly fast",
             summary: "Returns the module's counters and settings",
             complexity: "O(1)",
             arity: 1,
@@ -253,6 +268,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "ver.get",
+            flags: "readonly fast",
             summary: "Returns the value of a key under its scope's current version",
             complexity: "O(1)",
             arity: 3,
@@ -261,6 +277,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "ver.set",
+            flags: "write deny-oom",
             summary: "Sets the value of a key under its scope's current version",
             complexity: "O(1)",
             arity: -4,
@@ -274,6 +291,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "ver.bump",
+            flags: "write deny-oom fast",
             summary: "Invalidates every value under the scopes by moving to a new version",
             complexity: "O(1) for each scope",
             arity: -2,
@@ -282,6 +300,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "ver.current",
+            flags: "readonly fast",
             summary: "Returns the current version of a scope",
             complexity: "O(1)",
             arity: 2,
@@ -290,6 +309,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.link",
+            flags: "write deny-oom",
             summary: "Adds a rule: a change to a key under source-prefix purges the matching tag",
             complexity: "O(L) where L is the length of the prefix",
             arity: 3,
@@ -298,6 +318,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.unlink",
+            flags: "write",
             summary: "Removes the rule for a source prefix",
             complexity: "O(L) where L is the length of the prefix",
             arity: 2,
@@ -306,6 +327,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.links",
+            flags: "readonly",
             summary: "Lists the rules",
             complexity: "O(N) where N is the number of rules",
             arity: 1,
@@ -314,6 +336,7 @@ fn table() -> Vec<Info> {
         },
         Info {
             name: "tag.getl",
+            flags: "write deny-oom",
             summary: "Reads a key, handing out a lease to fill it on a miss",
             complexity: "O(1)",
             arity: -2,
@@ -327,59 +350,103 @@ fn table() -> Vec<Info> {
     ]
 }
 
-fn specs(keys: &Keys) -> Vec<KeySpec> {
-    let one = |i: i32, f: KeySpecFlags| {
-        KeySpec::new(
-            None,
-            f,
-            BeginSearch::new_index(i),
-            FindKeys::new_range(0, 1, 0),
-        )
-    };
-    match keys {
+fn spec(
+    flags: KeySpecFlags,
+    bs: raw::RedisModuleCommandKeySpec__bindgen_ty_1,
+    by_keyword: bool,
+    fk: raw::RedisModuleCommandKeySpec__bindgen_ty_2,
+    by_keynum: bool,
+) -> raw::RedisModuleCommandKeySpec {
+    raw::RedisModuleCommandKeySpec {
+        notes: std::ptr::null(),
+        flags,
+        begin_search_type: if by_keyword {
+            raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_KEYWORD
+        } else {
+            raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_INDEX
+        },
+        bs,
+        find_keys_type: if by_keynum {
+            raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_KEYNUM
+        } else {
+            raw::RedisModuleKeySpecFindKeysType_REDISMODULE_KSPEC_FK_RANGE
+        },
+        fk,
+    }
+}
+
+fn at(pos: i32) -> raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+    raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+        index: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_1 { pos },
+    }
+}
+
+fn range(lastkey: i32) -> raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+    raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+        range: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_1 {
+            lastkey,
+            keystep: 1,
+            limit: 0,
+        },
+    }
+}
+
+/// The key specs, ending with the all-zero entry Redis expects. Every
+/// string they point to is static.
+fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
+    let one = |i: i32, f: KeySpecFlags| spec(f, at(i), false, range(0), false);
+    let mut out = match keys {
         Keys::None => vec![],
-        Keys::At(i, f) => vec![one(*i, KeySpecFlags::from_bits_truncate(f.bits()))],
-        Keys::Rest(i, f) => vec![KeySpec::new(
-            None,
-            KeySpecFlags::from_bits_truncate(f.bits()),
-            BeginSearch::new_index(*i),
-            FindKeys::new_range(-1, 1, 0),
-        )],
+        Keys::At(i, f) => vec![one(*i, *f)],
+        Keys::Rest(i, f) => vec![spec(*f, at(*i), false, range(-1), false)],
         Keys::Each(list) => list.iter().map(|(i, f)| one(*i, f())).collect(),
         Keys::KeyAndTags => vec![
             one(1, ow_update()),
-            KeySpec::new(
-                Some(
-                    "tags: routed on in a cluster; their index keys are checked by the module"
-                        .into(),
-                ),
+            spec(
                 not_key(),
-                BeginSearch::new_keyword("TAGS".into(), 3),
-                FindKeys::new_keys_num(0, 1, 1),
+                raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+                    keyword: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_2 {
+                        keyword: c"TAGS".as_ptr(),
+                        startfrom: 3,
+                    },
+                },
+                true,
+                raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                    keynum: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_2 {
+                        keynumidx: 0,
+                        firstkey: 1,
+                        keystep: 1,
+                    },
+                },
+                true,
             ),
         ],
+    };
+    if !out.is_empty() {
+        // SAFETY: the terminator is all zeroes, as Redis reads it (a
+        // struct of integers, null pointers and unions of the same).
+        out.push(unsafe { std::mem::zeroed() });
     }
+    out
+}
+
+/// The flags of `name` in the command table.
+pub fn flags(name: &str) -> &'static str {
+    table()
+        .into_iter()
+        .find(|i| i.name == name)
+        .map_or("", |i| i.flags)
 }
 
 /// Where the server has module ACL categories (Redis >= 7.4, Valkey), the
 /// commands join a `tagcache` category beside `read` or `write`, so that
 /// `+@tagcache` grants them all. Elsewhere (7.0) this is skipped quietly.
 fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, name: &str, own: bool) {
+    // SAFETY: reading a function pointer of the module API.
     let Some(set) = (unsafe { raw::RedisModule_SetCommandACLCategories }) else {
         return;
     };
-    let writes = matches!(
-        name,
-        "tag.set"
-            | "tag.add"
-            | "tag.rem"
-            | "tag.purge"
-            | "ver.set"
-            | "ver.bump"
-            | "tag.link"
-            | "tag.unlink"
-            | "tag.getl"
-    );
+    let writes = flags(name).split(' ').any(|f| f == "write");
     let base = if writes { "write" } else { "read" };
     let cats = if own {
         format!("{base} tagcache")
@@ -387,13 +454,17 @@ fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, name: &s
         base.to_string()
     };
     let Ok(cats) = CString::new(cats) else { return };
+    // SAFETY: `cmd` is this module's command; `cats` outlives the call.
     if unsafe { set(cmd, cats.as_ptr()) } != raw::REDISMODULE_OK as i32 {
         ctx.log_notice(&format!("tagcache: no ACL categories for {name}"));
     }
 }
 
 fn add_own_category(ctx: &Context) -> bool {
+    // SAFETY: reading a function pointer of the module API, then calling it
+    // from init with the module's context and a static name.
     match unsafe { raw::RedisModule_AddACLCategory } {
+        // SAFETY: called from init with the module's context; a static name.
         Some(add) => unsafe { add(ctx.ctx, c"tagcache".as_ptr()) == raw::REDISMODULE_OK as i32 },
         None => false,
     }
@@ -402,6 +473,7 @@ fn add_own_category(ctx: &Context) -> bool {
 /// Attaches command info to every registered command. Skips quietly on a
 /// server without the API (then COMMAND DOCS is just thinner).
 pub fn register(ctx: &Context) -> Result<(), String> {
+    // SAFETY: reading function pointers of the module API.
     let (Some(get), Some(set)) = (unsafe { raw::RedisModule_GetCommand }, unsafe {
         raw::RedisModule_SetCommandInfo
     }) else {
@@ -410,6 +482,7 @@ pub fn register(ctx: &Context) -> Result<(), String> {
     let own_category = add_own_category(ctx);
     for info in table() {
         let name = CString::new(info.name).map_err(|e| e.to_string())?;
+        // SAFETY: called from init with the module's context; `name` lives.
         let cmd = unsafe { get(ctx.ctx, name.as_ptr()) };
         if cmd.is_null() {
             return Err(format!("command {} is not registered", info.name));
@@ -418,9 +491,8 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         let summary = CString::new(info.summary).map_err(|e| e.to_string())?;
         let complexity = CString::new(info.complexity).map_err(|e| e.to_string())?;
         let since = CString::new("1.0.0").map_err(|e| e.to_string())?;
-        let spec_list = specs(&info.keys);
-        let has_specs = !spec_list.is_empty();
-        let mut key_specs = redis_module::commands::get_redis_key_spec(spec_list);
+        let mut key_specs = specs(&info.keys);
+        let has_specs = !key_specs.is_empty();
         let mut arena = Vec::new();
         let args = if info.args.is_empty() {
             std::ptr::null_mut()
@@ -442,20 +514,10 @@ pub fn register(ctx: &Context) -> Result<(), String> {
             },
             args,
         };
+        // SAFETY: `cmd` is this module's registered command; `raw_info` and
+        // everything it points to (strings, specs, args) outlive the call,
+        // which copies them.
         let status = unsafe { set(cmd, &raw_info) };
-        for ks in &key_specs {
-            if !ks.notes.is_null() {
-                drop(unsafe { CString::from_raw(ks.notes as *mut std::os::raw::c_char) });
-            }
-            if ks.begin_search_type
-                == raw::RedisModuleKeySpecBeginSearchType_REDISMODULE_KSPEC_BS_KEYWORD
-            {
-                let kw = unsafe { ks.bs.keyword.keyword };
-                if !kw.is_null() {
-                    drop(unsafe { CString::from_raw(kw as *mut std::os::raw::c_char) });
-                }
-            }
-        }
         if status != raw::REDISMODULE_OK as i32 {
             return Err(format!("could not set command info for {}", info.name));
         }

@@ -1,9 +1,10 @@
-//! Thin glue over the module API: calls into Redis with owned replies, the
-//! caller's ACL, the selected database, and the guard that tells the
-//! notification handler which writes are the module's own.
+//! Thin glue over the module API: calls into Redis with owned replies, key
+//! access, the caller's ACL, the selected database, and the guards that tell
+//! the notification handler where it is called from.
 
-use crate::error::{Error, Result};
-use crate::index::Db;
+use crate::engine::error::{Error, Result};
+use crate::engine::index::Db;
+use crate::engine::plan::{Access, Kind};
 use redis_module::{
     raw, CallOptionResp, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, KeyType,
     RedisString,
@@ -103,10 +104,12 @@ pub fn call(ctx: &Context, mode: Mode, cmd: &str, args: &[&[u8]]) -> Result<Repl
 }
 
 pub fn selected_db(ctx: &Context) -> Db {
+    // SAFETY: a module API call with the running context.
     unsafe { raw::RedisModule_GetSelectedDb.map_or(0, |f| f(ctx.ctx)) }
 }
 
 pub fn select_db(ctx: &Context, db: Db) {
+    // SAFETY: a module API call with the running context.
     unsafe {
         if let Some(f) = raw::RedisModule_SelectDb {
             f(ctx.ctx, db);
@@ -116,6 +119,7 @@ pub fn select_db(ctx: &Context, db: Db) {
 
 /// Unix time in milliseconds as the server sees it.
 pub fn now_ms() -> i64 {
+    // SAFETY: a module API call without arguments.
     unsafe { raw::RedisModule_Milliseconds.map_or(0, |f| f()) }
 }
 
@@ -140,6 +144,7 @@ fn write_string(
     keep_ttl: bool,
 ) -> Result<()> {
     let missing = || Error::Internal("key API unavailable".into());
+    // SAFETY: reading function pointers of the module API.
     let (open, close, set, get_ttl, set_ttl, set_abs) = unsafe {
         (
             raw::RedisModule_OpenKey.ok_or_else(missing)?,
@@ -154,6 +159,8 @@ fn write_string(
     let val = RedisString::create_from_slice(ctx.ctx, value);
     let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
     let ok = raw::REDISMODULE_OK as i32;
+    // SAFETY: the key is opened, written and closed here with the running
+    // context; `name` and `val` outlive the calls.
     let written = unsafe {
         let kp = open(ctx.ctx, name.inner, mode);
         if kp.is_null() {
@@ -207,92 +214,74 @@ pub fn set_string(
     Ok(())
 }
 
-/// Fails with WRONGTYPE unless every key is a set or absent.
-pub fn ensure_sets(ctx: &Context, keys: &[Vec<u8>]) -> Result<()> {
-    for k in keys {
-        match key_type(ctx, k) {
-            KeyType::Empty | KeyType::Set => {}
-            _ => return Err(Error::WrongType),
-        }
+/// Fails with WRONGTYPE unless `key` is absent or of the `kind`.
+pub fn ensure_kind(ctx: &Context, key: &[u8], kind: Kind) -> Result<()> {
+    let ok = match (kind, key_type(ctx, key)) {
+        (Kind::Any, _) | (_, KeyType::Empty) => true,
+        (Kind::Set, t) => t == KeyType::Set,
+        (Kind::String, t) => t == KeyType::String,
+        (Kind::Hash, t) => t == KeyType::Hash,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::WrongType)
     }
-    Ok(())
 }
 
 pub fn smembers(ctx: &Context, key: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(call(ctx, Mode::Local, "SMEMBERS", &[key])?.into_bytes_list())
 }
 
-/// What the caller wants to do with a key, for the ACL check.
-#[derive(Clone, Copy)]
-pub enum Access {
-    Read,
-    Write,
-    Delete,
-}
-
-/// The calling user, resolved once per command. `None` stands for the
-/// replication link, the AOF loader and other contexts without a user,
-/// which Redis does not restrict either.
+/// A user whose ACL a command's keys are checked against: the caller of a
+/// command, or the owner of a rule.
 pub struct Caller {
-    user: *mut raw::RedisModuleUser,
+    /// `None`: a user that does not exist (deleted while connected, or a
+    /// rule's owner since removed): it may touch nothing.
+    user: Option<std::ptr::NonNull<raw::RedisModuleUser>>,
 }
 
 impl Caller {
-    pub fn of(ctx: &Context) -> Caller {
-        // Commands from the master link or the AOF run without a user (and
-        // asking for its name then crashes Redis 7.0).
+    /// The calling user. `None` for the replication link, the AOF loader
+    /// and other contexts without a user, which Redis does not restrict
+    /// either (and asking for their user crashes Redis 7.0).
+    pub fn of(ctx: &Context) -> Option<Caller> {
         let f = ctx.get_flags();
         if f.intersects(
             redis_module::ContextFlags::REPLICATED | redis_module::ContextFlags::LOADING,
         ) {
-            return Caller {
-                user: std::ptr::null_mut(),
-            };
+            return None;
         }
+        user_name(ctx).map(|name| Caller::named(&name))
+    }
+
+    /// The user called `name`, as it is now.
+    pub fn named(name: &[u8]) -> Caller {
+        let rs = RedisString::create_from_slice(std::ptr::null_mut(), name);
+        // SAFETY: `rs` is a live string for the call; the returned user is
+        // owned by this Caller and freed in Drop.
         let user = unsafe {
-            match (
-                raw::RedisModule_GetCurrentUserName,
-                raw::RedisModule_GetModuleUserFromUserName,
-                raw::RedisModule_FreeString,
-            ) {
-                (Some(name_of), Some(user_of), Some(free)) => {
-                    let name = name_of(ctx.ctx);
-                    if name.is_null() {
-                        std::ptr::null_mut()
-                    } else {
-                        let u = user_of(name);
-                        free(ctx.ctx, name);
-                        if u.is_null() {
-                            // A user deleted while connected may do nothing.
-                            usize::MAX as *mut raw::RedisModuleUser
-                        } else {
-                            u
-                        }
-                    }
-                }
-                _ => std::ptr::null_mut(),
-            }
+            raw::RedisModule_GetModuleUserFromUserName
+                .and_then(|f| std::ptr::NonNull::new(f(rs.inner)))
         };
         Caller { user }
     }
 
     pub fn check(&self, ctx: &Context, key: &[u8], access: Access) -> Result<()> {
-        if self.user.is_null() {
-            return Ok(());
-        }
-        let denied = || Error::NoPerm(String::from_utf8_lossy(key).into_owned());
-        if self.user == usize::MAX as *mut raw::RedisModuleUser {
+        let denied = || Error::NoPerm(key.to_vec());
+        let Some(user) = self.user else {
             return Err(denied());
-        }
+        };
         let flags = match access {
             Access::Read => raw::REDISMODULE_CMD_KEY_ACCESS,
             Access::Write => raw::REDISMODULE_CMD_KEY_UPDATE | raw::REDISMODULE_CMD_KEY_INSERT,
             Access::Delete => raw::REDISMODULE_CMD_KEY_DELETE,
         };
         let name = RedisString::create_from_slice(ctx.ctx, key);
+        // SAFETY: `user` is live while self is; `name` is live for the call.
         let ok = unsafe {
             raw::RedisModule_ACLCheckKeyPermissions.map_or(raw::REDISMODULE_OK as i32, |f| {
-                f(self.user, name.inner, flags as i32)
+                f(user.as_ptr(), name.inner, flags as i32)
             })
         };
         if ok == raw::REDISMODULE_OK as i32 {
@@ -301,24 +290,16 @@ impl Caller {
             Err(denied())
         }
     }
-
-    pub fn check_all<K: AsRef<[u8]>>(
-        &self,
-        ctx: &Context,
-        keys: &[K],
-        access: Access,
-    ) -> Result<()> {
-        keys.iter()
-            .try_for_each(|k| self.check(ctx, k.as_ref(), access))
-    }
 }
 
 impl Drop for Caller {
     fn drop(&mut self) {
-        if !self.user.is_null() && self.user != usize::MAX as *mut raw::RedisModuleUser {
+        if let Some(user) = self.user {
+            // SAFETY: the user was returned by GetModuleUserFromUserName and
+            // is freed once, here.
             unsafe {
                 if let Some(free) = raw::RedisModule_FreeModuleUser {
-                    free(self.user);
+                    free(user.as_ptr());
                 }
             }
         }
@@ -326,7 +307,7 @@ impl Drop for Caller {
 }
 
 thread_local! {
-    static OWN_WRITES: Cell<u32> = const { Cell::new(0) };
+    static APPLYING: Cell<u32> = const { Cell::new(0) };
     static IN_NOTIFICATION: Cell<u32> = const { Cell::new(0) };
 }
 
@@ -364,27 +345,19 @@ impl InNotification {
     }
 }
 
-/// While its guard lives, `del` and `set` notifications come from the
-/// module's own command, which keeps the index itself: the handler leaves
-/// them alone.
-pub struct OwnWrites;
+/// While its guard lives, the module is applying a plan: it mirrors its own
+/// writes into the index itself, and the notification handler leaves their
+/// events alone.
+pub struct Applying;
 
-impl OwnWrites {
+impl Applying {
     pub fn begin() -> Depth {
-        Depth::enter(&OWN_WRITES)
+        Depth::enter(&APPLYING)
     }
 
     pub fn active() -> bool {
-        Depth::inside(&OWN_WRITES)
+        Depth::inside(&APPLYING)
     }
-}
-
-/// Prefixes each name: `tag:` + `a` -> `tag:a`.
-pub fn prefixed<T: AsRef<[u8]>>(prefix: &[u8], names: &[T]) -> Vec<Vec<u8>> {
-    names
-        .iter()
-        .map(|n| [prefix, n.as_ref()].concat())
-        .collect()
 }
 
 /// Whether the command is replayed from the master link or the AOF.
@@ -400,18 +373,6 @@ pub fn may_write(ctx: &Context) -> bool {
     !f.intersects(redis_module::ContextFlags::SLAVE | redis_module::ContextFlags::LOADING)
 }
 
-lazy_static::lazy_static! {
-    static ref INDEX: std::sync::Mutex<crate::index::Index> =
-        std::sync::Mutex::new(crate::index::Index::default());
-}
-
-/// Runs `f` on the reverse index. Only the main thread touches it, so the
-/// lock is never contended; a poisoned lock is recovered, not propagated.
-pub fn with_index<R>(f: impl FnOnce(&mut crate::index::Index) -> R) -> R {
-    let mut guard = INDEX.lock().unwrap_or_else(|p| p.into_inner());
-    f(&mut guard)
-}
-
 /// The arguments after the command name, as bytes.
 pub fn argv(args: &[RedisString]) -> Vec<&[u8]> {
     args.iter().skip(1).map(|a| a.as_slice()).collect()
@@ -422,7 +383,7 @@ pub fn ensure_same_slot<K: AsRef<[u8]>>(ctx: &Context, keys: &[K]) -> Result<()>
     if ctx
         .get_flags()
         .contains(redis_module::ContextFlags::CLUSTER)
-        && !crate::slot::same_slot(keys)
+        && !crate::engine::slot::same_slot(keys)
     {
         return Err(Error::CrossSlot);
     }
@@ -437,5 +398,27 @@ pub fn read_string(ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>> {
         KeyType::Empty => Ok(None),
         KeyType::String => Ok(k.read().map_err(|_| Error::WrongType)?.map(<[u8]>::to_vec)),
         _ => Err(Error::WrongType),
+    }
+}
+
+/// The name of the calling user, `None` where there is none (the master
+/// link, the AOF loader).
+pub fn user_name(ctx: &Context) -> Option<Vec<u8>> {
+    if from_master(ctx) {
+        return None;
+    }
+    // SAFETY: plain function pointers of the module API; the returned
+    // string is copied and freed here.
+    unsafe {
+        let name_of = raw::RedisModule_GetCurrentUserName?;
+        let name = name_of(ctx.ctx);
+        if name.is_null() {
+            return None;
+        }
+        let bytes = RedisString::string_as_slice(name).to_vec();
+        if let Some(free) = raw::RedisModule_FreeString {
+            free(ctx.ctx, name);
+        }
+        Some(bytes)
     }
 }

@@ -7,8 +7,8 @@
 //! purges made during the longest of them. Nothing here is persisted or
 //! replicated: a lost lease costs one extra fill, never a stale value.
 
-use crate::error::{Error, Result};
-use crate::index::Db;
+use super::error::{Error, Result};
+use super::index::Db;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;

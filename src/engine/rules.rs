@@ -6,8 +6,42 @@
 struct Node {
     /// Children sorted by byte, for binary search.
     children: Vec<(u8, u32)>,
-    /// Tag prefix of the rule whose source prefix ends here.
-    tag_prefix: Option<Vec<u8>>,
+    /// The rule whose source prefix ends here.
+    rule: Option<Rule>,
+}
+
+/// A rule: its tag prefix, and the user whose permissions its purges have
+/// (`None` for a rule written without one, which acts for the server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub tag_prefix: Vec<u8>,
+    pub owner: Option<Vec<u8>>,
+}
+
+/// How a rule is kept in the `tagcache:links` hash: the field is the source
+/// prefix; the value is the owner's name, a NUL, then the tag prefix. (ACL
+/// user names cannot hold a NUL; a value without one is a rule with no
+/// owner.)
+impl Rule {
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.owner {
+            Some(o) => [o.as_slice(), b"\0", &self.tag_prefix].concat(),
+            None => self.tag_prefix.clone(),
+        }
+    }
+
+    pub fn decode(value: &[u8]) -> Rule {
+        match value.iter().position(|&b| b == 0) {
+            Some(i) => Rule {
+                owner: Some(value.get(..i).unwrap_or_default().to_vec()),
+                tag_prefix: value.get(i + 1..).unwrap_or_default().to_vec(),
+            },
+            None => Rule {
+                tag_prefix: value.to_vec(),
+                owner: None,
+            },
+        }
+    }
 }
 
 /// Node ids index `nodes` only: they are made by `insert` as the node is
@@ -19,15 +53,16 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// From the `tagcache:links` hash: (source prefix, encoded rule) pairs.
     pub fn from_pairs<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(pairs: I) -> Rules {
         let mut r = Rules::default();
-        for (src, tag) in pairs {
-            r.insert(&src, tag);
+        for (src, value) in pairs {
+            r.insert(&src, Rule::decode(&value));
         }
         r
     }
 
-    fn insert(&mut self, src: &[u8], tag_prefix: Vec<u8>) {
+    fn insert(&mut self, src: &[u8], rule: Rule) {
         if self.nodes.is_empty() {
             self.nodes.push(Node::default());
         }
@@ -44,7 +79,7 @@ impl Rules {
                 }
             };
         }
-        if self.nodes[at].tag_prefix.replace(tag_prefix).is_none() {
+        if self.nodes[at].rule.replace(rule).is_none() {
             self.count += 1;
         }
     }
@@ -58,9 +93,10 @@ impl Rules {
         self.count == 0
     }
 
-    /// The tags that a change to `key` purges: for each rule whose source
-    /// prefix starts the key, its tag prefix followed by the rest of the key.
-    pub fn tags_for(&self, key: &[u8]) -> Vec<Vec<u8>> {
+    /// What a change to `key` purges: for each rule whose source prefix
+    /// starts the key, its tag prefix followed by the rest of the key, and
+    /// the rule's owner.
+    pub fn fired_by(&self, key: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
         let mut out = Vec::new();
         let Some(mut node) = self.nodes.first() else {
             return out;
@@ -70,8 +106,12 @@ impl Rules {
                 Ok(c) => node = &self.nodes[node.children[c].1 as usize],
                 Err(_) => return out,
             }
-            if let Some(tp) = &node.tag_prefix {
-                out.push([tp.as_slice(), &key[i + 1..]].concat());
+            if let Some(rule) = &node.rule {
+                let rest = key.get(i + 1..).unwrap_or_default();
+                out.push((
+                    [rule.tag_prefix.as_slice(), rest].concat(),
+                    rule.owner.clone(),
+                ));
             }
         }
         out
@@ -83,6 +123,27 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Rules {
+        fn tags_for(&self, key: &[u8]) -> Vec<Vec<u8>> {
+            self.fired_by(key).into_iter().map(|(t, _)| t).collect()
+        }
+    }
+
+    #[test]
+    fn owners_round_trip() {
+        let r = Rule {
+            tag_prefix: b"t\0x".to_vec(),
+            owner: Some(b"alice".to_vec()),
+        };
+        assert_eq!(Rule::decode(&r.encode()), r);
+        assert_eq!(Rule::decode(b"plain").owner, None);
+        let rules = Rules::from_pairs([(b"s:".to_vec(), r.encode())]);
+        assert_eq!(
+            rules.fired_by(b"s:1"),
+            vec![(b"t\0x1".to_vec(), Some(b"alice".to_vec()))]
+        );
+    }
 
     fn rules(pairs: &[(&str, &str)]) -> Rules {
         Rules::from_pairs(

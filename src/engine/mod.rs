@@ -1,0 +1,375 @@
+//! What the module does, in plain Rust over one `State`: the index, the
+//! rules, the lease book, and the writes the keyspace still owes the tag
+//! sets. Operations plan (check everything, compute the writes) and return
+//! the plan; `server` applies it. Nothing here calls Redis, so `cargo test`
+//! reaches all of it.
+
+pub mod error;
+pub mod events;
+pub mod index;
+pub mod lease;
+pub mod plan;
+pub mod rules;
+pub mod slot;
+pub mod stats;
+pub mod version;
+
+use index::{Db, Index};
+use lease::Book;
+use rules::Rules;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+
+/// A blocked client, as the server knows it (an opaque handle here).
+pub type Client = usize;
+
+/// A client waiting in `TAG.GETL … WAIT` for a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiter {
+    pub client: Client,
+    pub ttl_ms: i64,
+}
+
+/// How a waiter is woken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// The key was written: reply with its value.
+    Value {
+        client: Client,
+        db: Db,
+        key: Vec<u8>,
+    },
+    /// The key has no lease now: this waiter may take the next one.
+    Lease {
+        client: Client,
+        db: Db,
+        key: Vec<u8>,
+        ttl_ms: i64,
+    },
+}
+
+/// A write the keyspace owes the tag sets: a change made by a client
+/// command (a key deleted, overwritten, renamed; a rule's source written)
+/// is in the index at once, and its Redis writes follow before any module
+/// command acts and before the server sleeps. Each is checked against the
+/// index when it runs, so a later command's change wins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owed {
+    /// `key` no longer carries `tag`: take it out of the set, unless it
+    /// carries the tag again by then.
+    Untag { db: Db, tag: Vec<u8>, key: Vec<u8> },
+    /// `key` carries `tag` (renamed in): put it in the set, if it still does.
+    Retag { db: Db, tag: Vec<u8>, key: Vec<u8> },
+    /// A tag set was evicted: the keys that carried the tag go too, since
+    /// no purge could reach them any more.
+    Orphans { db: Db, keys: Vec<Vec<u8>> },
+    /// A write to `source` fired rules: purge these tags, each with its
+    /// rule owner's permissions.
+    Fire {
+        db: Db,
+        source: Vec<u8>,
+        tags: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    },
+}
+
+/// Members that client commands name for a tag set (`SADD`, `SREM`,
+/// `SMOVE`), seen by the command filter before the command runs; the set's
+/// notification then checks each against the set. A transaction that is
+/// discarded leaves some behind: harmless, since they are checked, and
+/// bounded.
+#[derive(Default)]
+pub struct Named {
+    by_set: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    count: usize,
+}
+
+const NAMED_MAX: usize = 100_000;
+
+impl Named {
+    pub fn note(&mut self, set: &[u8], members: impl Iterator<Item = Vec<u8>>) {
+        if self.count > NAMED_MAX {
+            *self = Named::default();
+        }
+        let list = self.by_set.entry(set.to_vec()).or_default();
+        let before = list.len();
+        list.extend(members);
+        self.count += list.len() - before;
+    }
+
+    /// The members named for `set` so far, forgotten here.
+    pub fn take(&mut self, set: &[u8]) -> Option<Vec<Vec<u8>>> {
+        let list = self.by_set.remove(set)?;
+        self.count = self.count.saturating_sub(list.len());
+        Some(list)
+    }
+}
+
+/// Everything that lives across commands. Owned by the main thread (Redis
+/// calls modules from it only), reached through `with`.
+#[derive(Default)]
+pub struct State {
+    /// The tag sets, mirrored both ways (key -> tags, tag -> keys).
+    pub index: Index,
+    /// Rules per database, loaded from `tagcache:links`.
+    pub rules: HashMap<Db, Rules>,
+    /// Leases handed out by TAG.GETL (not persisted: a lost lease costs a fill).
+    pub leases: Book,
+    /// Clients blocked in TAG.GETL, per key, first come first served.
+    pub waiters: HashMap<(Db, Vec<u8>), VecDeque<Waiter>>,
+    /// Writes owed to the tag sets, in order.
+    pub owed: VecDeque<Owed>,
+    /// Members client commands name for tag sets, awaiting their notification.
+    pub named: Named,
+    /// The source of a RENAME between its `rename_from` and `rename_to`.
+    pub renaming: Option<Vec<u8>>,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+/// Runs `f` on the state. Redis runs commands, notifications and timers on
+/// one thread, and no code calls into Redis while it holds the state, so
+/// the borrow cannot clash; if it ever did, `f` is skipped (and logged by
+/// the caller's fallback) rather than the server aborted.
+pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
+    STATE.with(|s| s.try_borrow_mut().ok().map(|mut s| f(&mut s)))
+}
+
+impl State {
+    /// Any lease or waiter exists: then every write of a key matters.
+    pub fn watching(&self) -> bool {
+        self.leases.outstanding() > 0 || !self.waiters.is_empty()
+    }
+
+    pub fn has_rules(&self, db: Db) -> bool {
+        self.rules.contains_key(&db)
+    }
+
+    /// `key` was written (not deleted): its lease is void, and whoever
+    /// waits for it gets the value.
+    pub fn key_written(&mut self, db: Db, key: &[u8]) -> Vec<Wake> {
+        if !self.watching() {
+            return Vec::new();
+        }
+        self.leases.key_changed(db, key);
+        self.waiters
+            .remove(&(db, key.to_vec()))
+            .into_iter()
+            .flatten()
+            .map(|w| Wake::Value {
+                client: w.client,
+                db,
+                key: key.to_vec(),
+            })
+            .collect()
+    }
+
+    /// `key` was deleted: a lease on it is void, and the first waiter may
+    /// take the next one.
+    pub fn key_deleted(&mut self, db: Db, key: &[u8]) -> Vec<Wake> {
+        if !self.watching() {
+            return Vec::new();
+        }
+        if self.leases.key_changed(db, key) {
+            return self.hand_over(db, key).into_iter().collect();
+        }
+        Vec::new()
+    }
+
+    /// The key has no lease now: its first waiter is handed the next one.
+    pub fn hand_over(&mut self, db: Db, key: &[u8]) -> Option<Wake> {
+        let k = (db, key.to_vec());
+        let q = self.waiters.get_mut(&k)?;
+        let w = q.pop_front();
+        if q.is_empty() {
+            self.waiters.remove(&k);
+        }
+        w.map(|w| Wake::Lease {
+            client: w.client,
+            db,
+            key: key.to_vec(),
+            ttl_ms: w.ttl_ms,
+        })
+    }
+
+    /// A blocked client left (timeout, disconnect, unblock): whether it was
+    /// still waiting (then its caller owns its release).
+    pub fn forget_waiter(&mut self, client: Client) -> bool {
+        let mut found = false;
+        self.waiters.retain(|_, q| {
+            let before = q.len();
+            q.retain(|w| w.client != client);
+            found |= q.len() != before;
+            !q.is_empty()
+        });
+        found
+    }
+
+    /// The dataset of `db` (`None`: all) was flushed, swapped or reloaded:
+    /// leases are void, and each waited-on key's first waiter gets a new one.
+    pub fn dataset_replaced(&mut self) -> Vec<Wake> {
+        self.leases.clear();
+        let keys: Vec<(Db, Vec<u8>)> = self.waiters.keys().cloned().collect();
+        keys.into_iter()
+            .filter_map(|(db, k)| self.hand_over(db, &k))
+            .collect()
+    }
+
+    /// Rules fired by a change of `key`, queued to run as owed writes.
+    pub fn fire_rules(&mut self, db: Db, key: &[u8]) {
+        let Some(rules) = self.rules.get(&db) else {
+            return;
+        };
+        let tags = rules.fired_by(key);
+        if !tags.is_empty() {
+            self.owed.push_back(Owed::Fire {
+                db,
+                source: key.to_vec(),
+                tags,
+            });
+        }
+    }
+
+    /// `key` is gone or replaced by a client command: it carries nothing
+    /// now, and its sets owe the removal.
+    pub fn untag_key(&mut self, db: Db, key: &[u8]) {
+        for tag in self.index.remove_key(db, key) {
+            self.owed.push_back(Owed::Untag {
+                db,
+                tag,
+                key: key.to_vec(),
+            });
+        }
+    }
+
+    /// A client renamed `from` to `to`: the tags follow the key.
+    pub fn rename_key(&mut self, db: Db, from: &[u8], to: &[u8]) {
+        let (moved, lost) = self.index.rename(db, from, to);
+        for tag in lost {
+            self.owed.push_back(Owed::Untag {
+                db,
+                tag,
+                key: to.to_vec(),
+            });
+        }
+        for tag in moved {
+            self.owed.push_back(Owed::Untag {
+                db,
+                tag: tag.clone(),
+                key: from.to_vec(),
+            });
+            self.owed.push_back(Owed::Retag {
+                db,
+                tag,
+                key: to.to_vec(),
+            });
+        }
+    }
+
+    /// Whether an owed write is still due (the index has the last word).
+    pub fn still_due(&self, owed: &Owed) -> bool {
+        match owed {
+            Owed::Untag { db, tag, key } => !self.index.has(*db, key, tag),
+            Owed::Retag { db, tag, key } => self.index.has(*db, key, tag),
+            Owed::Orphans { .. } | Owed::Fire { .. } => true,
+        }
+    }
+
+    pub fn flush(&mut self, db: Option<Db>) {
+        self.index.flush(db);
+        match db {
+            Some(db) => drop(self.rules.remove(&db)),
+            None => self.rules.clear(),
+        }
+        self.owed.retain(|o| db.is_some_and(|d| owed_db(o) != d));
+    }
+
+    pub fn swap(&mut self, a: Db, b: Db) {
+        self.index.swap(a, b);
+        index::swap_dbs(&mut self.rules, a, b);
+        for o in self.owed.iter_mut() {
+            let d = match o {
+                Owed::Untag { db, .. }
+                | Owed::Retag { db, .. }
+                | Owed::Orphans { db, .. }
+                | Owed::Fire { db, .. } => db,
+            };
+            if *d == a {
+                *d = b;
+            } else if *d == b {
+                *d = a;
+            }
+        }
+    }
+}
+
+fn owed_db(o: &Owed) -> Db {
+    match o {
+        Owed::Untag { db, .. }
+        | Owed::Retag { db, .. }
+        | Owed::Orphans { db, .. }
+        | Owed::Fire { db, .. } => *db,
+    }
+}
+
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owed_writes_yield_to_later_changes() {
+        let mut s = State::default();
+        s.index.add(0, b"k", b"t");
+        s.untag_key(0, b"k");
+        let owed = s.owed.pop_front().unwrap();
+        assert!(s.still_due(&owed));
+        s.index.add(0, b"k", b"t");
+        assert!(!s.still_due(&owed), "re-tagged meanwhile: the set keeps it");
+    }
+
+    #[test]
+    fn rename_owes_both_sides() {
+        let mut s = State::default();
+        s.index.add(0, b"a", b"t");
+        s.rename_key(0, b"a", b"b");
+        let owed: Vec<Owed> = s.owed.drain(..).collect();
+        assert_eq!(owed.len(), 2);
+        assert!(owed.iter().all(|o| s.still_due(o)));
+        assert_eq!(s.index.tags(0, b"b"), vec![b"t".to_vec()]);
+    }
+
+    #[test]
+    fn waiters_are_handed_leases_one_at_a_time() {
+        let mut s = State::default();
+        let q = s.waiters.entry((0, b"k".to_vec())).or_default();
+        q.push_back(Waiter {
+            client: 1,
+            ttl_ms: 5,
+        });
+        q.push_back(Waiter {
+            client: 2,
+            ttl_ms: 5,
+        });
+        assert!(matches!(
+            s.hand_over(0, b"k"),
+            Some(Wake::Lease { client: 1, .. })
+        ));
+        assert!(s.forget_waiter(2));
+        assert!(!s.forget_waiter(2), "released once");
+        assert!(s.hand_over(0, b"k").is_none());
+    }
+
+    #[test]
+    fn swap_and_flush_follow_owed_writes() {
+        let mut s = State::default();
+        s.index.add(3, b"k", b"t");
+        s.untag_key(3, b"k");
+        s.swap(3, 4);
+        assert_eq!(owed_db(&s.owed[0]), 4);
+        s.flush(Some(4));
+        assert!(s.owed.is_empty());
+    }
+}

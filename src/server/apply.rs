@@ -1,0 +1,229 @@
+//! Applying plans: check every key of a plan (slot, ACL, type), then make
+//! its writes, replicate each as written (absolute keys, absolute times),
+//! and mirror each into the index. Also pays the writes the keyspace owes
+//! the tag sets (`Owed`), which every module write command does before and
+//! after it acts, so no command reads or leaves work pending.
+
+use super::blocked;
+use super::config;
+use super::events::{self, Event, Op};
+use super::keys::{self, Applying, Caller, Mode};
+use crate::engine::error::Result;
+use crate::engine::index::Db;
+use crate::engine::plan::{self, Access, Plan, Prefix, Write};
+use crate::engine::{self, stats, Owed};
+use redis_module::Context;
+
+/// Checks the whole plan before anything is written: every key in the
+/// command's slot (in a cluster), allowed to the caller (`None`: the
+/// server itself, or the master link), and of the right type.
+pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> {
+    let keys: Vec<&[u8]> = plan.keys().collect();
+    keys::ensure_same_slot(ctx, &keys)?;
+    if let Some(c) = caller {
+        for k in &plan.checks {
+            c.check(ctx, &k.key, k.access)?;
+        }
+    }
+    for k in &plan.checks {
+        keys::ensure_kind(ctx, &k.key, k.kind)?;
+    }
+    Ok(())
+}
+
+/// Why a plan is applied: a rule's own purge fires no further rules.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Command,
+    Rule,
+}
+
+/// Makes the plan's writes in the selected database, in order; returns
+/// each write's integer reply (keys deleted, members added…).
+pub fn apply(ctx: &Context, plan: &Plan, cause: Cause) -> Result<Vec<i64>> {
+    let db = keys::selected_db(ctx);
+    let prefix = config::tag_prefix();
+    let p = Prefix(&prefix);
+    let mut replies = Vec::with_capacity(plan.writes.len());
+    let _applying = Applying::begin();
+    for w in &plan.writes {
+        replies.push(write(ctx, w)?);
+        let wakes = engine::with(|s| {
+            let mut wakes = Vec::new();
+            for (key, gone) in s.mirror(db, &p, w) {
+                wakes.extend(if gone {
+                    s.key_deleted(db, &key)
+                } else {
+                    s.key_written(db, &key)
+                });
+                if cause == Cause::Command {
+                    s.fire_rules(db, &key);
+                }
+            }
+            wakes
+        })
+        .unwrap_or_default();
+        blocked::wake(ctx, wakes);
+    }
+    Ok(replies)
+}
+
+fn write(ctx: &Context, w: &Write) -> Result<i64> {
+    let r = |cmd: &str, args: &[&[u8]]| keys::call(ctx, Mode::Replicated, cmd, args);
+    let list = |first: &[u8], rest: &[Vec<u8>]| -> Vec<Vec<u8>> {
+        std::iter::once(first.to_vec())
+            .chain(rest.iter().cloned())
+            .collect()
+    };
+    let reply = match w {
+        Write::SetString {
+            key,
+            value,
+            deadline,
+            keep_ttl,
+        } => {
+            keys::set_string(ctx, key, value, *deadline, *keep_ttl)?;
+            1
+        }
+        Write::SetAdd { set, members } => call_list(ctx, "SADD", &list(set, members))?,
+        Write::SetRem { set, members } => call_list(ctx, "SREM", &list(set, members))?,
+        Write::Del { keys } => call_list(ctx, "DEL", keys)?,
+        Write::HashSet { key, field, value } => r("HSET", &[key, field, value])?.int(),
+        Write::HashDel { key, field } => r("HDEL", &[key, field])?.int(),
+    };
+    Ok(reply)
+}
+
+fn call_list(ctx: &Context, cmd: &str, args: &[Vec<u8>]) -> Result<i64> {
+    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+    Ok(keys::call(ctx, Mode::Replicated, cmd, &refs)?.int())
+}
+
+/// Pays every owed write (a bounded number per call; the rest on the next
+/// turn). Only a master that is not loading writes: elsewhere the master's
+/// own writes arrive by replication, and nothing is owed.
+pub fn settle(ctx: &Context) {
+    if !keys::may_write(ctx) {
+        engine::with(|s| s.owed.clear());
+        return;
+    }
+    let home = keys::selected_db(ctx);
+    for _ in 0..100_000 {
+        let Some(next) = engine::with(|s| {
+            while let Some(o) = s.owed.pop_front() {
+                if s.still_due(&o) {
+                    return Some(o);
+                }
+            }
+            None
+        })
+        .flatten() else {
+            break;
+        };
+        pay(ctx, next);
+    }
+    keys::select_db(ctx, home);
+    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+        super::notify::settle_later(ctx);
+    }
+}
+
+fn pay(ctx: &Context, owed: Owed) {
+    let prefix = config::tag_prefix();
+    let p = Prefix(&prefix);
+    let db = match &owed {
+        Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
+        Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
+    };
+    keys::select_db(ctx, db);
+    let done = match owed {
+        Owed::Untag { tag, key, .. } => {
+            stats::bump(&stats::INDEX_CLEANUPS);
+            let _applying = Applying::begin();
+            keys::call(ctx, Mode::Replicated, "SREM", &[&p.set(&tag), &key]).map(drop)
+        }
+        Owed::Retag { tag, key, .. } => {
+            let _applying = Applying::begin();
+            keys::call(ctx, Mode::Replicated, "SADD", &[&p.set(&tag), &key]).map(drop)
+        }
+        Owed::Orphans { db, keys: orphans } => {
+            let plan = engine::with(|s| plan::purge(&s.index, db, &p, &[], &orphans, false))
+                .unwrap_or_default();
+            apply(ctx, &plan, Cause::Rule).map(drop)
+        }
+        Owed::Fire { db, source, tags } => fire(ctx, db, &source, tags),
+    };
+    if let Err(e) = done {
+        ctx.log_warning(&format!("tagcache: index upkeep failed: {e}"));
+    }
+}
+
+/// A rule fired by a change of `source`: purge its tags, with the
+/// permissions of each rule's owner. Keys the owner may not delete stay,
+/// tagged, and are counted. The source key is spared.
+fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+    let prefix = config::tag_prefix();
+    let p = Prefix(&prefix);
+    let mut purged_tags = Vec::new();
+    let mut deleted = 0;
+    for (tag, owner) in tags {
+        let caller = owner.as_deref().map(Caller::named);
+        let may = |key: &[u8], access: Access| {
+            caller
+                .as_ref()
+                .is_none_or(|c| c.check(ctx, key, access).is_ok())
+        };
+        let set = p.set(&tag);
+        let tags = vec![tag];
+        let found = engine::with(|s| plan::purge_members(&s.index, db, &tags)).unwrap_or_default();
+        if found.is_empty() {
+            purged_tags.extend(tags);
+            continue;
+        }
+        if !may(&set, Access::Write) {
+            stats::add(&stats::RULE_KEYS_DENIED, found.len() as u64);
+            continue;
+        }
+        let mut members = Vec::with_capacity(found.len());
+        for m in found {
+            if m.as_slice() == source {
+                continue;
+            }
+            if may(&m, Access::Delete) {
+                members.push(m);
+            } else {
+                stats::bump(&stats::RULE_KEYS_DENIED);
+            }
+        }
+        let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, false))
+            .unwrap_or_default();
+        // The index keys may have been replaced by another type since:
+        // then the rule has nothing to purge there.
+        if check(ctx, None, &plan).is_err() {
+            continue;
+        }
+        let replies = apply(ctx, &plan, Cause::Rule)?;
+        deleted += deleted_count(&plan, &replies);
+        purged_tags.extend(tags);
+        engine::with(|s| s.leases.tags_purged(&purged_tags));
+    }
+    stats::bump(&stats::RULE_FIRINGS);
+    stats::add(&stats::KEYS_PURGED, deleted.max(0) as u64);
+    events::emit(
+        ctx,
+        &Event {
+            op: Op::Link,
+            tags: &purged_tags,
+            scopes: &[],
+            keys: deleted,
+            source: Some(source),
+        },
+    );
+    Ok(())
+}
+
+/// Keys a purge plan deleted: the replies of its deletions of members
+/// (not of the tag sets themselves).
+pub fn deleted_count(plan: &Plan, replies: &[i64]) -> i64 {
+    plan.counted.iter().filter_map(|&i| replies.get(i)).sum()
+}

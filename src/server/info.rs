@@ -1,0 +1,89 @@
+//! Counters and settings, for TAG.INFO and the `INFO tagcache` section.
+
+use super::config;
+use crate::engine::stats::get;
+use crate::engine::{self, stats};
+use redis_module::{raw, Context};
+use std::ffi::CString;
+
+pub enum Field {
+    Int(i64),
+    Text(String),
+}
+
+pub fn fields() -> Vec<(&'static str, Field)> {
+    let (keys, tags, leases, waiters) = engine::with(|s| {
+        (
+            s.index.keys(),
+            s.index.tag_count(),
+            s.leases.outstanding(),
+            s.waiters
+                .values()
+                .map(std::collections::VecDeque::len)
+                .sum::<usize>(),
+        )
+    })
+    .unwrap_or_default();
+    let n = |v: u64| Field::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    let u = |v: usize| Field::Int(i64::try_from(v).unwrap_or(i64::MAX));
+    vec![
+        ("commands", n(get(&stats::COMMANDS))),
+        ("tagged_keys", u(keys)),
+        ("tags", u(tags)),
+        ("tag_writes", n(get(&stats::TAG_WRITES))),
+        ("purges", n(get(&stats::PURGES))),
+        ("keys_purged", n(get(&stats::KEYS_PURGED))),
+        ("index_cleanups", n(get(&stats::INDEX_CLEANUPS))),
+        ("version_bumps", n(get(&stats::BUMPS))),
+        ("rule_firings", n(get(&stats::RULE_FIRINGS))),
+        ("rule_keys_denied", n(get(&stats::RULE_KEYS_DENIED))),
+        ("events_published", n(get(&stats::EVENTS))),
+        ("leases_granted", n(get(&stats::LEASES_GRANTED))),
+        ("leases_rejected", n(get(&stats::LEASES_REJECTED))),
+        ("leases_outstanding", u(leases)),
+        ("lease_waiters", u(waiters)),
+        ("tag_prefix", Field::Text(config::TAG_PREFIX.get())),
+        ("ver_prefix", Field::Text(config::VER_PREFIX.get())),
+        ("events_channel", Field::Text(config::EVENTS_CHANNEL.get())),
+        ("events_stream", Field::Text(config::EVENTS_STREAM.get())),
+        ("events_stream_maxlen", Field::Int(config::stream_maxlen())),
+        ("lease_ttl", Field::Int(config::lease_ttl())),
+    ]
+}
+
+/// The `# tagcache_stats` section of `INFO` (also shown by `INFO tagcache`).
+unsafe extern "C" fn info_func(ctx: *mut raw::RedisModuleInfoCtx, _for_crash_report: i32) {
+    let (Some(section), Some(int), Some(text)) = (
+        raw::RedisModule_InfoAddSection,
+        raw::RedisModule_InfoAddFieldLongLong,
+        raw::RedisModule_InfoAddFieldCString,
+    ) else {
+        return;
+    };
+    section(ctx, c"stats".as_ptr());
+    for (name, value) in fields() {
+        let Ok(name) = CString::new(name) else {
+            continue;
+        };
+        match value {
+            Field::Int(i) => {
+                int(ctx, name.as_ptr(), i);
+            }
+            Field::Text(s) => {
+                // INFO fields cannot hold line breaks; settings never do.
+                if let Ok(v) = CString::new(s.replace(['\r', '\n'], " ")) {
+                    text(ctx, name.as_ptr(), v.as_ptr());
+                }
+            }
+        }
+    }
+}
+
+pub fn register(ctx: &Context) {
+    // SAFETY: called from init with the module's context.
+    unsafe {
+        if let Some(f) = raw::RedisModule_RegisterInfoFunc {
+            f(ctx.ctx, Some(info_func));
+        }
+    }
+}

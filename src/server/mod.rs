@@ -1,0 +1,60 @@
+//! The only code that talks to Redis: key access and calls, applying plans
+//! (with replication and ACL), keyspace notifications turned into changes
+//! of the engine's state, blocked clients, timers, settings, command info.
+
+pub mod apply;
+pub mod blocked;
+pub mod cmdinfo;
+pub mod config;
+pub mod events;
+pub mod info;
+pub mod keys;
+pub mod notify;
+pub mod rebuild;
+
+use redis_module::{Context, RedisResult, RedisString, Status};
+
+/// Runs a module command that writes. The writes the keyspace owes the tag
+/// sets are paid before it acts (so it sees every earlier command's
+/// effect, in a pipeline, transaction or script alike) and after (the
+/// rules its own writes fired); no early return inside `f` can skip them.
+pub fn write_command(
+    ctx: &Context,
+    args: Vec<RedisString>,
+    f: fn(&Context, Vec<RedisString>) -> RedisResult,
+) -> RedisResult {
+    apply::settle(ctx);
+    let reply = f(ctx, args);
+    apply::settle(ctx);
+    reply
+}
+
+/// Module start-up: settings from the load arguments, command info,
+/// notifications and server events, then the index of whatever data the
+/// server already holds (`MODULE LOAD` into a running server).
+pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
+    std::panic::set_hook(Box::new(|info| {
+        redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
+    }));
+    let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+    match config::parse_load_args(&raw_args) {
+        Ok(settings) => config::apply(settings),
+        Err(why) => {
+            ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+            return Status::Err;
+        }
+    }
+    info::register(ctx);
+    notify::register_filter(ctx);
+    if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
+        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+        return Status::Err;
+    }
+    if !ctx
+        .get_flags()
+        .intersects(redis_module::ContextFlags::LOADING)
+    {
+        rebuild::rebuild(ctx);
+    }
+    Status::Ok
+}

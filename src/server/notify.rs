@@ -1,0 +1,341 @@
+//! Keyspace notifications and server events, turned into changes of the
+//! engine's state: the index follows every change of a tag set or of a
+//! tagged key at once, whoever makes it; the Redis writes that follow from
+//! a change (a vanished key leaving its tag sets, a rule's purge) are owed,
+//! and paid by `apply::settle` before any module command acts, in a
+//! post-notification job where the server has them, and before the server
+//! sleeps.
+//!
+//! The module's own writes are mirrored by `apply` and ignored here. While
+//! a dataset loads nothing is tracked: the index is rebuilt when it ends.
+
+use super::apply;
+use super::config;
+use super::keys::{self, Applying, InNotification, Mode};
+use super::rebuild;
+use crate::engine::index::Db;
+use crate::engine::{self, Wake};
+use redis_module::{raw, Context, ContextFlags, KeyType, NotifyEvent, RedisString};
+use std::cell::Cell;
+use std::os::raw::c_int;
+
+pub const LINKS_KEY: &[u8] = b"tagcache:links";
+
+/// Sees every client command (and the master's stream on a replica; not
+/// the module's own calls). A command that names members of a tag set
+/// (`SADD`, `SREM`, `SMOVE`) has them noted, so that the set's
+/// notification can check just those members rather than the whole set.
+unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    // SAFETY: plain function pointers of the module API.
+    let (Some(count), Some(arg)) = (unsafe { raw::RedisModule_CommandFilterArgsCount }, unsafe {
+        raw::RedisModule_CommandFilterArgGet
+    }) else {
+        return;
+    };
+    // SAFETY: `fctx` is the live filter context Redis passed in.
+    let argc = unsafe { count(fctx) };
+    if argc < 3 {
+        return;
+    }
+    // SAFETY: indexes below `argc` are valid arguments of the command.
+    let bytes = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) }).to_vec();
+    let name = bytes(0);
+    let prefix = config::tag_prefix();
+    let under = |k: &[u8]| k.starts_with(&prefix);
+    if name.eq_ignore_ascii_case(b"sadd") || name.eq_ignore_ascii_case(b"srem") {
+        let set = bytes(1);
+        if under(&set) {
+            engine::with(|s| s.named.note(&set, (2..argc).map(bytes)));
+        }
+    } else if name.eq_ignore_ascii_case(b"smove") && argc == 4 {
+        let member = bytes(3);
+        for set in [bytes(1), bytes(2)] {
+            if under(&set) {
+                engine::with(|s| s.named.note(&set, std::iter::once(member.clone())));
+            }
+        }
+    }
+}
+
+pub fn register_filter(ctx: &Context) {
+    // SAFETY: called from the module's init with its context.
+    unsafe {
+        if let Some(f) = raw::RedisModule_RegisterCommandFilter {
+            f(
+                ctx.ctx,
+                Some(on_command),
+                raw::REDISMODULE_CMDFILTER_NOSELF as c_int,
+            );
+        }
+    }
+}
+
+/// Events after which a key no longer holds what it was tagged for.
+fn replaces(event: &str) -> bool {
+    matches!(event, "set" | "restore" | "copy_to") || event.ends_with("store")
+}
+
+fn removes(event: &str) -> bool {
+    matches!(event, "del" | "expired" | "evicted" | "move_from")
+}
+
+/// Events that change nothing a cache reader sees (a TTL alone, a miss),
+/// or that repeat another event of the same change (Redis 8.2 sends
+/// `overwritten` and `type_changed` besides the command's own event).
+fn is_change(event: &str) -> bool {
+    !matches!(
+        event,
+        "expire" | "persist" | "new" | "keymiss" | "loaded" | "overwritten" | "type_changed"
+    )
+}
+
+pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
+    if Applying::active() {
+        return;
+    }
+    let flags = ctx.get_flags();
+    if flags.intersects(ContextFlags::LOADING) {
+        return;
+    }
+    let db = keys::selected_db(ctx);
+    let prefix = config::tag_prefix();
+    let tag = key.strip_prefix(&prefix[..]);
+    let renaming = matches!(event, "rename_from" | "rename_to");
+    // Most keys of a busy server are neither tagged nor watched by a rule or
+    // a lease: leave them after one lookup.
+    let quiet = engine::with(|s| !s.index.is_tagged(db, key) && !s.has_rules(db) && !s.watching())
+        .unwrap_or(false);
+    if quiet && tag.is_none() && !renaming && key != LINKS_KEY {
+        return;
+    }
+    let _in = InNotification::begin();
+    if key == LINKS_KEY && is_change(event) {
+        rebuild::reload_rules(ctx, db);
+    }
+    if let Some(tag) = tag {
+        tag_set_changed(ctx, db, tag, key, event);
+    }
+    let wakes = engine::with(|s| key_changed(s, db, key, event)).unwrap_or_default();
+    apply_wakes(ctx, wakes);
+    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+        settle_later(ctx);
+    }
+}
+
+/// The key as a cached value: its tags, its lease, the rules it fires.
+fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &str) -> Vec<Wake> {
+    let mut wakes = Vec::new();
+    if event == "rename_from" {
+        s.renaming = Some(key.to_vec());
+        wakes.extend(s.key_deleted(db, key));
+    } else if event == "rename_to" {
+        if let Some(from) = s.renaming.take() {
+            s.rename_key(db, &from, key);
+        } else {
+            s.untag_key(db, key);
+        }
+        wakes.extend(s.key_written(db, key));
+    } else if removes(event) {
+        s.untag_key(db, key);
+        wakes.extend(s.key_deleted(db, key));
+    } else if replaces(event) {
+        s.untag_key(db, key);
+        wakes.extend(s.key_written(db, key));
+    } else if is_change(event) {
+        wakes.extend(s.key_written(db, key));
+    }
+    if is_change(event) {
+        s.fire_rules(db, key);
+    }
+    wakes
+}
+
+/// The key as a tag set: the index learns its members.
+fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &str) {
+    match event {
+        "sadd" | "srem" => match engine::with(|s| s.named.take(set)).flatten() {
+            Some(named) => {
+                for m in named {
+                    let member = keys::call(ctx, Mode::Local, "SISMEMBER", &[set, &m])
+                        .map(|r| r.int() == 1)
+                        .unwrap_or(false);
+                    engine::with(|s| {
+                        if member {
+                            s.index.add(db, &m, tag);
+                        } else {
+                            s.index.remove(db, &m, tag);
+                        }
+                    });
+                }
+            }
+            None => reconcile(ctx, db, tag, set),
+        },
+        e if removes(e) || e == "rename_from" => {
+            let evicted = e == "evicted";
+            engine::with(|s| {
+                let keys = s.index.drop_tag(db, tag);
+                if evicted && !keys.is_empty() {
+                    s.owed.push_back(engine::Owed::Orphans { db, keys });
+                }
+            });
+        }
+        e if is_change(e) => reconcile(ctx, db, tag, set),
+        _ => {}
+    }
+}
+
+/// Reads the whole set (it was rewritten wholesale: a `*STORE`, a rename or
+/// copy into the prefix, a restore).
+fn reconcile(ctx: &Context, db: Db, tag: &[u8], set: &[u8]) {
+    let members = if keys::key_type(ctx, set) == KeyType::Set {
+        keys::smembers(ctx, set).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    engine::with(|s| s.index.set_members(db, tag, &members));
+}
+
+fn apply_wakes(ctx: &Context, wakes: Vec<Wake>) {
+    if !wakes.is_empty() {
+        super::blocked::wake(ctx, wakes);
+    }
+}
+
+thread_local! {
+    static TIMER_ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Arranges for the owed writes to be paid soon: in a post-notification job
+/// where the server has them (Redis 7.2+, Valkey), else in a 0 ms timer;
+/// and in any case before the server sleeps, and before the next module
+/// command acts.
+pub fn settle_later(ctx: &Context) {
+    if ctx.add_post_notification_job(apply::settle) == Ok(redis_module::Status::Ok) {
+        return;
+    }
+    if !TIMER_ARMED.with(|t| t.replace(true)) {
+        ctx.create_timer(std::time::Duration::ZERO, settle_on_timer, ());
+    }
+}
+
+fn settle_on_timer(ctx: &Context, (): ()) {
+    TIMER_ARMED.with(|t| t.set(false));
+    apply::settle(ctx);
+}
+
+unsafe extern "C" fn on_event_loop(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    if sub == raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP
+        && engine::with(|s| !s.owed.is_empty()).unwrap_or(false)
+    {
+        apply::settle(&Context::new(ctx));
+    }
+}
+
+fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool {
+    let event = raw::RedisModuleEvent { id, dataver: 1 };
+    // SAFETY: called from init with the module's context; `cb` matches the
+    // server-event callback signature.
+    unsafe {
+        raw::RedisModule_SubscribeToServerEvent
+            .is_some_and(|f| f(ctx.ctx, event, cb) == raw::REDISMODULE_OK as i32)
+    }
+}
+
+fn dataset_replaced(ctx: &Context) {
+    let wakes = engine::with(|s| s.dataset_replaced()).unwrap_or_default();
+    apply_wakes(ctx, wakes);
+}
+
+unsafe extern "C" fn on_flush(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut std::ffi::c_void,
+) {
+    if sub != raw::REDISMODULE_SUBEVENT_FLUSHDB_START || data.is_null() {
+        return;
+    }
+    // SAFETY: for FLUSHDB events Redis passes a RedisModuleFlushInfo.
+    let info = unsafe { &*(data as *const raw::RedisModuleFlushInfo) };
+    let db = (info.dbnum >= 0).then_some(info.dbnum);
+    engine::with(|s| s.flush(db));
+    dataset_replaced(&Context::new(ctx));
+}
+
+unsafe extern "C" fn on_swapdb(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    _sub: u64,
+    data: *mut std::ffi::c_void,
+) {
+    if data.is_null() {
+        return;
+    }
+    // SAFETY: for SWAPDB events Redis passes a RedisModuleSwapDbInfo.
+    let info = unsafe { &*(data as *const raw::RedisModuleSwapDbInfo) };
+    engine::with(|s| s.swap(info.dbnum_first, info.dbnum_second));
+    dataset_replaced(&Context::new(ctx));
+}
+
+unsafe extern "C" fn on_loading(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    let ctx = Context::new(ctx);
+    match sub {
+        raw::REDISMODULE_SUBEVENT_LOADING_ENDED | raw::REDISMODULE_SUBEVENT_LOADING_FAILED => {
+            rebuild::rebuild(&ctx)
+        }
+        _ => {
+            engine::with(|s| s.flush(None));
+            dataset_replaced(&ctx);
+        }
+    }
+}
+
+/// A replica loading with `repl-diskless-load swapdb` keeps serving the old
+/// dataset (and its index) until the new one is swapped in.
+unsafe extern "C" fn on_async_load(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    if sub == raw::REDISMODULE_SUBEVENT_REPL_ASYNC_LOAD_COMPLETED {
+        let ctx = Context::new(ctx);
+        dataset_replaced(&ctx);
+        rebuild::rebuild(&ctx);
+    }
+}
+
+pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
+    let ok = subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_flush))
+        && subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_swapdb))
+        && subscribe(ctx, raw::REDISMODULE_EVENT_LOADING, Some(on_loading))
+        && subscribe(ctx, raw::REDISMODULE_EVENT_EVENTLOOP, Some(on_event_loop))
+        && subscribe(
+            ctx,
+            raw::REDISMODULE_EVENT_REPL_ASYNC_LOAD,
+            Some(on_async_load),
+        );
+    if !ok {
+        return Err("could not subscribe to server events".into());
+    }
+    // SAFETY: called from init with the module's context.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SetModuleOptions {
+            f(
+                ctx.ctx,
+                raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD as c_int,
+            );
+        }
+    }
+    Ok(())
+}

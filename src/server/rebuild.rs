@@ -1,0 +1,132 @@
+//! Builds the index and the rules from the dataset: when a dataset has been
+//! loaded (RDB, AOF, a full sync, `DEBUG RELOAD`, an asynchronous load) and
+//! when the module is loaded into a running server. On a master, members
+//! whose key did not survive (it expired while the server was down) are
+//! then taken out of their sets.
+
+use super::config;
+use super::keys::{self, Mode, Reply};
+use super::notify::LINKS_KEY;
+use crate::engine::index::Db;
+use crate::engine::rules::Rules;
+use crate::engine::{self, Owed};
+use redis_module::{Context, KeyType};
+
+/// Escapes glob characters so the prefix matches literally in SCAN MATCH.
+pub fn glob_literal(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'*');
+    out
+}
+
+fn databases(ctx: &Context) -> Db {
+    let reply = keys::call(ctx, Mode::Local, "CONFIG", &[b"GET", b"databases"]);
+    reply
+        .ok()
+        .and_then(|r| r.into_bytes_list().get(1).cloned())
+        .and_then(|v| String::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16)
+}
+
+/// Every set under the tag prefix in the selected database.
+fn tag_sets(ctx: &Context) -> Vec<Vec<u8>> {
+    let pattern = glob_literal(&config::tag_prefix());
+    let mut cursor = b"0".to_vec();
+    let mut out = Vec::new();
+    loop {
+        let args: [&[u8]; 7] = [
+            &cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", b"set",
+        ];
+        let Ok(Reply::Array(mut parts)) = keys::call(ctx, Mode::Local, "SCAN", &args) else {
+            return out;
+        };
+        out.extend(parts.pop().map(Reply::into_bytes_list).unwrap_or_default());
+        match parts.pop() {
+            Some(Reply::Bytes(c)) if c != b"0" => cursor = c,
+            _ => return out,
+        }
+    }
+}
+
+/// The rules of `db`, read again from its `tagcache:links` hash.
+pub fn reload_rules(ctx: &Context, db: Db) {
+    let home = keys::selected_db(ctx);
+    keys::select_db(ctx, db);
+    let pairs = read_rules(ctx);
+    keys::select_db(ctx, home);
+    let rules = Rules::from_pairs(pairs);
+    engine::with(|s| {
+        if rules.is_empty() {
+            s.rules.remove(&db);
+        } else {
+            s.rules.insert(db, rules);
+        }
+    });
+}
+
+/// The (source prefix, encoded rule) pairs of the selected database.
+pub fn read_rules(ctx: &Context) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if keys::key_type(ctx, LINKS_KEY) != KeyType::Hash {
+        return Vec::new();
+    }
+    let Ok(reply) = keys::call(ctx, Mode::Local, "HGETALL", &[LINKS_KEY]) else {
+        return Vec::new();
+    };
+    let flat = reply.into_bytes_list();
+    flat.chunks_exact(2)
+        .filter_map(|p| match p {
+            [field, value] => Some((field.clone(), value.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+pub fn rebuild(ctx: &Context) {
+    engine::with(|s| s.flush(None));
+    let prefix = config::tag_prefix();
+    let home = keys::selected_db(ctx);
+    let writes = keys::may_write(ctx);
+    for db in 0..databases(ctx) {
+        keys::select_db(ctx, db);
+        reload_rules(ctx, db);
+        for set in tag_sets(ctx) {
+            let tag = set.get(prefix.len()..).unwrap_or_default().to_vec();
+            for member in keys::smembers(ctx, &set).unwrap_or_default() {
+                let live = keys::exists(ctx, &member);
+                engine::with(|s| {
+                    if live {
+                        s.index.add(db, &member, &tag);
+                    } else if writes {
+                        s.owed.push_back(Owed::Untag {
+                            db,
+                            tag: tag.clone(),
+                            key: member,
+                        });
+                    }
+                });
+            }
+        }
+    }
+    keys::select_db(ctx, home);
+    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+        super::notify::settle_later(ctx);
+    }
+}
+
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn glob_escaping() {
+        assert_eq!(super::glob_literal(b"tag:"), b"tag:*".to_vec());
+        assert_eq!(super::glob_literal(b"a*[b]"), b"a\\*\\[b\\]*".to_vec());
+    }
+}
