@@ -164,8 +164,16 @@ def test_links_listing(r):
     link(r, "order:", "o:")
     link(r, "product:", "p:")
     assert links(r) == [[b"order:", b"o:"], [b"product:", b"p:"], [b"user:", b"u:"]]
+    # Each rule records its creator (a NUL, then the tag prefix): its
+    # purges have that user's permissions.
     assert r.hgetall("tagcache:links") == {
-        b"order:": b"o:", b"product:": b"p:", b"user:": b"u:"}
+        b"order:": b"default\x00o:", b"product:": b"default\x00p:", b"user:": b"default\x00u:"}
+    # A rule written into the hash by hand has no owner and still works.
+    r.hset("tagcache:links", "hand:", "h:")
+    tag_set(r, "by-hand", "v", "h:1")
+    r.set("hand:1", "x")
+    wait_until(lambda: not r.exists("by-hand"), 2, what="hand-written rule fired")
+    r.hdel("tagcache:links", "hand:")
     # Relinking a source replaces its tag prefix.
     link(r, "user:", "people:")
     assert links(r) == [[b"order:", b"o:"], [b"product:", b"p:"], [b"user:", b"people:"]]

@@ -27,11 +27,14 @@ pub type Client = usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waiter {
     pub client: Client,
+    /// Unique for the life of the process: a stale timer finds no waiter
+    /// even if the server reuses the client handle.
+    pub id: u64,
     pub ttl_ms: i64,
 }
 
 /// How a waiter is woken.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Wake {
     /// The key was written: reply with its value.
     Value {
@@ -46,6 +49,18 @@ pub enum Wake {
         key: Vec<u8>,
         ttl_ms: i64,
     },
+    /// Its `WAIT` ran out: reply `[nil, nil]`.
+    Timeout { client: Client },
+}
+
+impl Wake {
+    pub fn client(&self) -> Client {
+        match self {
+            Wake::Value { client, .. } | Wake::Lease { client, .. } | Wake::Timeout { client } => {
+                *client
+            }
+        }
+    }
 }
 
 /// A write the keyspace owes the tag sets: a change made by a client
@@ -96,6 +111,23 @@ impl Named {
         self.count += list.len() - before;
     }
 
+    /// Whether a client command named `member` for `set` since the last
+    /// check (forgotten here).
+    pub fn claim(&mut self, set: &[u8], member: &[u8]) -> bool {
+        let Some(list) = self.by_set.get_mut(set) else {
+            return false;
+        };
+        let Some(i) = list.iter().position(|m| m == member) else {
+            return false;
+        };
+        list.swap_remove(i);
+        if list.is_empty() {
+            self.by_set.remove(set);
+        }
+        self.count = self.count.saturating_sub(1);
+        true
+    }
+
     /// The members named for `set` so far, forgotten here.
     pub fn take(&mut self, set: &[u8]) -> Option<Vec<Vec<u8>>> {
         let list = self.by_set.remove(set)?;
@@ -122,6 +154,12 @@ pub struct State {
     pub named: Named,
     /// The source of a RENAME between its `rename_from` and `rename_to`.
     pub renaming: Option<Vec<u8>>,
+    /// Last waiter id handed out.
+    pub waiter_seq: u64,
+    /// Waiters taken out of their queue and released when the server is
+    /// about to sleep, just before it runs their replies, so that no client
+    /// command comes between the two.
+    pub waking: Vec<Wake>,
 }
 
 thread_local! {
@@ -193,17 +231,42 @@ impl State {
         })
     }
 
-    /// A blocked client left (timeout, disconnect, unblock): whether it was
-    /// still waiting (then its caller owns its release).
+    /// A blocked client left (disconnect, unblock): whether it was still
+    /// waiting (then its caller owns its release).
     pub fn forget_waiter(&mut self, client: Client) -> bool {
-        let mut found = false;
+        let before = self.waking.len();
+        self.waking.retain(|w| w.client() != client);
+        self.waking.len() != before || self.take_waiter(|w| w.client == client).is_some()
+    }
+
+    /// The waiter `id`'s wait ran out: its wake, if it still waits.
+    pub fn wait_over(&mut self, id: u64) -> Option<Wake> {
+        self.take_waiter(|w| w.id == id)
+            .map(|w| Wake::Timeout { client: w.client })
+    }
+
+    fn take_waiter(&mut self, which: impl Fn(&Waiter) -> bool) -> Option<Waiter> {
+        let mut found = None;
         self.waiters.retain(|_, q| {
-            let before = q.len();
-            q.retain(|w| w.client != client);
-            found |= q.len() != before;
+            if found.is_none() {
+                if let Some(i) = q.iter().position(&which) {
+                    found = q.remove(i);
+                }
+            }
             !q.is_empty()
         });
         found
+    }
+
+    /// Queues a waiter for `key`; returns its id.
+    pub fn add_waiter(&mut self, db: Db, key: &[u8], client: Client, ttl_ms: i64) -> u64 {
+        self.waiter_seq += 1;
+        let id = self.waiter_seq;
+        self.waiters
+            .entry((db, key.to_vec()))
+            .or_default()
+            .push_back(Waiter { client, id, ttl_ms });
+        id
     }
 
     /// The dataset of `db` (`None`: all) was flushed, swapped or reloaded:

@@ -123,7 +123,14 @@ pub fn settle(ctx: &Context) {
         pay(ctx, next);
     }
     keys::select_db(ctx, home);
-    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+    let more = engine::with(|s| {
+        // A burst of owed writes keeps no memory once paid.
+        if s.owed.is_empty() && s.owed.capacity() > 64 {
+            s.owed = Default::default();
+        }
+        !s.owed.is_empty()
+    });
+    if more.unwrap_or(false) {
         super::notify::settle_later(ctx);
     }
 }
@@ -138,9 +145,20 @@ fn pay(ctx: &Context, owed: Owed) {
     keys::select_db(ctx, db);
     let done = match owed {
         Owed::Untag { tag, key, .. } => {
+            let set = p.set(&tag);
+            // Client code that rewrites a key and then adds it to its tag set
+            // again (its SADD changed nothing: the key was still a member)
+            // keeps it there.
+            let readded = engine::with(|s| s.named.claim(&set, &key)).unwrap_or(false)
+                && keys::call(ctx, Mode::Local, "SISMEMBER", &[&set, &key])
+                    .is_ok_and(|r| r.int() == 1);
+            if readded {
+                engine::with(|s| s.index.add(db, &key, &tag));
+                return;
+            }
             stats::bump(&stats::INDEX_CLEANUPS);
             let _applying = Applying::begin();
-            keys::call(ctx, Mode::Replicated, "SREM", &[&p.set(&tag), &key]).map(drop)
+            keys::call(ctx, Mode::Replicated, "SREM", &[&set, &key]).map(drop)
         }
         Owed::Retag { tag, key, .. } => {
             let _applying = Applying::begin();
@@ -176,6 +194,7 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
         let set = p.set(&tag);
         let tags = vec![tag];
         let found = engine::with(|s| plan::purge_members(&s.index, db, &tags)).unwrap_or_default();
+        engine::with(|s| s.leases.tags_purged(&tags));
         if found.is_empty() {
             purged_tags.extend(tags);
             continue;
@@ -205,7 +224,6 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
         let replies = apply(ctx, &plan, Cause::Rule)?;
         deleted += deleted_count(&plan, &replies);
         purged_tags.extend(tags);
-        engine::with(|s| s.leases.tags_purged(&purged_tags));
     }
     stats::bump(&stats::RULE_FIRINGS);
     stats::add(&stats::KEYS_PURGED, deleted.max(0) as u64);

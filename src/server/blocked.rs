@@ -9,7 +9,7 @@
 
 use super::keys;
 use crate::engine::index::Db;
-use crate::engine::{self, stats, Client, Waiter, Wake};
+use crate::engine::{self, stats, Client, Wake};
 use redis_module::{raw, Context, RedisValue};
 use std::os::raw::{c_int, c_void};
 
@@ -57,21 +57,30 @@ unsafe extern "C" fn on_lapse(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) 
     wake_all(&Context::new(ctx), wake.into_iter().collect());
 }
 
-/// Releases the woken clients, each with what its reply needs.
+/// Wakes clients: each is released, with what its reply needs, when the
+/// server is about to sleep (`release_woken`). Redis 7.0 loses the reply of
+/// a client released and then unblocked or timed out before its reply runs;
+/// released there, its reply runs at once.
 pub fn wake(ctx: &Context, wakes: Vec<Wake>) {
     wake_all(ctx, wakes);
 }
 
 fn wake_all(_ctx: &Context, wakes: Vec<Wake>) {
-    for w in wakes {
-        let client = match &w {
-            Wake::Value { client, .. } | Wake::Lease { client, .. } => *client,
-        };
+    if !wakes.is_empty() {
+        engine::with(|s| s.waking.extend(wakes));
+    }
+}
+
+/// Called as the server is about to sleep, just before it runs the replies
+/// of released clients.
+pub fn release_woken() {
+    let woken = engine::with(|s| std::mem::take(&mut s.waking)).unwrap_or_default();
+    for w in woken {
+        let client = w.client();
         let data = Box::into_raw(Box::new(w));
-        // SAFETY: `client` is a handle from RM_BlockClient that the engine's
-        // queue held until now; taking it out of the queue made us its
-        // only owner, so this is its one release. Redis hands `data` back
-        // to `free_wake`.
+        // SAFETY: `client` is a handle from RM_BlockClient that the engine
+        // held until now; taking it out made us its only owner, so this is
+        // its one release. Redis hands `data` back to `free_wake`.
         unsafe {
             if let Some(f) = raw::RedisModule_UnblockClient {
                 f(client as Bc, data.cast());
@@ -93,7 +102,7 @@ unsafe extern "C" fn on_wake(
     // SAFETY: the private data is the `Wake` boxed by `wake_all`, alive
     // until `free_wake` runs after this callback.
     let reply = match unsafe { data.cast::<Wake>().as_ref() } {
-        None => Ok(pair(None, None)),
+        None | Some(Wake::Timeout { .. }) => Ok(pair(None, None)),
         Some(Wake::Value { key, .. }) => keys::read_string(&context, key).map(|v| pair(v, None)),
         Some(Wake::Lease {
             db, key, ttl_ms, ..
@@ -114,11 +123,20 @@ unsafe extern "C" fn on_timeout(
     // SAFETY: called by Redis with the timed-out client's context.
     let bc =
         unsafe { raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx)) };
+    // Only `CLIENT UNBLOCK` gets here (the module keeps the time itself);
     // Redis does not call this for a client already woken.
     if engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
         release(bc);
     }
     context.reply(Ok(pair(None, None))) as c_int
+}
+
+/// The module times `WAIT` itself rather than leave it to the server:
+/// Redis 7.0 loses the reply of a client whose server timeout falls in the
+/// same event-loop turn as its wake.
+fn on_wait_over(ctx: &Context, id: u64) {
+    let wake = engine::with(|s| s.wait_over(id)).flatten();
+    wake_all(ctx, wake.into_iter().collect());
 }
 
 unsafe extern "C" fn on_disconnect(_ctx: *mut raw::RedisModuleCtx, bc: Bc) {
@@ -155,29 +173,17 @@ pub fn block(ctx: &Context, db: Db, key: &[u8], ttl_ms: i64, wait_ms: i64) -> bo
         return false;
     };
     // SAFETY: `ctx` is the calling command's context; the callbacks match
-    // the signatures Redis expects.
-    let bc = unsafe {
-        block(
-            ctx.ctx,
-            Some(on_wake),
-            Some(on_timeout),
-            Some(free_wake),
-            wait_ms,
-        )
-    };
+    // the signatures Redis expects. No server timeout (0): see `on_wait_over`.
+    let bc = unsafe { block(ctx.ctx, Some(on_wake), Some(on_timeout), Some(free_wake), 0) };
     if bc.is_null() {
         return false;
     }
     // SAFETY: `bc` was just returned by RM_BlockClient.
     unsafe { on_dc(bc, Some(on_disconnect)) };
-    engine::with(|s| {
-        s.waiters
-            .entry((db, key.to_vec()))
-            .or_default()
-            .push_back(Waiter {
-                client: bc as Client,
-                ttl_ms,
-            })
-    });
+    let id = engine::with(|s| s.add_waiter(db, key, bc as Client, ttl_ms));
+    if let (Some(id), true) = (id, wait_ms > 0) {
+        let ms = u64::try_from(wait_ms).unwrap_or(0);
+        ctx.create_timer(std::time::Duration::from_millis(ms), on_wait_over, id);
+    }
     true
 }

@@ -115,7 +115,8 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     if let Some(tag) = tag {
         tag_set_changed(ctx, db, tag, key, event);
     }
-    let wakes = engine::with(|s| key_changed(s, db, key, event)).unwrap_or_default();
+    let master = !flags.intersects(ContextFlags::SLAVE);
+    let wakes = engine::with(|s| key_changed(s, db, key, event, master)).unwrap_or_default();
     apply_wakes(ctx, wakes);
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
         settle_later(ctx);
@@ -123,28 +124,37 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
 }
 
 /// The key as a cached value: its tags, its lease, the rules it fires.
-fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &str) -> Vec<Wake> {
+///
+/// On a master the index follows the key at once and the tag sets are owed
+/// the change. A replica's index follows its tag sets only: the master's
+/// stream brings every change of them (the removals its own upkeep makes
+/// included), in order.
+fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &str, master: bool) -> Vec<Wake> {
     let mut wakes = Vec::new();
     if event == "rename_from" {
         s.renaming = Some(key.to_vec());
         wakes.extend(s.key_deleted(db, key));
     } else if event == "rename_to" {
-        if let Some(from) = s.renaming.take() {
-            s.rename_key(db, &from, key);
-        } else {
-            s.untag_key(db, key);
+        match s.renaming.take() {
+            Some(from) if master => s.rename_key(db, &from, key),
+            _ if master => s.untag_key(db, key),
+            _ => {}
         }
         wakes.extend(s.key_written(db, key));
     } else if removes(event) {
-        s.untag_key(db, key);
+        if master {
+            s.untag_key(db, key);
+        }
         wakes.extend(s.key_deleted(db, key));
     } else if replaces(event) {
-        s.untag_key(db, key);
+        if master {
+            s.untag_key(db, key);
+        }
         wakes.extend(s.key_written(db, key));
     } else if is_change(event) {
         wakes.extend(s.key_written(db, key));
     }
-    if is_change(event) {
+    if master && is_change(event) {
         s.fire_rules(db, key);
     }
     wakes
@@ -229,11 +239,13 @@ unsafe extern "C" fn on_event_loop(
     sub: u64,
     _data: *mut std::ffi::c_void,
 ) {
-    if sub == raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP
-        && engine::with(|s| !s.owed.is_empty()).unwrap_or(false)
-    {
+    if sub != raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP {
+        return;
+    }
+    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
         apply::settle(&Context::new(ctx));
     }
+    super::blocked::release_woken();
 }
 
 fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool {
