@@ -407,22 +407,34 @@ mod tests {
     #[test]
     fn waiters_are_handed_leases_one_at_a_time() {
         let mut s = State::default();
-        let q = s.waiters.entry((0, b"k".to_vec())).or_default();
-        q.push_back(Waiter {
-            client: 1,
-            ttl_ms: 5,
-        });
-        q.push_back(Waiter {
-            client: 2,
-            ttl_ms: 5,
-        });
+        s.add_waiter(0, b"k", 1, 5);
+        let second = s.add_waiter(0, b"k", 2, 5);
+        let third = s.add_waiter(0, b"k", 3, 5);
         assert!(matches!(
             s.hand_over(0, b"k"),
             Some(Wake::Lease { client: 1, .. })
         ));
         assert!(s.forget_waiter(2));
         assert!(!s.forget_waiter(2), "released once");
+        assert!(s.wait_over(second).is_none(), "a stale timer finds nobody");
+        assert_eq!(s.wait_over(third), Some(Wake::Timeout { client: 3 }));
         assert!(s.hand_over(0, b"k").is_none());
+        assert!(s.waiters.is_empty());
+    }
+
+    #[test]
+    fn a_woken_client_is_released_once() {
+        let mut s = State::default();
+        s.add_waiter(0, b"k", 7, 5);
+        let wakes = s.key_written(0, b"k");
+        assert_eq!(wakes.len(), 1);
+        s.waking.extend(wakes);
+        assert!(
+            s.forget_waiter(7),
+            "a disconnection before the release owns it"
+        );
+        assert!(s.waking.is_empty());
+        assert!(!s.forget_waiter(7));
     }
 
     #[test]
