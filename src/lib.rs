@@ -36,6 +36,7 @@ redis_module! {
     init: init,
     commands: [
         ["tag.set", commands::tag_set, flags("tag.set"), 0, 0, 0, ""],
+        ["tag.apply", commands::tag_apply, flags("tag.apply"), 0, 0, 0, ""],
         ["tag.add", commands::tag_add, flags("tag.add"), 0, 0, 0, ""],
         ["tag.rem", commands::tag_rem, flags("tag.rem"), 0, 0, 0, ""],
         ["tag.purge", commands::tag_purge, flags("tag.purge"), 0, 0, 0, ""],

@@ -181,6 +181,64 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
     }
 }
 
+/// `TAG.APPLY key value PXAT ms|KEEPTTL|PERSIST ADD n set... REM m set...`:
+/// the absolute form TAG.SET replicates as.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ApplyArgs<'a> {
+    pub key: &'a [u8],
+    pub value: &'a [u8],
+    pub deadline: Option<i64>,
+    pub keep_ttl: bool,
+    pub add: Vec<&'a [u8]>,
+    pub rem: Vec<&'a [u8]>,
+}
+
+fn counted<'a>(args: &[&'a [u8]], word: &[u8]) -> Result<(Vec<&'a [u8]>, usize)> {
+    match args {
+        [w, n, rest @ ..] if w.eq_ignore_ascii_case(word) => {
+            let n = usize::try_from(parse_i64(n)?).map_err(|_| Error::NotInteger)?;
+            let list = rest.get(..n).ok_or(Error::WrongArity("tag.apply"))?;
+            Ok((list.to_vec(), n + 2))
+        }
+        [w, ..] => Err(Error::Syntax(w.to_vec())),
+        [] => Err(Error::WrongArity("tag.apply")),
+    }
+}
+
+pub fn parse_apply<'a>(args: &[&'a [u8]]) -> Result<ApplyArgs<'a>> {
+    let (key, value, rest) = match args {
+        [k, v, rest @ ..] => (*k, *v, rest),
+        _ => return Err(Error::WrongArity("tag.apply")),
+    };
+    let (deadline, keep_ttl, rest) = match rest {
+        [w, ms, rest @ ..] if w.eq_ignore_ascii_case(b"PXAT") => {
+            let ms = parse_i64(ms)?;
+            if ms <= 0 {
+                return Err(Error::InvalidExpire("tag.apply"));
+            }
+            (Some(ms), false, rest)
+        }
+        [w, rest @ ..] if w.eq_ignore_ascii_case(b"KEEPTTL") => (None, true, rest),
+        [w, rest @ ..] if w.eq_ignore_ascii_case(b"PERSIST") => (None, false, rest),
+        [w, ..] => return Err(Error::Syntax(w.to_vec())),
+        [] => return Err(Error::WrongArity("tag.apply")),
+    };
+    let (add, used) = counted(rest, b"ADD")?;
+    let rest = rest.get(used..).unwrap_or_default();
+    let (rem, used) = counted(rest, b"REM")?;
+    if let Some(extra) = rest.get(used) {
+        return Err(Error::Syntax(extra.to_vec()));
+    }
+    Ok(ApplyArgs {
+        key,
+        value,
+        deadline,
+        keep_ttl,
+        add,
+        rem,
+    })
+}
+
 /// Longest lease or wait, in ms: a day. Larger values are refused so that
 /// no timer overflows.
 pub const LEASE_MS_MAX: i64 = 86_400_000;
@@ -280,6 +338,35 @@ pub fn parse_ver_set<'a>(args: &[&'a [u8]]) -> Result<VerSetArgs<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apply_form() {
+        fn a(s: &'static str) -> Result<ApplyArgs<'static>> {
+            let v: Vec<&[u8]> = s.split(' ').map(str::as_bytes).collect();
+            parse_apply(&v)
+        }
+        let x = a("k v PXAT 5 ADD 2 s1 s2 REM 1 s3").unwrap();
+        assert_eq!((x.deadline, x.add.len(), x.rem.len()), (Some(5), 2, 1));
+        assert!(a("k v KEEPTTL ADD 0 REM 0").unwrap().keep_ttl);
+        assert_eq!(
+            a("k v PERSIST ADD 1 s REM 0 x"),
+            Err(Error::Syntax(b"x".to_vec()))
+        );
+        assert_eq!(
+            a("k v PERSIST ADD 3 s REM 0"),
+            Err(Error::WrongArity("tag.apply"))
+        );
+        assert_eq!(
+            a("k v NOW ADD 0 REM 0"),
+            Err(Error::Syntax(b"NOW".to_vec()))
+        );
+        assert_eq!(
+            a("k v PXAT 0 ADD 0 REM 0"),
+            Err(Error::InvalidExpire("tag.apply"))
+        );
+        assert_eq!(a("k v PERSIST ADD -1 REM 0"), Err(Error::NotInteger));
+        assert_eq!(a("k v PERSIST ADD 0"), Err(Error::WrongArity("tag.apply")));
+    }
 
     #[test]
     fn getl_bounds() {

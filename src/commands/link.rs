@@ -41,7 +41,7 @@ pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Err(Error::Invalid("source-prefix must not be empty".into()).into());
     }
     let prefix = config::tag_prefix();
-    if source.starts_with(&prefix) || prefix.starts_with(source) {
+    if source.starts_with(prefix) || prefix.starts_with(source) {
         return Err(
             Error::Invalid("source-prefix must not cover the tag index keys".into()).into(),
         );

@@ -27,6 +27,7 @@ macro_rules! writes {
 
 writes! {
     tag_set => tag::tag_set,
+    tag_apply => tag::tag_apply,
     tag_add => tag::tag_add,
     tag_rem => tag::tag_rem,
     tag_purge => tag::tag_purge,

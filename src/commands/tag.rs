@@ -6,7 +6,7 @@
 
 use super::args::{self, Condition};
 use crate::engine::error::{Error, Result};
-use crate::engine::plan::{self, Access, Expiry, Kind, Prefix};
+use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix};
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
 use crate::server::events::{self, Event, Op};
@@ -18,12 +18,21 @@ fn bulk_list(items: Vec<Vec<u8>>) -> RedisValue {
     RedisValue::Array(items.into_iter().map(RedisValue::StringBuffer).collect())
 }
 
-/// Opens the keys once, so that any of them that has expired is reclaimed
-/// (and the index told) before the plan is made from the index.
-fn touch<K: AsRef<[u8]>>(ctx: &Context, keys: &[K]) {
-    for k in keys {
-        keys::key_type(ctx, k.as_ref());
+/// Plans from the index and checks the plan. Checking opens keys, and a key
+/// found expired is reclaimed (and the index told) right then: if the
+/// index moved, the plan is made again from what it says now.
+fn planned(ctx: &Context, make: impl Fn(&engine::State) -> Plan) -> Result<Plan> {
+    let caller = Caller::of(ctx);
+    for _ in 0..3 {
+        let Some((plan, before)) = engine::with(|s| (make(s), s.index.changes())) else {
+            break;
+        };
+        apply::check(ctx, caller.as_ref(), &plan)?;
+        if engine::with(|s| s.index.changes()) == Some(before) {
+            return Ok(plan);
+        }
     }
+    Err(Error::Internal("the index kept changing".into()))
 }
 
 fn same_tag_set(p: &Prefix, key: &[u8], tags: &[&[u8]]) -> Result<()> {
@@ -39,15 +48,11 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let a = args::parse_tag_set(&argv)?;
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
     same_tag_set(&p, a.key, &a.tags)?;
     let now = keys::now_ms();
     let deadline = a.expiry.deadline(now, "tag.set")?;
     let db = keys::selected_db(ctx);
-    let old = engine::with(|s| s.index.tags(db, a.key)).unwrap_or_default();
-    touch(ctx, &[a.key]);
-    touch(ctx, &old.iter().map(|t| p.set(t)).collect::<Vec<_>>());
     let expiry = Expiry {
         deadline,
         keep_ttl: a.expiry == args::Expiry::Keep,
@@ -58,13 +63,14 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         expiry,
         tags: &a.tags,
     };
-    let plan = engine::with(|s| plan::tag_set(&s.index, db, &p, &fill, now)).unwrap_or_default();
-    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
-    let exists = keys::exists(ctx, a.key);
-    match a.condition {
-        Condition::IfAbsent if exists => return Ok(RedisValue::Null),
-        Condition::IfPresent if !exists => return Ok(RedisValue::Null),
-        _ => {}
+    let plan = planned(ctx, |s| plan::tag_set(&s.index, db, &p, &fill, now))?;
+    let refused = match a.condition {
+        Condition::Always => false,
+        Condition::IfAbsent => keys::exists(ctx, a.key),
+        Condition::IfPresent => !keys::exists(ctx, a.key),
+    };
+    if refused {
+        return Ok(RedisValue::Null);
     }
     if let Some(token) = a.lease {
         let verdict = engine::with(|s| s.leases.redeem(db, a.key, token, &a.tags, now))
@@ -86,15 +92,31 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
+/// TAG.APPLY: the absolute form TAG.SET replicates as (also callable:
+/// every key it names is checked like TAG.SET's).
+pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    stats::bump(&stats::COMMANDS);
+    let argv = argv(&args);
+    let a = args::parse_apply(&argv)?;
+    let expiry = Expiry {
+        deadline: a.deadline,
+        keep_ttl: a.keep_ttl,
+    };
+    let owned = |l: &[&[u8]]| l.iter().map(|s| s.to_vec()).collect();
+    let plan = plan::string_with_sets(a.key, a.value, expiry, owned(&a.add), owned(&a.rem));
+    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
+    apply::apply(ctx, &plan, Cause::Command)?;
+    Ok(RedisValue::SimpleStringStatic("OK"))
+}
+
 pub fn tag_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let (key, tags) = args::parse_key_tags(&argv, "tag.add")?;
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
     same_tag_set(&p, key, &tags)?;
     let db = keys::selected_db(ctx);
-    touch(ctx, &[key]);
+    keys::key_type(ctx, key);
     let (plan, added) =
         engine::with(|s| plan::tag_add(&s.index, db, &p, key, &tags)).unwrap_or_default();
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
@@ -111,10 +133,9 @@ pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let (key, tags) = args::parse_key_tags(&argv, "tag.rem")?;
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
     let db = keys::selected_db(ctx);
-    touch(ctx, &[key]);
+    keys::key_type(ctx, key);
     let (plan, removed) =
         engine::with(|s| plan::tag_rem(&s.index, db, &p, key, &tags)).unwrap_or_default();
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
@@ -132,16 +153,12 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .into_iter()
         .map(<[u8]>::to_vec)
         .collect();
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
     let db = keys::selected_db(ctx);
-    touch(ctx, &tags.iter().map(|t| p.set(t)).collect::<Vec<_>>());
-    let plan = engine::with(|s| {
+    let plan = planned(ctx, |s| {
         let members = plan::purge_members(&s.index, db, &tags);
         plan::purge(&s.index, db, &p, &tags, &members, true)
-    })
-    .unwrap_or_default();
-    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
+    })?;
     let replies = apply::apply(ctx, &plan, Cause::Command)?;
     let deleted = apply::deleted_count(&plan, &replies);
     engine::with(|s| s.leases.tags_purged(&tags));
@@ -168,7 +185,7 @@ fn visible_members(ctx: &Context, tag: &[u8]) -> Result<Vec<Vec<u8>>> {
     if tag.is_empty() {
         return Err(Error::EmptyTag);
     }
-    let set = Prefix(&config::tag_prefix()).set(tag);
+    let set = Prefix(config::tag_prefix()).set(tag);
     let caller = Caller::of(ctx);
     if let Some(c) = &caller {
         c.check(ctx, &set, Access::Read)?;
@@ -226,7 +243,7 @@ pub fn tag_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let p = config::tag_prefix();
     let mut tags = engine::with(|s| s.index.tags(db, key)).unwrap_or_default();
     if let Some(c) = &caller {
-        tags.retain(|t| c.check(ctx, &Prefix(&p).set(t), Access::Read).is_ok());
+        tags.retain(|t| c.check(ctx, &Prefix(p).set(t), Access::Read).is_ok());
     }
     Ok(bulk_list(tags))
 }

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 static HIGH_WATER: AtomicI64 = AtomicI64::new(0);
 
 fn token_key(scope: &[u8]) -> Vec<u8> {
-    [config::ver_prefix().as_slice(), scope].concat()
+    [config::ver_prefix(), scope].concat()
 }
 
 /// The scope's current version, `None` when it has none.
@@ -108,7 +108,7 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     };
     let vkey = value_key(version, a.key);
     let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(prefix);
     let db = keys::selected_db(ctx);
     let plan = engine::with(|s| {
         let mut plan = Plan::default();
@@ -149,7 +149,7 @@ pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         versions.push(next(current(ctx, t)?)?);
     }
     let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(prefix);
     let db = keys::selected_db(ctx);
     let plan = engine::with(|s| {
         let mut plan = Plan::default();

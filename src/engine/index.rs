@@ -8,7 +8,12 @@
 //! A key's name is stored once (an `Rc` shared by both directions); tag
 //! names are interned per database and referenced by a `u32`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap as StdMap;
+
+/// Maps keyed by client bytes: randomly seeded, so their layout cannot be
+/// predicted from outside, and several times cheaper than SipHash.
+type HashMap<K, V> = StdMap<K, V, foldhash::fast::RandomState>;
+type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::rc::Rc;
 
 pub type Db = i32;
@@ -47,7 +52,7 @@ impl DbIndex {
         }
         let tag = Tag {
             name: name.into(),
-            members: HashSet::new(),
+            members: HashSet::default(),
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -168,9 +173,16 @@ impl DbIndex {
 #[derive(Default)]
 pub struct Index {
     dbs: HashMap<Db, DbIndex>,
+    /// Counts changes, so that a command can tell whether the index moved
+    /// while it checked its keys (opening a key can expire it).
+    changes: u64,
 }
 
 impl Index {
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     fn db_mut(&mut self, db: Db) -> &mut DbIndex {
         self.dbs.entry(db).or_default()
     }
@@ -221,11 +233,13 @@ impl Index {
 
     /// Tags `key` with `tag`; whether it was new.
     pub fn add(&mut self, db: Db, key: &[u8], tag: &[u8]) -> bool {
+        self.changes += 1;
         self.db_mut(db).add(key, tag)
     }
 
     /// Untags; whether the key carried the tag.
     pub fn remove(&mut self, db: Db, key: &[u8], tag: &[u8]) -> bool {
+        self.changes += 1;
         let Some(d) = self.dbs.get_mut(&db) else {
             return false;
         };
@@ -237,6 +251,7 @@ impl Index {
     /// The key is gone or was replaced: it carries nothing now. Returns the
     /// tags it carried.
     pub fn remove_key(&mut self, db: Db, key: &[u8]) -> Vec<Vec<u8>> {
+        self.changes += 1;
         let Some(d) = self.dbs.get_mut(&db) else {
             return Vec::new();
         };
@@ -247,6 +262,7 @@ impl Index {
 
     /// The tag's set is gone: no key carries the tag. Returns its keys.
     pub fn drop_tag(&mut self, db: Db, tag: &[u8]) -> Vec<Vec<u8>> {
+        self.changes += 1;
         let Some(d) = self.dbs.get_mut(&db) else {
             return Vec::new();
         };
@@ -276,6 +292,7 @@ impl Index {
 
     /// `FLUSHDB` (one database) or `FLUSHALL` (`None`).
     pub fn flush(&mut self, db: Option<Db>) {
+        self.changes += 1;
         match db {
             Some(db) => drop(self.dbs.remove(&db)),
             None => self.dbs.clear(),
@@ -283,6 +300,7 @@ impl Index {
     }
 
     pub fn swap(&mut self, a: Db, b: Db) {
+        self.changes += 1;
         swap_dbs(&mut self.dbs, a, b);
     }
 
@@ -299,7 +317,7 @@ impl Index {
 
 /// `SWAPDB` for any per-database state: what was under `a` goes under `b`
 /// and back.
-pub fn swap_dbs<V>(map: &mut HashMap<Db, V>, a: Db, b: Db) {
+pub fn swap_dbs<V, S: std::hash::BuildHasher>(map: &mut StdMap<Db, V, S>, a: Db, b: Db) {
     let va = map.remove(&a);
     let vb = map.remove(&b);
     if let Some(v) = va {

@@ -5,7 +5,7 @@
 //! way.
 
 use super::index::{Db, Index};
-use super::State;
+use super::{State, Wake};
 use std::collections::BTreeMap;
 
 /// What a command does to a key, for the caller's ACL.
@@ -65,6 +65,9 @@ pub struct Plan {
     pub writes: Vec<Write>,
     /// The writes whose replies add up to the keys a purge deleted.
     pub counted: Vec<usize>,
+    /// Replicate the whole plan as one `TAG.APPLY` (its absolute form)
+    /// rather than each write: one propagated operation is the cheapest.
+    pub as_apply: bool,
 }
 
 impl Plan {
@@ -125,17 +128,14 @@ pub fn tag_set(ix: &Index, db: Db, p: &Prefix, fill: &Fill, now_ms: i64) -> Plan
         expiry,
         tags,
     } = *fill;
-    let mut plan = Plan::default();
     let old = ix.tags(db, key);
-    plan.check(key, Access::Write, Kind::Any);
-    for t in &old {
-        plan.check(&p.set(t), Access::Write, Kind::Set);
-    }
-    for t in tags {
-        plan.check(&p.set(t), Access::Write, Kind::Set);
-    }
     let expired = expiry.deadline.is_some_and(|d| d <= now_ms);
     if expired {
+        let mut plan = Plan::default();
+        plan.check(key, Access::Write, Kind::Any);
+        for t in old.iter().map(|t| t.as_slice()).chain(tags.iter().copied()) {
+            plan.check(&p.set(t), Access::Write, Kind::Set);
+        }
         for t in &old {
             plan.write(Write::SetRem {
                 set: p.set(t),
@@ -147,25 +147,99 @@ pub fn tag_set(ix: &Index, db: Db, p: &Prefix, fill: &Fill, now_ms: i64) -> Plan
         });
         return plan;
     }
+    let rem = old
+        .iter()
+        .filter(|t| !tags.contains(&t.as_slice()))
+        .map(|t| p.set(t))
+        .collect();
+    let add = tags.iter().map(|t| p.set(t)).collect();
+    let mut plan = string_with_sets(key, value, expiry, add, rem);
+    // The key's tag sets that stay are checked too: it is written.
+    for t in old.iter().filter(|t| tags.contains(&t.as_slice())) {
+        plan.check(&p.set(t), Access::Write, Kind::Set);
+    }
+    plan
+}
+
+/// A string value written with the tag sets it joins (`add`) and leaves
+/// (`rem`), by absolute name: what TAG.SET does, and what it replicates as
+/// `TAG.APPLY key value PXAT ms|KEEPTTL|PERSIST ADD n set... REM m set...`.
+pub fn string_with_sets(
+    key: &[u8],
+    value: &[u8],
+    expiry: Expiry,
+    add: Vec<Vec<u8>>,
+    rem: Vec<Vec<u8>>,
+) -> Plan {
+    let mut plan = Plan::default();
+    plan.check(key, Access::Write, Kind::Any);
+    for set in add.iter().chain(&rem) {
+        plan.check(set, Access::Write, Kind::Set);
+    }
     plan.write(Write::SetString {
         key: key.to_vec(),
         value: value.to_vec(),
         deadline: expiry.deadline,
         keep_ttl: expiry.keep_ttl,
     });
-    for t in old.iter().filter(|t| !tags.contains(&t.as_slice())) {
+    for set in rem {
         plan.write(Write::SetRem {
-            set: p.set(t),
+            set,
             members: vec![key.to_vec()],
         });
     }
-    for t in tags {
+    for set in add {
         plan.write(Write::SetAdd {
-            set: p.set(t),
+            set,
             members: vec![key.to_vec()],
         });
     }
+    plan.as_apply = true;
     plan
+}
+
+impl Plan {
+    /// The plan as one `TAG.APPLY key value PXAT ms|KEEPTTL|PERSIST ADD n
+    /// set... REM m set...` (command name first), if it was planned as one.
+    pub fn apply_form(&self) -> Option<Vec<std::borrow::Cow<'_, [u8]>>> {
+        use std::borrow::Cow::{Borrowed, Owned};
+        if !self.as_apply {
+            return None;
+        }
+        let mut out = vec![Borrowed(&b"TAG.APPLY"[..])];
+        let (mut add, mut rem) = (Vec::new(), Vec::new());
+        for w in &self.writes {
+            match w {
+                Write::SetString {
+                    key,
+                    value,
+                    deadline,
+                    keep_ttl,
+                } => {
+                    out.push(Borrowed(key.as_slice()));
+                    out.push(Borrowed(value.as_slice()));
+                    match (deadline, keep_ttl) {
+                        (Some(d), _) => {
+                            out.push(Borrowed(&b"PXAT"[..]));
+                            out.push(Owned(d.to_string().into_bytes()));
+                        }
+                        (None, true) => out.push(Borrowed(&b"KEEPTTL"[..])),
+                        (None, false) => out.push(Borrowed(&b"PERSIST"[..])),
+                    }
+                }
+                Write::SetAdd { set, .. } => add.push(Borrowed(set.as_slice())),
+                Write::SetRem { set, .. } => rem.push(Borrowed(set.as_slice())),
+                _ => return None,
+            }
+        }
+        out.push(Borrowed(&b"ADD"[..]));
+        out.push(Owned(add.len().to_string().into_bytes()));
+        out.extend(add);
+        out.push(Borrowed(&b"REM"[..]));
+        out.push(Owned(rem.len().to_string().into_bytes()));
+        out.extend(rem);
+        Some(out)
+    }
 }
 
 /// A plain string write of `key` (VER.SET, VER.BUMP): the value replaces
@@ -295,18 +369,42 @@ pub fn purge(
     plan
 }
 
+impl Write {
+    /// The keys the write changes (`true`: deleted).
+    fn touched(&self) -> Vec<(&[u8], bool)> {
+        match self {
+            Write::SetString { key, .. }
+            | Write::HashSet { key, .. }
+            | Write::HashDel { key, .. } => vec![(key.as_slice(), false)],
+            Write::SetAdd { set, .. } | Write::SetRem { set, .. } => vec![(set.as_slice(), false)],
+            Write::Del { keys } => keys.iter().map(|k| (k.as_slice(), true)).collect(),
+        }
+    }
+}
+
 impl State {
-    /// Keeps the index equal to the tag sets after `w` was applied, and
-    /// returns the keys it changed (`true`: deleted).
-    pub fn mirror(&mut self, db: Db, p: &Prefix, w: &Write) -> Vec<(Vec<u8>, bool)> {
+    /// Keeps the index equal to the tag sets after `w` was applied; tells
+    /// the lease book, and (`fire`) the rules, which keys it changed.
+    /// Returns the waiters it released. `stated`: the plan's own set writes
+    /// state every tag the string write ends or keeps (TAG.SET's plan), so
+    /// the string write itself leaves the index alone.
+    pub fn mirror(
+        &mut self,
+        db: Db,
+        p: &Prefix,
+        w: &Write,
+        stated: bool,
+        fire: bool,
+    ) -> Vec<Wake> {
         let ix = &mut self.index;
         match w {
             Write::SetString { key, .. } => {
-                ix.remove_key(db, key);
+                if !stated {
+                    ix.remove_key(db, key);
+                }
                 if let Some(tag) = p.tag_of(key) {
                     ix.drop_tag(db, tag);
                 }
-                vec![(key.clone(), false)]
             }
             Write::SetAdd { set, members } => {
                 if let Some(tag) = p.tag_of(set) {
@@ -314,7 +412,6 @@ impl State {
                         ix.add(db, m, tag);
                     }
                 }
-                vec![(set.clone(), false)]
             }
             Write::SetRem { set, members } => {
                 if let Some(tag) = p.tag_of(set) {
@@ -322,7 +419,6 @@ impl State {
                         ix.remove(db, m, tag);
                     }
                 }
-                vec![(set.clone(), false)]
             }
             Write::Del { keys } => {
                 for k in keys {
@@ -331,10 +427,25 @@ impl State {
                         ix.drop_tag(db, tag);
                     }
                 }
-                keys.iter().map(|k| (k.clone(), true)).collect()
             }
-            Write::HashSet { key, .. } | Write::HashDel { key, .. } => vec![(key.clone(), false)],
+            Write::HashSet { .. } | Write::HashDel { .. } => {}
         }
+        let fire = fire && self.has_rules(db);
+        if !fire && !self.watching() {
+            return Vec::new();
+        }
+        let mut wakes = Vec::new();
+        for (key, gone) in w.touched() {
+            wakes.extend(if gone {
+                self.key_deleted(db, key)
+            } else {
+                self.key_written(db, key)
+            });
+            if fire {
+                self.fire_rules(db, key);
+            }
+        }
+        wakes
     }
 }
 
@@ -364,10 +475,28 @@ mod tests {
             tags: &[b"new"],
         };
         let plan = tag_set(&ix, 0, &P, &fill, 0);
-        let checked: Vec<&[u8]> = plan.keys().collect();
-        assert_eq!(checked, vec![&b"k"[..], b"tag:old", b"tag:new"]);
+        let mut checked: Vec<&[u8]> = plan.keys().collect();
+        checked.sort();
+        assert_eq!(checked, vec![&b"k"[..], b"tag:new", b"tag:old"]);
         assert_eq!(plan.writes.len(), 3);
         assert!(matches!(&plan.writes[1], Write::SetRem { set, .. } if set == b"tag:old"));
+        let repl = plan.apply_form().unwrap();
+        let words: Vec<&[u8]> = repl.iter().map(|w| w.as_ref()).collect();
+        assert_eq!(
+            words,
+            vec![
+                &b"TAG.APPLY"[..],
+                b"k",
+                b"v",
+                b"PERSIST",
+                b"ADD",
+                b"1",
+                b"tag:new",
+                b"REM",
+                b"1",
+                b"tag:old"
+            ]
+        );
     }
 
     #[test]
@@ -403,7 +532,7 @@ mod tests {
             .iter()
             .any(|w| matches!(w, Write::SetRem { set, members } if set == b"tag:b" && members == &vec![b"k1".to_vec()])));
         for w in &plan.writes {
-            s.mirror(0, &P, w);
+            s.mirror(0, &P, w, false, true);
         }
         assert_eq!((s.index.keys(), s.index.tag_count()), (0, 0));
     }
@@ -418,6 +547,8 @@ mod tests {
             &Write::Del {
                 keys: vec![b"tag:a".to_vec()],
             },
+            false,
+            true,
         );
         assert!(!s.index.is_tagged(0, b"k"));
     }

@@ -39,42 +39,33 @@ pub enum Cause {
 }
 
 /// Makes the plan's writes in the selected database, in order; returns
-/// each write's integer reply (keys deleted, members added…).
+/// each write's integer reply (keys deleted, members added…). Each write is
+/// replicated as made, or the whole plan as its one `replicate_as` command.
 pub fn apply(ctx: &Context, plan: &Plan, cause: Cause) -> Result<Vec<i64>> {
     let db = keys::selected_db(ctx);
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
+    let mode = if plan.as_apply {
+        Mode::Local
+    } else {
+        Mode::Replicated
+    };
     let mut replies = Vec::with_capacity(plan.writes.len());
     let _applying = Applying::begin();
     for w in &plan.writes {
-        replies.push(write(ctx, w)?);
-        let wakes = engine::with(|s| {
-            let mut wakes = Vec::new();
-            for (key, gone) in s.mirror(db, &p, w) {
-                wakes.extend(if gone {
-                    s.key_deleted(db, &key)
-                } else {
-                    s.key_written(db, &key)
-                });
-                if cause == Cause::Command {
-                    s.fire_rules(db, &key);
-                }
-            }
-            wakes
-        })
-        .unwrap_or_default();
-        blocked::wake(ctx, wakes);
+        replies.push(write(ctx, w, mode)?);
+        let wakes = engine::with(|s| s.mirror(db, &p, w, plan.as_apply, cause == Cause::Command));
+        blocked::wake(ctx, wakes.unwrap_or_default());
+    }
+    if let Some(form) = plan.apply_form() {
+        if let Some((_, args)) = form.split_first() {
+            let args: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+            keys::replicate(ctx, c"TAG.APPLY", &args);
+        }
     }
     Ok(replies)
 }
 
-fn write(ctx: &Context, w: &Write) -> Result<i64> {
-    let r = |cmd: &str, args: &[&[u8]]| keys::call(ctx, Mode::Replicated, cmd, args);
-    let list = |first: &[u8], rest: &[Vec<u8>]| -> Vec<Vec<u8>> {
-        std::iter::once(first.to_vec())
-            .chain(rest.iter().cloned())
-            .collect()
-    };
+fn write(ctx: &Context, w: &Write, mode: Mode) -> Result<i64> {
     let reply = match w {
         Write::SetString {
             key,
@@ -82,21 +73,37 @@ fn write(ctx: &Context, w: &Write) -> Result<i64> {
             deadline,
             keep_ttl,
         } => {
-            keys::set_string(ctx, key, value, *deadline, *keep_ttl)?;
+            keys::write_string(ctx, key, value, *deadline, *keep_ttl)?;
+            if mode == Mode::Replicated {
+                keys::replicate_set(ctx, key, value, *deadline, *keep_ttl);
+            }
             1
         }
-        Write::SetAdd { set, members } => call_list(ctx, "SADD", &list(set, members))?,
-        Write::SetRem { set, members } => call_list(ctx, "SREM", &list(set, members))?,
-        Write::Del { keys } => call_list(ctx, "DEL", keys)?,
-        Write::HashSet { key, field, value } => r("HSET", &[key, field, value])?.int(),
-        Write::HashDel { key, field } => r("HDEL", &[key, field])?.int(),
+        Write::SetAdd { set, members } => match members.as_slice() {
+            [one] => keys::call2(ctx, mode, c"SADD", set, one)?,
+            _ => call_list(ctx, mode, "SADD", set, members)?,
+        },
+        Write::SetRem { set, members } => match members.as_slice() {
+            [one] => keys::call2(ctx, mode, c"SREM", set, one)?,
+            _ => call_list(ctx, mode, "SREM", set, members)?,
+        },
+        Write::Del { keys } => match keys.split_first() {
+            Some((first, rest)) => call_list(ctx, mode, "DEL", first, rest)?,
+            None => 0,
+        },
+        Write::HashSet { key, field, value } => {
+            keys::call(ctx, mode, "HSET", &[key, field, value])?.int()
+        }
+        Write::HashDel { key, field } => keys::call(ctx, mode, "HDEL", &[key, field])?.int(),
     };
     Ok(reply)
 }
 
-fn call_list(ctx: &Context, cmd: &str, args: &[Vec<u8>]) -> Result<i64> {
-    let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-    Ok(keys::call(ctx, Mode::Replicated, cmd, &refs)?.int())
+fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Vec<u8>]) -> Result<i64> {
+    let mut args: Vec<&[u8]> = Vec::with_capacity(rest.len() + 1);
+    args.push(first);
+    args.extend(rest.iter().map(Vec::as_slice));
+    Ok(keys::call(ctx, mode, cmd, &args)?.int())
 }
 
 /// Pays every owed write (a bounded number per call; the rest on the next
@@ -136,8 +143,7 @@ pub fn settle(ctx: &Context) {
 }
 
 fn pay(ctx: &Context, owed: Owed) {
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
     let db = match &owed {
         Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
         Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
@@ -180,8 +186,7 @@ fn pay(ctx: &Context, owed: Owed) {
 /// permissions of each rule's owner. Keys the owner may not delete stay,
 /// tagged, and are counted. The source key is spared.
 fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-    let prefix = config::tag_prefix();
-    let p = Prefix(&prefix);
+    let p = Prefix(config::tag_prefix());
     let mut purged_tags = Vec::new();
     let mut deleted = 0;
     for (tag, owner) in tags {

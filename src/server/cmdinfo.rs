@@ -31,6 +31,8 @@ enum Keys {
     Each(&'static [(i32, FlagsFn)]),
     /// The key at 1, then `TAGS numtags tag...` (TAG.SET).
     KeyAndTags,
+    /// The key at 1, then `ADD n set...` and `REM m set...` (TAG.APPLY).
+    Apply,
 }
 
 pub struct Info {
@@ -201,6 +203,26 @@ pub fn table() -> Vec<Info> {
                 string(c"token").token(c"LEASE").opt(),
                 int(c"numtags").token(c"TAGS"),
                 string(c"tag").multi(),
+            ],
+        },
+        Info {
+            name: "tag.apply",
+            flags: "write deny-oom",
+            summary: "Writes a string value and the tag sets it joins and leaves, by absolute name (the form TAG.SET replicates as)",
+            complexity: "O(N) where N is the number of sets",
+            arity: -8,
+            keys: Keys::Apply,
+            args: vec![
+                key(c"key"),
+                string(c"value"),
+                one_of(
+                    c"expiration",
+                    vec![unix(c"unix-time-milliseconds").token(c"PXAT"), pure(c"KEEPTTL"), pure(c"PERSIST")],
+                ),
+                int(c"numadd").token(c"ADD"),
+                key(c"set").multi(),
+                int(c"numrem").token(c"REM"),
+                key(c"set").multi(),
             ],
         },
         Info {
@@ -400,6 +422,7 @@ fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
         Keys::At(i, f) => vec![one(*i, *f)],
         Keys::Rest(i, f) => vec![spec(*f, at(*i), false, range(-1), false)],
         Keys::Each(list) => list.iter().map(|(i, f)| one(*i, f())).collect(),
+        Keys::Apply => vec![],
         Keys::KeyAndTags => vec![
             one(1, ow_update()),
             spec(
@@ -422,6 +445,29 @@ fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
             ),
         ],
     };
+    if let Keys::Apply = keys {
+        out = vec![one(1, ow_update())];
+        for word in [c"ADD", c"REM"] {
+            out.push(spec(
+                rw_update(),
+                raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
+                    keyword: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_2 {
+                        keyword: word.as_ptr(),
+                        startfrom: 4,
+                    },
+                },
+                true,
+                raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
+                    keynum: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_2 {
+                        keynumidx: 0,
+                        firstkey: 1,
+                        keystep: 1,
+                    },
+                },
+                true,
+            ));
+        }
+    }
     if !out.is_empty() {
         // SAFETY: the terminator is all zeroes, as Redis reads it (a
         // struct of integers, null pointers and unions of the same).

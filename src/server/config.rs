@@ -31,8 +31,6 @@ pub const NAMES: [&str; 6] = [
 pub struct Text {
     value: Mutex<String>,
     required: bool,
-    /// Bumped on every change, so hot paths can cache the value.
-    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Text {
@@ -40,14 +38,12 @@ impl Text {
         Text {
             value: Mutex::new(String::new()),
             required,
-            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     fn store(&self, v: String) {
         if let Ok(mut guard) = self.value.lock() {
             *guard = v;
-            self.generation.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -80,25 +76,29 @@ pub static EVENTS_STREAM: Text = Text::new(false);
 pub static STREAM_MAXLEN: AtomicI64 = AtomicI64::new(STREAM_MAXLEN_DEFAULT);
 pub static LEASE_TTL: AtomicI64 = AtomicI64::new(LEASE_TTL_DEFAULT);
 
-thread_local! {
-    static TAG_PREFIX_CACHE: std::cell::RefCell<(u64, std::rc::Rc<[u8]>)> =
-        std::cell::RefCell::new((u64::MAX, std::rc::Rc::from(&b""[..])));
-}
+/// The prefixes, fixed once the load arguments are applied: they are
+/// load-time settings, and every keyspace notification asks for the tag
+/// prefix.
+/// (tag prefix, version prefix).
+type Prefixes = (Box<[u8]>, Box<[u8]>);
 
-/// The tag prefix, cached: every keyspace notification asks for it.
-pub fn tag_prefix() -> std::rc::Rc<[u8]> {
-    let generation = TAG_PREFIX.generation.load(Ordering::Acquire);
-    TAG_PREFIX_CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != generation {
-            *c = (generation, std::rc::Rc::from(TAG_PREFIX.get().into_bytes()));
-        }
-        c.1.clone()
+static PREFIXES: std::sync::OnceLock<Prefixes> = std::sync::OnceLock::new();
+
+fn prefixes() -> &'static Prefixes {
+    PREFIXES.get_or_init(|| {
+        (
+            TAG_PREFIX.get().into_bytes().into(),
+            VER_PREFIX.get().into_bytes().into(),
+        )
     })
 }
 
-pub fn ver_prefix() -> Vec<u8> {
-    VER_PREFIX.get().into_bytes()
+pub fn tag_prefix() -> &'static [u8] {
+    &prefixes().0
+}
+
+pub fn ver_prefix() -> &'static [u8] {
+    &prefixes().1
 }
 
 pub fn stream_maxlen() -> i64 {

@@ -10,6 +10,7 @@ use redis_module::{
     RedisString,
 };
 use std::cell::Cell;
+use std::ffi::CStr;
 
 /// An owned reply from a call into Redis.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,7 +137,7 @@ pub fn exists(ctx: &Context, key: &[u8]) -> bool {
 /// through the key API rather than a command call: the TTL is the absolute
 /// `deadline`, the old one when `keep_ttl`, or none. Fires the keyspace
 /// events `SET` fires; closing the key signals WATCH and CLIENT TRACKING.
-fn write_string(
+pub fn write_string(
     ctx: &Context,
     key: &[u8],
     value: &[u8],
@@ -185,24 +186,23 @@ fn write_string(
     if !written {
         return Err(Error::Internal("string write failed".into()));
     }
-    ctx.notify_keyspace_event(redis_module::NotifyEvent::STRING, "set", &name);
+    notify(ctx, raw::REDISMODULE_NOTIFY_STRING, c"set", &name);
     if deadline.is_some() {
-        ctx.notify_keyspace_event(redis_module::NotifyEvent::GENERIC, "expire", &name);
+        notify(ctx, raw::REDISMODULE_NOTIFY_GENERIC, c"expire", &name);
     }
     Ok(())
 }
 
-/// Writes a string value through the key API and replicates it as the
-/// `SET` that has the same effect anywhere: `PXAT <deadline>` (absolute, so
-/// replicas and the AOF expire it at the master's instant) or `KEEPTTL`.
-pub fn set_string(
+/// Replicates a string write as the `SET` that has the same effect
+/// anywhere: `PXAT <deadline>` (absolute, so replicas and the AOF expire it
+/// at the master's instant) or `KEEPTTL`.
+pub fn replicate_set(
     ctx: &Context,
     key: &[u8],
     value: &[u8],
     deadline: Option<i64>,
     keep_ttl: bool,
-) -> Result<()> {
-    write_string(ctx, key, value, deadline, keep_ttl)?;
+) {
     let when = deadline.map(|d| d.to_string());
     let mut args: Vec<&[u8]> = vec![key, value];
     match &when {
@@ -211,11 +211,13 @@ pub fn set_string(
         None => {}
     }
     ctx.replicate("SET", args.as_slice());
-    Ok(())
 }
 
 /// Fails with WRONGTYPE unless `key` is absent or of the `kind`.
 pub fn ensure_kind(ctx: &Context, key: &[u8], kind: Kind) -> Result<()> {
+    if kind == Kind::Any {
+        return Ok(());
+    }
     let ok = match (kind, key_type(ctx, key)) {
         (Kind::Any, _) | (_, KeyType::Empty) => true,
         (Kind::Set, t) => t == KeyType::Set,
@@ -420,5 +422,109 @@ pub fn user_name(ctx: &Context) -> Option<Vec<u8>> {
             free(ctx.ctx, name);
         }
         Some(bytes)
+    }
+}
+
+/// `cmd a b` through RM_Call with the arguments passed as buffers (no
+/// string objects made on this side): the common shape of the module's own
+/// set writes (`SADD set key`, `SREM set key`). Returns the integer reply.
+pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Result<i64> {
+    let fmt: &CStr = if mode == Mode::Replicated || InNotification::active() {
+        c"!Ebb"
+    } else {
+        c"Ebb"
+    };
+    // SAFETY: module API function pointers; the format names two buffers,
+    // each passed as (pointer, length) of a live slice; the reply is read
+    // and freed here.
+    unsafe {
+        let (Some(call), Some(kind), Some(int), Some(free)) = (
+            raw::RedisModule_Call,
+            raw::RedisModule_CallReplyType,
+            raw::RedisModule_CallReplyInteger,
+            raw::RedisModule_FreeCallReply,
+        ) else {
+            return Err(Error::Internal("command calls unavailable".into()));
+        };
+        let reply = call(
+            ctx.ctx,
+            cmd.as_ptr(),
+            fmt.as_ptr(),
+            a.as_ptr(),
+            a.len(),
+            b.as_ptr(),
+            b.len(),
+        );
+        if reply.is_null() {
+            return Err(Error::Internal("command call failed".into()));
+        }
+        let t = kind(reply) as isize;
+        let n = int(reply);
+        let wrong_type = t == raw::REDISMODULE_REPLY_ERROR
+            && raw::RedisModule_CallReplyStringPtr.is_some_and(|f| {
+                let mut len = 0usize;
+                let p = f(reply, &mut len);
+                !p.is_null()
+                    && std::slice::from_raw_parts(p.cast::<u8>(), len).starts_with(b"WRONGTYPE")
+            });
+        free(reply);
+        match t {
+            raw::REDISMODULE_REPLY_INTEGER => Ok(n),
+            raw::REDISMODULE_REPLY_ERROR if wrong_type => Err(Error::WrongType),
+            raw::REDISMODULE_REPLY_ERROR => {
+                Err(Error::Internal(format!("{} failed", cmd.to_string_lossy())))
+            }
+            _ => Ok(0),
+        }
+    }
+}
+
+/// Fires a keyspace event as Redis's own command would have.
+fn notify(ctx: &Context, class: i32, event: &CStr, key: &RedisString) {
+    // SAFETY: a module API call with the running context, a static event
+    // name and a live key string.
+    unsafe {
+        if let Some(f) = raw::RedisModule_NotifyKeyspaceEvent {
+            f(ctx.ctx, class, event.as_ptr(), key.inner);
+        }
+    }
+}
+
+/// Replicates `cmd args...`, the arguments passed as buffers: Redis makes
+/// the one copy it propagates, and no string objects are made here first.
+pub fn replicate(ctx: &Context, cmd: &CStr, args: &[&[u8]]) {
+    // SAFETY: a module API function pointer.
+    let Some(f) = (unsafe { raw::RedisModule_Replicate }) else {
+        return;
+    };
+    macro_rules! arms {
+        ($($n:literal => $fmt:literal [$($i:ident)*]),* $(,)?) => {
+            match args {
+                $(
+                    [$($i),*] => {
+                        // SAFETY: the format names one (pointer, length)
+                        // buffer per argument, each a live slice.
+                        unsafe { f(ctx.ctx, cmd.as_ptr(), $fmt.as_ptr(), $($i.as_ptr(), $i.len()),*) };
+                    }
+                )*
+                _ => {
+                    ctx.replicate(&cmd.to_string_lossy(), args);
+                }
+            }
+        };
+    }
+    arms! {
+        1 => c"b" [a0],
+        2 => c"bb" [a0 a1],
+        3 => c"bbb" [a0 a1 a2],
+        4 => c"bbbb" [a0 a1 a2 a3],
+        5 => c"bbbbb" [a0 a1 a2 a3 a4],
+        6 => c"bbbbbb" [a0 a1 a2 a3 a4 a5],
+        7 => c"bbbbbbb" [a0 a1 a2 a3 a4 a5 a6],
+        8 => c"bbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7],
+        9 => c"bbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8],
+        10 => c"bbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9],
+        11 => c"bbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10],
+        12 => c"bbbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11],
     }
 }

@@ -38,7 +38,10 @@ pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
     }));
     let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
     match config::parse_load_args(&raw_args) {
-        Ok(settings) => config::apply(settings),
+        Ok(settings) => {
+            config::apply(settings);
+            config::tag_prefix();
+        }
         Err(why) => {
             ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
             return Status::Err;

@@ -37,16 +37,21 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     if argc < 3 {
         return;
     }
-    // SAFETY: indexes below `argc` are valid arguments of the command.
-    let bytes = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) }).to_vec();
-    let name = bytes(0);
+    // SAFETY: indexes below `argc` are valid arguments of the command, alive
+    // for the whole callback.
+    let slice = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) });
+    let bytes = |i: c_int| slice(i).to_vec();
+    // Every command of every client passes here: decide on the name first.
+    let name = slice(0);
+    if name.len() != 4 && name.len() != 5 {
+        return;
+    }
     let prefix = config::tag_prefix();
-    let under = |k: &[u8]| k.starts_with(&prefix);
-    if name.eq_ignore_ascii_case(b"sadd") || name.eq_ignore_ascii_case(b"srem") {
-        let set = bytes(1);
-        if under(&set) {
-            engine::with(|s| s.named.note(&set, (2..argc).map(bytes)));
-        }
+    let under = |k: &[u8]| k.starts_with(prefix);
+    if (name.eq_ignore_ascii_case(b"sadd") || name.eq_ignore_ascii_case(b"srem")) && under(slice(1))
+    {
+        let set = slice(1);
+        engine::with(|s| s.named.note(set, (2..argc).map(bytes)));
     } else if name.eq_ignore_ascii_case(b"smove") && argc == 4 {
         let member = bytes(3);
         for set in [bytes(1), bytes(2)] {
@@ -93,19 +98,20 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     if Applying::active() {
         return;
     }
-    let flags = ctx.get_flags();
-    if flags.intersects(ContextFlags::LOADING) {
-        return;
-    }
     let db = keys::selected_db(ctx);
     let prefix = config::tag_prefix();
-    let tag = key.strip_prefix(&prefix[..]);
-    let renaming = matches!(event, "rename_from" | "rename_to");
+    let tag = key.strip_prefix(prefix);
     // Most keys of a busy server are neither tagged nor watched by a rule or
     // a lease: leave them after one lookup.
-    let quiet = engine::with(|s| !s.index.is_tagged(db, key) && !s.has_rules(db) && !s.watching())
-        .unwrap_or(false);
-    if quiet && tag.is_none() && !renaming && key != LINKS_KEY {
+    if tag.is_none() && key != LINKS_KEY && !matches!(event, "rename_from" | "rename_to") {
+        let quiet =
+            engine::with(|s| !s.index.is_tagged(db, key) && !s.has_rules(db) && !s.watching());
+        if quiet.unwrap_or(true) {
+            return;
+        }
+    }
+    let flags = ctx.get_flags();
+    if flags.intersects(ContextFlags::LOADING) {
         return;
     }
     let _in = InNotification::begin();

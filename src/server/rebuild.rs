@@ -37,7 +37,7 @@ fn databases(ctx: &Context) -> Db {
 
 /// Every set under the tag prefix in the selected database.
 fn tag_sets(ctx: &Context) -> Vec<Vec<u8>> {
-    let pattern = glob_literal(&config::tag_prefix());
+    let pattern = glob_literal(config::tag_prefix());
     let mut cursor = b"0".to_vec();
     let mut out = Vec::new();
     loop {
