@@ -53,9 +53,6 @@ redis_module! {
         ["ver.bump", commands::ver_bump, flags("ver.bump"), 0, 0, 0, ""],
         ["ver.current", commands::ver_current, flags("ver.current"), 0, 0, 0, ""],
     ],
-    event_handlers: [
-        [@ALL: server::notify::on_keyspace_event],
-    ],
     configurations: [
         i64: [
             ["events-stream-maxlen", &config::STREAM_MAXLEN, config::STREAM_MAXLEN_DEFAULT, config::STREAM_MAXLEN_MIN, config::STREAM_MAXLEN_MAX, ConfigurationFlags::DEFAULT, None],

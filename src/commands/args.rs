@@ -117,7 +117,13 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                 "TAGS numtags tag [tag ...] is required".into(),
             ));
         };
-        let word = upper(word_raw);
+        // Short option words only: a long word is no option (and is not
+        // copied to find out).
+        let word = if word_raw.len() <= 7 {
+            upper(word_raw)
+        } else {
+            String::new()
+        };
         match word.as_str() {
             "TAGS" => {
                 let n = rest.get(i + 1).ok_or(Error::NumTags)?;
@@ -181,8 +187,9 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
     }
 }
 
-/// `TAG.APPLY key value PXAT ms|KEEPTTL|PERSIST ADD n set... REM m set...`:
-/// the absolute form TAG.SET replicates as.
+/// `TAG.APPLY key value unix-ms|KEEPTTL|PERSIST numadd set... [set ...]`:
+/// the absolute form TAG.SET replicates as. The key joins the first
+/// `numadd` sets and leaves the rest.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ApplyArgs<'a> {
     pub key: &'a [u8],
@@ -193,49 +200,33 @@ pub struct ApplyArgs<'a> {
     pub rem: Vec<&'a [u8]>,
 }
 
-fn counted<'a>(args: &[&'a [u8]], word: &[u8]) -> Result<(Vec<&'a [u8]>, usize)> {
-    match args {
-        [w, n, rest @ ..] if w.eq_ignore_ascii_case(word) => {
-            let n = usize::try_from(parse_i64(n)?).map_err(|_| Error::NotInteger)?;
-            let list = rest.get(..n).ok_or(Error::WrongArity("tag.apply"))?;
-            Ok((list.to_vec(), n + 2))
-        }
-        [w, ..] => Err(Error::Syntax(w.to_vec())),
-        [] => Err(Error::WrongArity("tag.apply")),
-    }
-}
-
 pub fn parse_apply<'a>(args: &[&'a [u8]]) -> Result<ApplyArgs<'a>> {
-    let (key, value, rest) = match args {
-        [k, v, rest @ ..] => (*k, *v, rest),
-        _ => return Err(Error::WrongArity("tag.apply")),
+    let [key, value, expiry, numadd, sets @ ..] = args else {
+        return Err(Error::WrongArity("tag.apply"));
     };
-    let (deadline, keep_ttl, rest) = match rest {
-        [w, ms, rest @ ..] if w.eq_ignore_ascii_case(b"PXAT") => {
-            let ms = parse_i64(ms)?;
-            if ms <= 0 {
-                return Err(Error::InvalidExpire("tag.apply"));
-            }
-            (Some(ms), false, rest)
+    let (deadline, keep_ttl) = if expiry.eq_ignore_ascii_case(b"KEEPTTL") {
+        (None, true)
+    } else if expiry.eq_ignore_ascii_case(b"PERSIST") {
+        (None, false)
+    } else {
+        match parse_i64(expiry) {
+            Ok(ms) if ms > 0 => (Some(ms), false),
+            Ok(_) => return Err(Error::InvalidExpire("tag.apply")),
+            Err(_) => return Err(Error::Syntax(expiry.to_vec())),
         }
-        [w, rest @ ..] if w.eq_ignore_ascii_case(b"KEEPTTL") => (None, true, rest),
-        [w, rest @ ..] if w.eq_ignore_ascii_case(b"PERSIST") => (None, false, rest),
-        [w, ..] => return Err(Error::Syntax(w.to_vec())),
-        [] => return Err(Error::WrongArity("tag.apply")),
     };
-    let (add, used) = counted(rest, b"ADD")?;
-    let rest = rest.get(used..).unwrap_or_default();
-    let (rem, used) = counted(rest, b"REM")?;
-    if let Some(extra) = rest.get(used) {
-        return Err(Error::Syntax(extra.to_vec()));
+    let n = usize::try_from(parse_i64(numadd)?).map_err(|_| Error::NotInteger)?;
+    if n > sets.len() {
+        return Err(Error::WrongArity("tag.apply"));
     }
+    let (add, rem) = sets.split_at(n);
     Ok(ApplyArgs {
         key,
         value,
         deadline,
         keep_ttl,
-        add,
-        rem,
+        add: add.to_vec(),
+        rem: rem.to_vec(),
     })
 }
 
@@ -345,27 +336,15 @@ mod tests {
             let v: Vec<&[u8]> = s.split(' ').map(str::as_bytes).collect();
             parse_apply(&v)
         }
-        let x = a("k v PXAT 5 ADD 2 s1 s2 REM 1 s3").unwrap();
+        let x = a("k v 5 2 s1 s2 s3").unwrap();
         assert_eq!((x.deadline, x.add.len(), x.rem.len()), (Some(5), 2, 1));
-        assert!(a("k v KEEPTTL ADD 0 REM 0").unwrap().keep_ttl);
-        assert_eq!(
-            a("k v PERSIST ADD 1 s REM 0 x"),
-            Err(Error::Syntax(b"x".to_vec()))
-        );
-        assert_eq!(
-            a("k v PERSIST ADD 3 s REM 0"),
-            Err(Error::WrongArity("tag.apply"))
-        );
-        assert_eq!(
-            a("k v NOW ADD 0 REM 0"),
-            Err(Error::Syntax(b"NOW".to_vec()))
-        );
-        assert_eq!(
-            a("k v PXAT 0 ADD 0 REM 0"),
-            Err(Error::InvalidExpire("tag.apply"))
-        );
-        assert_eq!(a("k v PERSIST ADD -1 REM 0"), Err(Error::NotInteger));
-        assert_eq!(a("k v PERSIST ADD 0"), Err(Error::WrongArity("tag.apply")));
+        assert!(a("k v KEEPTTL 0").unwrap().keep_ttl);
+        assert_eq!(a("k v persist 0 s").unwrap().rem, vec![&b"s"[..]]);
+        assert_eq!(a("k v PERSIST 3 s"), Err(Error::WrongArity("tag.apply")));
+        assert_eq!(a("k v NOW 0"), Err(Error::Syntax(b"NOW".to_vec())));
+        assert_eq!(a("k v 0 0"), Err(Error::InvalidExpire("tag.apply")));
+        assert_eq!(a("k v PERSIST -1"), Err(Error::NotInteger));
+        assert_eq!(a("k v PERSIST"), Err(Error::WrongArity("tag.apply")));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::server::notify::LINKS_KEY;
 use crate::server::rebuild;
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 
-fn links_plan(access: Access, write: Write) -> Plan {
+fn links_plan(access: Access, write: Write<'_>) -> Plan<'_> {
     let mut plan = Plan::default();
     plan.check(LINKS_KEY, access, Kind::Hash);
     plan.write(write);
@@ -53,9 +53,9 @@ pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let plan = links_plan(
         Access::Write,
         Write::HashSet {
-            key: LINKS_KEY.to_vec(),
-            field: source.to_vec(),
-            value: rule.encode(),
+            key: LINKS_KEY.into(),
+            field: (*source).into(),
+            value: rule.encode().into(),
         },
     );
     apply_links(ctx, &plan)?;
@@ -71,8 +71,8 @@ pub fn tag_unlink(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let plan = links_plan(
         Access::Write,
         Write::HashDel {
-            key: LINKS_KEY.to_vec(),
-            field: source.to_vec(),
+            key: LINKS_KEY.into(),
+            field: (*source).into(),
         },
     );
     Ok(RedisValue::Integer(apply_links(ctx, &plan)?))

@@ -21,7 +21,7 @@ fn bulk_list(items: Vec<Vec<u8>>) -> RedisValue {
 /// Plans from the index and checks the plan. Checking opens keys, and a key
 /// found expired is reclaimed (and the index told) right then: if the
 /// index moved, the plan is made again from what it says now.
-fn planned(ctx: &Context, make: impl Fn(&engine::State) -> Plan) -> Result<Plan> {
+fn planned<'a>(ctx: &Context, make: impl Fn(&engine::State) -> Plan<'a>) -> Result<Plan<'a>> {
     let caller = Caller::of(ctx);
     for _ in 0..3 {
         let Some((plan, before)) = engine::with(|s| (make(s), s.index.changes())) else {
@@ -36,7 +36,7 @@ fn planned(ctx: &Context, make: impl Fn(&engine::State) -> Plan) -> Result<Plan>
 }
 
 fn same_tag_set(p: &Prefix, key: &[u8], tags: &[&[u8]]) -> Result<()> {
-    if tags.iter().any(|t| p.set(t) == key) {
+    if p.tag_of(key).is_some_and(|own| tags.contains(&own)) {
         return Err(Error::Invalid(
             "a key cannot carry the tag whose index it is".into(),
         ));
@@ -155,10 +155,29 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .collect();
     let p = Prefix(config::tag_prefix());
     let db = keys::selected_db(ctx);
-    let plan = planned(ctx, |s| {
-        let members = plan::purge_members(&s.index, db, &tags);
-        plan::purge(&s.index, db, &p, &tags, &members, true)
-    })?;
+    // As `planned`, for a plan that borrows the members it found.
+    let caller = Caller::of(ctx);
+    let mut members = Vec::new();
+    let mut settled = false;
+    for _ in 0..3 {
+        let before = engine::with(|s| {
+            members = plan::purge_members(&s.index, db, &tags);
+            s.index.changes()
+        });
+        let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, true))
+            .unwrap_or_default();
+        apply::check(ctx, caller.as_ref(), &plan)?;
+        if engine::with(|s| s.index.changes()) == before {
+            settled = true;
+            break;
+        }
+    }
+    if !settled {
+        return Err(Error::Internal("the index kept changing".into()).into());
+    }
+    // Nothing ran since the check: the same plan again.
+    let plan =
+        engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, true)).unwrap_or_default();
     let replies = apply::apply(ctx, &plan, Cause::Command)?;
     let deleted = apply::deleted_count(&plan, &replies);
     engine::with(|s| s.leases.tags_purged(&tags));

@@ -112,16 +112,32 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let db = keys::selected_db(ctx);
     let plan = engine::with(|s| {
         let mut plan = Plan::default();
-        plan.check(&token, Access::Write, Kind::String);
+        plan.check(&token[..], Access::Write, Kind::String);
         if cur.is_none() {
-            let v = version.to_string();
-            plan::overwrite(&mut plan, &s.index, db, &p, &token, v.as_bytes(), KEEP);
+            let v = version.to_string().into_bytes();
+            plan::overwrite(
+                &mut plan,
+                &s.index,
+                db,
+                &p,
+                (&token[..]).into(),
+                v.into(),
+                KEEP,
+            );
         }
         let e = Expiry {
             deadline,
             keep_ttl: false,
         };
-        plan::overwrite(&mut plan, &s.index, db, &p, &vkey, a.value, e);
+        plan::overwrite(
+            &mut plan,
+            &s.index,
+            db,
+            &p,
+            (&vkey[..]).into(),
+            a.value.into(),
+            e,
+        );
         plan
     })
     .unwrap_or_default();
@@ -144,9 +160,15 @@ pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         }
     }
     let tokens: Vec<Vec<u8>> = scopes.iter().map(|s| token_key(s)).collect();
+    // Values of every scope share the `v<N>:` namespace: each version is
+    // handed out once, whatever the scope, so each raises the floor for
+    // the next.
     let mut versions = Vec::with_capacity(tokens.len());
+    let mut floor = HIGH_WATER.load(Ordering::Relaxed);
     for t in &tokens {
-        versions.push(next(current(ctx, t)?)?);
+        let v = version::next(current(ctx, t)?, floor, now_us())?;
+        floor = floor.max(v);
+        versions.push(v);
     }
     let prefix = config::tag_prefix();
     let p = Prefix(prefix);
@@ -154,8 +176,16 @@ pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let plan = engine::with(|s| {
         let mut plan = Plan::default();
         for (t, v) in tokens.iter().zip(&versions) {
-            let text = v.to_string();
-            plan::overwrite(&mut plan, &s.index, db, &p, t, text.as_bytes(), KEEP);
+            let text = v.to_string().into_bytes();
+            plan::overwrite(
+                &mut plan,
+                &s.index,
+                db,
+                &p,
+                (&t[..]).into(),
+                text.into(),
+                KEEP,
+            );
         }
         plan
     })

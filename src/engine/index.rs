@@ -25,13 +25,65 @@ struct Tag {
     members: HashSet<Name>,
 }
 
+/// The tag ids of one key. Most keys carry one or two tags: those are kept
+/// inline, with no allocation of their own.
+enum Ids {
+    Inline([TagId; 2], u8),
+    Heap(Box<[TagId]>),
+}
+
+impl Ids {
+    fn one(id: TagId) -> Ids {
+        Ids::Inline([id, 0], 1)
+    }
+
+    fn as_slice(&self) -> &[TagId] {
+        match self {
+            Ids::Inline(ids, n) => ids.get(..usize::from(*n)).unwrap_or_default(),
+            Ids::Heap(ids) => ids,
+        }
+    }
+
+    fn contains(&self, id: TagId) -> bool {
+        self.as_slice().contains(&id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    fn push(&mut self, id: TagId) {
+        let next = match &*self {
+            Ids::Inline([a, _], 1) => Ids::Inline([*a, id], 2),
+            Ids::Inline(_, 0) => Ids::one(id),
+            other => Ids::Heap(other.as_slice().iter().copied().chain([id]).collect()),
+        };
+        *self = next;
+    }
+
+    /// Whether `id` was there.
+    fn remove(&mut self, id: TagId) -> bool {
+        if !self.contains(id) {
+            return false;
+        }
+        let rest: Vec<TagId> = self.as_slice().iter().copied().filter(|&i| i != id).collect();
+        *self = match rest.as_slice() {
+            [] => Ids::Inline([0, 0], 0),
+            [a] => Ids::one(*a),
+            [a, b] => Ids::Inline([*a, *b], 2),
+            _ => Ids::Heap(rest.into_boxed_slice()),
+        };
+        true
+    }
+}
+
 /// Slots of `tags` are indexed only by ids that `intern` handed out and
 /// that still name a live tag (a tag is freed when its last member goes,
 /// and every key's id list drops it at the same moment), so the lookups
 /// below cannot miss.
 #[derive(Default)]
 struct DbIndex {
-    keys: HashMap<Name, Vec<TagId>>,
+    keys: HashMap<Name, Ids>,
     ids: HashMap<Box<[u8]>, TagId>,
     tags: Vec<Option<Tag>>,
     free: Vec<TagId>,
@@ -83,15 +135,21 @@ impl DbIndex {
 
     fn add(&mut self, key: &[u8], tag: &[u8]) -> bool {
         let id = self.intern(tag);
-        let name: Name = match self.keys.get_key_value(key) {
-            Some((k, _)) => k.clone(),
-            None => Rc::from(key),
+        let name: Name = match self.keys.get_mut(key) {
+            Some(ids) if ids.contains(id) => return false,
+            Some(ids) => {
+                ids.push(id);
+                match self.keys.get_key_value(key) {
+                    Some((k, _)) => k.clone(),
+                    None => Rc::from(key),
+                }
+            }
+            None => {
+                let name: Name = Rc::from(key);
+                self.keys.insert(name.clone(), Ids::one(id));
+                name
+            }
         };
-        let ids = self.keys.entry(name.clone()).or_default();
-        if ids.contains(&id) {
-            return false;
-        }
-        ids.push(id);
         if let Some(t) = self.tag_mut(id) {
             t.members.insert(name);
         }
@@ -105,10 +163,9 @@ impl DbIndex {
         let Some(ids) = self.keys.get_mut(key) else {
             return false;
         };
-        let Some(pos) = ids.iter().position(|&i| i == id) else {
+        if !ids.remove(id) {
             return false;
-        };
-        ids.swap_remove(pos);
+        }
         if ids.is_empty() {
             self.keys.remove(key);
         }
@@ -123,8 +180,8 @@ impl DbIndex {
         let Some(ids) = self.keys.remove(key) else {
             return Vec::new();
         };
-        let mut names = Vec::with_capacity(ids.len());
-        for id in ids {
+        let mut names = Vec::with_capacity(ids.as_slice().len());
+        for &id in ids.as_slice() {
             if let Some(t) = self.tag_mut(id) {
                 t.members.remove(key);
                 names.push(t.name.to_vec());
@@ -135,7 +192,8 @@ impl DbIndex {
         names
     }
 
-    fn drop_tag(&mut self, tag: &[u8]) -> Vec<Vec<u8>> {
+    /// Untags every key of `tag`; with `collect`, returns them.
+    fn drop_tag(&mut self, tag: &[u8], collect: bool) -> Vec<Vec<u8>> {
         let Some(id) = self.ids.remove(tag) else {
             return Vec::new();
         };
@@ -143,15 +201,21 @@ impl DbIndex {
             return Vec::new();
         };
         self.free.push(id);
-        let mut keys = Vec::with_capacity(t.members.len());
+        let mut keys = Vec::with_capacity(if collect { t.members.len() } else { 0 });
         for k in t.members {
-            if let Some(ids) = self.keys.get_mut(&k) {
-                ids.retain(|&i| i != id);
-                if ids.is_empty() {
-                    self.keys.remove(&k);
+            let emptied = match self.keys.get_mut(&k) {
+                Some(ids) => {
+                    ids.remove(id);
+                    ids.is_empty()
                 }
+                None => false,
+            };
+            if emptied {
+                self.keys.remove(&k);
             }
-            keys.push(k.to_vec());
+            if collect {
+                keys.push(k.to_vec());
+            }
         }
         self.shrink();
         keys
@@ -202,11 +266,23 @@ impl Index {
         d.keys
             .get(key)
             .map(|ids| {
-                ids.iter()
+                ids.as_slice()
+                    .iter()
                     .filter_map(|&id| d.tag(id).map(|t| t.name.to_vec()))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Calls `f` with each tag `key` carries, without copying the names.
+    pub fn each_tag(&self, db: Db, key: &[u8], mut f: impl FnMut(&[u8])) {
+        if let Some(d) = self.dbs.get(&db) {
+            for &id in d.keys.get(key).map(Ids::as_slice).unwrap_or_default() {
+                if let Some(t) = d.tag(id) {
+                    f(&t.name);
+                }
+            }
+        }
     }
 
     pub fn is_tagged(&self, db: Db, key: &[u8]) -> bool {
@@ -220,6 +296,11 @@ impl Index {
                 .and_then(|&id| d.tag(id))
                 .is_some_and(|t| t.members.contains(key))
         })
+    }
+
+    /// Whether some key carries `tag`.
+    pub fn has_members(&self, db: Db, tag: &[u8]) -> bool {
+        self.dbs.get(&db).is_some_and(|d| d.ids.contains_key(tag))
     }
 
     /// The keys that carry `tag`.
@@ -266,9 +347,18 @@ impl Index {
         let Some(d) = self.dbs.get_mut(&db) else {
             return Vec::new();
         };
-        let keys = d.drop_tag(tag);
+        let keys = d.drop_tag(tag, true);
         self.tidy(db);
         keys
+    }
+
+    /// As `drop_tag`, when nobody needs the keys.
+    pub fn forget_tag(&mut self, db: Db, tag: &[u8]) {
+        self.changes += 1;
+        if let Some(d) = self.dbs.get_mut(&db) {
+            d.drop_tag(tag, false);
+            self.tidy(db);
+        }
     }
 
     /// Makes the tag's members exactly `members` (its set was rewritten).
@@ -411,6 +501,21 @@ mod tests {
         ix.add(0, b"x", b"c");
         ix.flush(Some(0));
         assert_eq!((ix.keys(), ix.tag_count()), (0, 0));
+    }
+
+    #[test]
+    fn many_tags_spill_and_come_back() {
+        let mut ix = Index::default();
+        for t in ["a", "b", "c", "d"] {
+            ix.add(0, b"k", t.as_bytes());
+        }
+        assert_eq!(sorted(ix.tags(0, b"k")), v(&["a", "b", "c", "d"]));
+        for t in ["c", "a", "d"] {
+            assert!(ix.remove(0, b"k", t.as_bytes()));
+        }
+        assert_eq!(ix.tags(0, b"k"), v(&["b"]));
+        assert!(ix.remove(0, b"k", b"b"));
+        assert!(!ix.is_tagged(0, b"k"));
     }
 
     #[test]

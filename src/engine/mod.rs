@@ -181,7 +181,7 @@ impl State {
     }
 
     pub fn has_rules(&self, db: Db) -> bool {
-        self.rules.contains_key(&db)
+        !self.rules.is_empty() && self.rules.contains_key(&db)
     }
 
     /// `key` was written (not deleted): its lease is void, and whoever

@@ -1,12 +1,15 @@
 //! Plans: everything a command will write, and every key it must be allowed
-//! to touch, computed before anything is written. The server checks all the
-//! `checks` (type, ACL, slot), then applies the `writes` in order and
+//! to touch, computed before anything is written. The server checks every
+//! key of the plan (type, ACL, slot), then applies the `writes` in order and
 //! mirrors each into the index; nothing it could have checked can fail half
-//! way.
+//! way. Plans borrow the command's arguments rather than copy them.
 
 use super::index::{Db, Index};
 use super::{State, Wake};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+
+pub type Bytes<'a> = Cow<'a, [u8]>;
 
 /// What a command does to a key, for the caller's ACL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,8 +29,8 @@ pub enum Kind {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    pub key: Vec<u8>,
+pub struct Check<'a> {
+    pub key: Bytes<'a>,
     pub access: Access,
     pub kind: Kind,
 }
@@ -35,34 +38,70 @@ pub struct Check {
 /// One write into Redis, with absolute keys and times: applied, and
 /// replicated, as written here.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Write {
+pub enum Write<'a> {
     /// `SET key value [PXAT deadline | KEEPTTL]`.
     SetString {
-        key: Vec<u8>,
-        value: Vec<u8>,
+        key: Bytes<'a>,
+        value: Bytes<'a>,
         deadline: Option<i64>,
         keep_ttl: bool,
     },
     /// `SADD set member...`.
-    SetAdd { set: Vec<u8>, members: Vec<Vec<u8>> },
+    SetAdd {
+        set: Bytes<'a>,
+        members: Vec<Bytes<'a>>,
+    },
     /// `SREM set member...`.
-    SetRem { set: Vec<u8>, members: Vec<Vec<u8>> },
+    SetRem {
+        set: Bytes<'a>,
+        members: Vec<Bytes<'a>>,
+    },
     /// `DEL key...`.
-    Del { keys: Vec<Vec<u8>> },
+    Del { keys: Vec<Bytes<'a>> },
     /// `HSET key field value`.
     HashSet {
-        key: Vec<u8>,
-        field: Vec<u8>,
-        value: Vec<u8>,
+        key: Bytes<'a>,
+        field: Bytes<'a>,
+        value: Bytes<'a>,
     },
     /// `HDEL key field`.
-    HashDel { key: Vec<u8>, field: Vec<u8> },
+    HashDel { key: Bytes<'a>, field: Bytes<'a> },
+}
+
+impl Write<'_> {
+    /// The keys the write touches, with the access and type it needs.
+    fn needs<'s>(&'s self, out: &mut Vec<(&'s [u8], Access, Kind)>) {
+        match self {
+            Write::SetString { key, .. } => out.push((key, Access::Write, Kind::Any)),
+            Write::SetAdd { set, .. } | Write::SetRem { set, .. } => {
+                out.push((set, Access::Write, Kind::Set))
+            }
+            Write::Del { keys } => {
+                out.extend(keys.iter().map(|k| (k.as_ref(), Access::Delete, Kind::Any)))
+            }
+            Write::HashSet { key, .. } | Write::HashDel { key, .. } => {
+                out.push((key, Access::Write, Kind::Hash))
+            }
+        }
+    }
+
+    /// The keys the write changes (`true`: deleted).
+    fn touched(&self) -> Vec<(&[u8], bool)> {
+        match self {
+            Write::SetString { key, .. }
+            | Write::HashSet { key, .. }
+            | Write::HashDel { key, .. } => vec![(key, false)],
+            Write::SetAdd { set, .. } | Write::SetRem { set, .. } => vec![(set, false)],
+            Write::Del { keys } => keys.iter().map(|k| (k.as_ref(), true)).collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub checks: Vec<Check>,
-    pub writes: Vec<Write>,
+pub struct Plan<'a> {
+    /// Keys to check beyond those the writes touch (read, or kept).
+    pub extra: Vec<Check<'a>>,
+    pub writes: Vec<Write<'a>>,
     /// The writes whose replies add up to the keys a purge deleted.
     pub counted: Vec<usize>,
     /// Replicate the whole plan as one `TAG.APPLY` (its absolute form)
@@ -70,22 +109,73 @@ pub struct Plan {
     pub as_apply: bool,
 }
 
-impl Plan {
-    pub fn check(&mut self, key: &[u8], access: Access, kind: Kind) {
-        self.checks.push(Check {
-            key: key.to_vec(),
+impl<'a> Plan<'a> {
+    pub fn check(&mut self, key: impl Into<Bytes<'a>>, access: Access, kind: Kind) {
+        self.extra.push(Check {
+            key: key.into(),
             access,
             kind,
         });
     }
 
-    pub fn write(&mut self, w: Write) {
+    pub fn write(&mut self, w: Write<'a>) {
         self.writes.push(w);
     }
 
-    /// The keys the plan touches, for the cluster slot check.
-    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.checks.iter().map(|c| c.key.as_slice())
+    /// Every key the plan touches, with the access and type it needs.
+    pub fn checks(&self) -> Vec<(&[u8], Access, Kind)> {
+        let mut out = Vec::with_capacity(self.writes.len() + self.extra.len());
+        out.extend(
+            self.extra
+                .iter()
+                .map(|c| (c.key.as_ref(), c.access, c.kind)),
+        );
+        for w in &self.writes {
+            w.needs(&mut out);
+        }
+        out
+    }
+
+    /// The plan as `key value unix-ms|KEEPTTL|PERSIST numadd set...`, the
+    /// arguments of one `TAG.APPLY`, if it was planned as one. `numbers` is
+    /// room for the two numbers.
+    pub fn apply_form<'s>(&'s self, numbers: &'s mut [String; 2]) -> Option<Vec<&'s [u8]>> {
+        if !self.as_apply {
+            return None;
+        }
+        let [expiry, count] = numbers;
+        let mut head = None;
+        let (mut add, mut rem) = (Vec::new(), Vec::new());
+        for w in &self.writes {
+            match w {
+                Write::SetString {
+                    key,
+                    value,
+                    deadline,
+                    keep_ttl,
+                } => head = Some((key.as_ref(), value.as_ref(), *deadline, *keep_ttl)),
+                Write::SetAdd { set, .. } => add.push(set.as_ref()),
+                Write::SetRem { set, .. } => rem.push(set.as_ref()),
+                _ => return None,
+            }
+        }
+        let (key, value, deadline, keep_ttl) = head?;
+        *count = add.len().to_string();
+        let mut out = Vec::with_capacity(4 + add.len() + rem.len());
+        out.push(key);
+        out.push(value);
+        match (deadline, keep_ttl) {
+            (Some(d), _) => {
+                *expiry = d.to_string();
+                out.push(expiry.as_bytes());
+            }
+            (None, true) => out.push(b"KEEPTTL"),
+            (None, false) => out.push(b"PERSIST"),
+        }
+        out.push(count.as_bytes());
+        out.extend(add);
+        out.extend(rem);
+        Some(out)
     }
 }
 
@@ -119,9 +209,13 @@ pub struct Fill<'a> {
     pub tags: &'a [&'a [u8]],
 }
 
+fn one(key: &[u8]) -> Vec<Bytes<'_>> {
+    vec![Cow::Borrowed(key)]
+}
+
 /// TAG.SET: the value, then the tags that end and the tags that start. A
 /// deadline already past deletes the key (as `SET … PXAT <past>` does).
-pub fn tag_set(ix: &Index, db: Db, p: &Prefix, fill: &Fill, now_ms: i64) -> Plan {
+pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64) -> Plan<'a> {
     let Fill {
         key,
         value,
@@ -129,22 +223,18 @@ pub fn tag_set(ix: &Index, db: Db, p: &Prefix, fill: &Fill, now_ms: i64) -> Plan
         tags,
     } = *fill;
     let old = ix.tags(db, key);
-    let expired = expiry.deadline.is_some_and(|d| d <= now_ms);
-    if expired {
+    if expiry.deadline.is_some_and(|d| d <= now_ms) {
         let mut plan = Plan::default();
-        plan.check(key, Access::Write, Kind::Any);
-        for t in old.iter().map(|t| t.as_slice()).chain(tags.iter().copied()) {
-            plan.check(&p.set(t), Access::Write, Kind::Set);
+        for t in tags.iter().filter(|t| !old.iter().any(|o| o == *t)) {
+            plan.check(p.set(t), Access::Write, Kind::Set);
         }
         for t in &old {
             plan.write(Write::SetRem {
-                set: p.set(t),
-                members: vec![key.to_vec()],
+                set: p.set(t).into(),
+                members: one(key),
             });
         }
-        plan.write(Write::Del {
-            keys: vec![key.to_vec()],
-        });
+        plan.write(Write::Del { keys: one(key) });
         return plan;
     }
     let rem = old
@@ -153,136 +243,89 @@ pub fn tag_set(ix: &Index, db: Db, p: &Prefix, fill: &Fill, now_ms: i64) -> Plan
         .map(|t| p.set(t))
         .collect();
     let add = tags.iter().map(|t| p.set(t)).collect();
-    let mut plan = string_with_sets(key, value, expiry, add, rem);
-    // The key's tag sets that stay are checked too: it is written.
-    for t in old.iter().filter(|t| tags.contains(&t.as_slice())) {
-        plan.check(&p.set(t), Access::Write, Kind::Set);
-    }
-    plan
+    string_with_sets(key, value, expiry, add, rem)
 }
 
 /// A string value written with the tag sets it joins (`add`) and leaves
 /// (`rem`), by absolute name: what TAG.SET does, and what it replicates as
-/// `TAG.APPLY key value PXAT ms|KEEPTTL|PERSIST ADD n set... REM m set...`.
-pub fn string_with_sets(
-    key: &[u8],
-    value: &[u8],
+/// `TAG.APPLY key value unix-ms|KEEPTTL|PERSIST numadd set...`.
+pub fn string_with_sets<'a>(
+    key: &'a [u8],
+    value: &'a [u8],
     expiry: Expiry,
     add: Vec<Vec<u8>>,
     rem: Vec<Vec<u8>>,
-) -> Plan {
+) -> Plan<'a> {
     let mut plan = Plan::default();
-    plan.check(key, Access::Write, Kind::Any);
-    for set in add.iter().chain(&rem) {
-        plan.check(set, Access::Write, Kind::Set);
-    }
+    plan.writes.reserve(1 + add.len() + rem.len());
     plan.write(Write::SetString {
-        key: key.to_vec(),
-        value: value.to_vec(),
+        key: key.into(),
+        value: value.into(),
         deadline: expiry.deadline,
         keep_ttl: expiry.keep_ttl,
     });
     for set in rem {
         plan.write(Write::SetRem {
-            set,
-            members: vec![key.to_vec()],
+            set: set.into(),
+            members: one(key),
         });
     }
     for set in add {
         plan.write(Write::SetAdd {
-            set,
-            members: vec![key.to_vec()],
+            set: set.into(),
+            members: one(key),
         });
     }
     plan.as_apply = true;
     plan
 }
 
-impl Plan {
-    /// The plan as one `TAG.APPLY key value PXAT ms|KEEPTTL|PERSIST ADD n
-    /// set... REM m set...` (command name first), if it was planned as one.
-    pub fn apply_form(&self) -> Option<Vec<std::borrow::Cow<'_, [u8]>>> {
-        use std::borrow::Cow::{Borrowed, Owned};
-        if !self.as_apply {
-            return None;
-        }
-        let mut out = vec![Borrowed(&b"TAG.APPLY"[..])];
-        let (mut add, mut rem) = (Vec::new(), Vec::new());
-        for w in &self.writes {
-            match w {
-                Write::SetString {
-                    key,
-                    value,
-                    deadline,
-                    keep_ttl,
-                } => {
-                    out.push(Borrowed(key.as_slice()));
-                    out.push(Borrowed(value.as_slice()));
-                    match (deadline, keep_ttl) {
-                        (Some(d), _) => {
-                            out.push(Borrowed(&b"PXAT"[..]));
-                            out.push(Owned(d.to_string().into_bytes()));
-                        }
-                        (None, true) => out.push(Borrowed(&b"KEEPTTL"[..])),
-                        (None, false) => out.push(Borrowed(&b"PERSIST"[..])),
-                    }
-                }
-                Write::SetAdd { set, .. } => add.push(Borrowed(set.as_slice())),
-                Write::SetRem { set, .. } => rem.push(Borrowed(set.as_slice())),
-                _ => return None,
-            }
-        }
-        out.push(Borrowed(&b"ADD"[..]));
-        out.push(Owned(add.len().to_string().into_bytes()));
-        out.extend(add);
-        out.push(Borrowed(&b"REM"[..]));
-        out.push(Owned(rem.len().to_string().into_bytes()));
-        out.extend(rem);
-        Some(out)
-    }
-}
-
 /// A plain string write of `key` (VER.SET, VER.BUMP): the value replaces
 /// whatever the key held, so whatever tags it carried end.
-pub fn overwrite(
-    plan: &mut Plan,
+pub fn overwrite<'a>(
+    plan: &mut Plan<'a>,
     ix: &Index,
     db: Db,
     p: &Prefix,
-    key: &[u8],
-    value: &[u8],
+    key: Bytes<'a>,
+    value: Bytes<'a>,
     expiry: Expiry,
 ) {
-    plan.check(key, Access::Write, Kind::Any);
+    let tags = ix.tags(db, &key);
+    for t in tags {
+        plan.write(Write::SetRem {
+            set: p.set(&t).into(),
+            members: vec![key.clone()],
+        });
+    }
     plan.write(Write::SetString {
-        key: key.to_vec(),
-        value: value.to_vec(),
+        key,
+        value,
         deadline: expiry.deadline,
         keep_ttl: expiry.keep_ttl,
     });
-    for t in ix.tags(db, key) {
-        let set = p.set(&t);
-        plan.check(&set, Access::Write, Kind::Set);
-        plan.write(Write::SetRem {
-            set,
-            members: vec![key.to_vec()],
-        });
-    }
 }
 
 /// TAG.ADD: the tags the key does not carry yet (their number is the reply).
-pub fn tag_add(ix: &Index, db: Db, p: &Prefix, key: &[u8], tags: &[&[u8]]) -> (Plan, i64) {
+pub fn tag_add<'a>(
+    ix: &Index,
+    db: Db,
+    p: &Prefix,
+    key: &'a [u8],
+    tags: &[&[u8]],
+) -> (Plan<'a>, i64) {
     let mut plan = Plan::default();
     // A tag makes the key deletable by a purge: tagging is a write.
     plan.check(key, Access::Write, Kind::Any);
     let mut added = 0;
     for t in tags {
-        plan.check(&p.set(t), Access::Write, Kind::Set);
-        if !ix.has(db, key, t) {
+        if ix.has(db, key, t) {
+            plan.check(p.set(t), Access::Write, Kind::Set);
+        } else {
             added += 1;
             plan.write(Write::SetAdd {
-                set: p.set(t),
-                members: vec![key.to_vec()],
+                set: p.set(t).into(),
+                members: one(key),
             });
         }
     }
@@ -290,18 +333,25 @@ pub fn tag_add(ix: &Index, db: Db, p: &Prefix, key: &[u8], tags: &[&[u8]]) -> (P
 }
 
 /// TAG.REM: the tags the key carries (their number is the reply).
-pub fn tag_rem(ix: &Index, db: Db, p: &Prefix, key: &[u8], tags: &[&[u8]]) -> (Plan, i64) {
+pub fn tag_rem<'a>(
+    ix: &Index,
+    db: Db,
+    p: &Prefix,
+    key: &'a [u8],
+    tags: &[&[u8]],
+) -> (Plan<'a>, i64) {
     let mut plan = Plan::default();
     plan.check(key, Access::Write, Kind::Any);
     let mut removed = 0;
     for t in tags {
-        plan.check(&p.set(t), Access::Write, Kind::Set);
         if ix.has(db, key, t) {
             removed += 1;
             plan.write(Write::SetRem {
-                set: p.set(t),
-                members: vec![key.to_vec()],
+                set: p.set(t).into(),
+                members: one(key),
             });
+        } else {
+            plan.check(p.set(t), Access::Write, Kind::Set);
         }
     }
     (plan, removed)
@@ -326,60 +376,50 @@ pub fn purge_members(ix: &Index, db: Db, tags: &[Vec<u8>]) -> Vec<Vec<u8>> {
 /// them, possibly narrowed) and takes them out of every other tag set they
 /// are in. `whole`: every member of the tags goes, so their sets are
 /// deleted outright; otherwise the members are taken out of them.
-pub fn purge(
+pub fn purge<'a>(
     ix: &Index,
     db: Db,
     p: &Prefix,
     tags: &[Vec<u8>],
-    members: &[Vec<u8>],
+    members: &'a [Vec<u8>],
     whole: bool,
-) -> Plan {
+) -> Plan<'a> {
     let mut plan = Plan::default();
     for t in tags {
-        plan.check(&p.set(t), Access::Delete, Kind::Set);
+        plan.check(p.set(t), Access::Delete, Kind::Set);
     }
-    let mut others: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    // The tag sets go first: their deletion untags their keys in the index
+    // in one pass, before the keys themselves go.
+    if whole && !tags.is_empty() {
+        plan.write(Write::Del {
+            keys: tags.iter().map(|t| p.set(t).into()).collect(),
+        });
+    }
+    let mut others: BTreeMap<Vec<u8>, Vec<Bytes<'a>>> = BTreeMap::new();
     for m in members {
-        plan.check(m, Access::Delete, Kind::Any);
-        for t in ix.tags(db, m) {
-            if whole && tags.contains(&t) {
-                continue;
+        ix.each_tag(db, m, |t| {
+            if whole && tags.iter().any(|x| x.as_slice() == t) {
+                return;
             }
-            others.entry(t).or_default().push(m.clone());
-        }
+            match others.get_mut(t) {
+                Some(list) => list.push(Cow::Borrowed(m)),
+                None => drop(others.insert(t.to_vec(), vec![Cow::Borrowed(m.as_slice())])),
+            }
+        });
     }
     for (t, keys) in others {
-        let set = p.set(&t);
-        if !tags.contains(&t) {
-            plan.check(&set, Access::Write, Kind::Set);
-        }
-        plan.write(Write::SetRem { set, members: keys });
+        plan.write(Write::SetRem {
+            set: p.set(&t).into(),
+            members: keys,
+        });
     }
     for chunk in members.chunks(1024) {
         plan.counted.push(plan.writes.len());
         plan.write(Write::Del {
-            keys: chunk.to_vec(),
-        });
-    }
-    if whole && !tags.is_empty() {
-        plan.write(Write::Del {
-            keys: tags.iter().map(|t| p.set(t)).collect(),
+            keys: chunk.iter().map(|k| Cow::Borrowed(k.as_slice())).collect(),
         });
     }
     plan
-}
-
-impl Write {
-    /// The keys the write changes (`true`: deleted).
-    fn touched(&self) -> Vec<(&[u8], bool)> {
-        match self {
-            Write::SetString { key, .. }
-            | Write::HashSet { key, .. }
-            | Write::HashDel { key, .. } => vec![(key.as_slice(), false)],
-            Write::SetAdd { set, .. } | Write::SetRem { set, .. } => vec![(set.as_slice(), false)],
-            Write::Del { keys } => keys.iter().map(|k| (k.as_slice(), true)).collect(),
-        }
-    }
 }
 
 impl State {
@@ -388,14 +428,7 @@ impl State {
     /// Returns the waiters it released. `stated`: the plan's own set writes
     /// state every tag the string write ends or keeps (TAG.SET's plan), so
     /// the string write itself leaves the index alone.
-    pub fn mirror(
-        &mut self,
-        db: Db,
-        p: &Prefix,
-        w: &Write,
-        stated: bool,
-        fire: bool,
-    ) -> Vec<Wake> {
+    pub fn mirror(&mut self, db: Db, p: &Prefix, w: &Write, stated: bool, fire: bool) -> Vec<Wake> {
         let ix = &mut self.index;
         match w {
             Write::SetString { key, .. } => {
@@ -403,7 +436,7 @@ impl State {
                     ix.remove_key(db, key);
                 }
                 if let Some(tag) = p.tag_of(key) {
-                    ix.drop_tag(db, tag);
+                    ix.forget_tag(db, tag);
                 }
             }
             Write::SetAdd { set, members } => {
@@ -424,7 +457,7 @@ impl State {
                 for k in keys {
                     ix.remove_key(db, k);
                     if let Some(tag) = p.tag_of(k) {
-                        ix.drop_tag(db, tag);
+                        ix.forget_tag(db, tag);
                     }
                 }
             }
@@ -475,27 +508,16 @@ mod tests {
             tags: &[b"new"],
         };
         let plan = tag_set(&ix, 0, &P, &fill, 0);
-        let mut checked: Vec<&[u8]> = plan.keys().collect();
+        let mut checked: Vec<&[u8]> = plan.checks().into_iter().map(|c| c.0).collect();
         checked.sort();
         assert_eq!(checked, vec![&b"k"[..], b"tag:new", b"tag:old"]);
         assert_eq!(plan.writes.len(), 3);
-        assert!(matches!(&plan.writes[1], Write::SetRem { set, .. } if set == b"tag:old"));
-        let repl = plan.apply_form().unwrap();
-        let words: Vec<&[u8]> = repl.iter().map(|w| w.as_ref()).collect();
+        assert!(matches!(&plan.writes[1], Write::SetRem { set, .. } if set.as_ref() == b"tag:old"));
+        let mut numbers = Default::default();
+        let words = plan.apply_form(&mut numbers).unwrap();
         assert_eq!(
             words,
-            vec![
-                &b"TAG.APPLY"[..],
-                b"k",
-                b"v",
-                b"PERSIST",
-                b"ADD",
-                b"1",
-                b"tag:new",
-                b"REM",
-                b"1",
-                b"tag:old"
-            ]
+            vec![&b"k"[..], b"v", b"PERSIST", b"1", b"tag:new", b"tag:old"]
         );
     }
 
@@ -530,7 +552,7 @@ mod tests {
         assert!(plan
             .writes
             .iter()
-            .any(|w| matches!(w, Write::SetRem { set, members } if set == b"tag:b" && members == &vec![b"k1".to_vec()])));
+            .any(|w| matches!(w, Write::SetRem { set, members } if set.as_ref() == b"tag:b" && members == &vec![Cow::Borrowed(&b"k1"[..])])));
         for w in &plan.writes {
             s.mirror(0, &P, w, false, true);
         }
@@ -545,7 +567,7 @@ mod tests {
             0,
             &P,
             &Write::Del {
-                keys: vec![b"tag:a".to_vec()],
+                keys: vec![Cow::Borrowed(&b"tag:a"[..])],
             },
             false,
             true,

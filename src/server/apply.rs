@@ -10,7 +10,7 @@ use super::events::{self, Event, Op};
 use super::keys::{self, Applying, Caller, Mode};
 use crate::engine::error::Result;
 use crate::engine::index::Db;
-use crate::engine::plan::{self, Access, Plan, Prefix, Write};
+use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, Write};
 use crate::engine::{self, stats, Owed};
 use redis_module::Context;
 
@@ -18,15 +18,28 @@ use redis_module::Context;
 /// command's slot (in a cluster), allowed to the caller (`None`: the
 /// server itself, or the master link), and of the right type.
 pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> {
-    let keys: Vec<&[u8]> = plan.keys().collect();
-    keys::ensure_same_slot(ctx, &keys)?;
+    let checks = plan.checks();
+    if keys::in_cluster(ctx) {
+        let keys: Vec<&[u8]> = checks.iter().map(|c| c.0).collect();
+        keys::ensure_same_slot(ctx, &keys)?;
+    }
     if let Some(c) = caller {
-        for k in &plan.checks {
-            c.check(ctx, &k.key, k.access)?;
+        for (key, access, _) in &checks {
+            c.check(ctx, key, *access)?;
         }
     }
-    for k in &plan.checks {
-        keys::ensure_kind(ctx, &k.key, k.kind)?;
+    let db = keys::selected_db(ctx);
+    let prefix = config::tag_prefix();
+    for (key, _, kind) in &checks {
+        // A tag set the index knows members of is a set: the index follows
+        // every change of a tag set's type as it happens.
+        let known_set = *kind == Kind::Set
+            && key
+                .strip_prefix(prefix)
+                .is_some_and(|tag| engine::with(|s| s.index.has_members(db, tag)).unwrap_or(false));
+        if !known_set {
+            keys::ensure_kind(ctx, key, *kind)?;
+        }
     }
     Ok(())
 }
@@ -56,11 +69,9 @@ pub fn apply(ctx: &Context, plan: &Plan, cause: Cause) -> Result<Vec<i64>> {
         let wakes = engine::with(|s| s.mirror(db, &p, w, plan.as_apply, cause == Cause::Command));
         blocked::wake(ctx, wakes.unwrap_or_default());
     }
-    if let Some(form) = plan.apply_form() {
-        if let Some((_, args)) = form.split_first() {
-            let args: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
-            keys::replicate(ctx, c"TAG.APPLY", &args);
-        }
+    let mut numbers = Default::default();
+    if let Some(args) = plan.apply_form(&mut numbers) {
+        keys::replicate(ctx, c"TAG.APPLY", &args);
     }
     Ok(replies)
 }
@@ -99,10 +110,10 @@ fn write(ctx: &Context, w: &Write, mode: Mode) -> Result<i64> {
     Ok(reply)
 }
 
-fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Vec<u8>]) -> Result<i64> {
+fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Bytes]) -> Result<i64> {
     let mut args: Vec<&[u8]> = Vec::with_capacity(rest.len() + 1);
     args.push(first);
-    args.extend(rest.iter().map(Vec::as_slice));
+    args.extend(rest.iter().map(|a| a.as_ref()));
     Ok(keys::call(ctx, mode, cmd, &args)?.int())
 }
 
@@ -110,6 +121,9 @@ fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Vec<u8>
 /// turn). Only a master that is not loading writes: elsewhere the master's
 /// own writes arrive by replication, and nothing is owed.
 pub fn settle(ctx: &Context) {
+    if engine::with(|s| s.owed.is_empty()).unwrap_or(true) {
+        return;
+    }
     if !keys::may_write(ctx) {
         engine::with(|s| s.owed.clear());
         return;

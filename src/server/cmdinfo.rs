@@ -208,21 +208,19 @@ pub fn table() -> Vec<Info> {
         Info {
             name: "tag.apply",
             flags: "write deny-oom",
-            summary: "Writes a string value and the tag sets it joins and leaves, by absolute name (the form TAG.SET replicates as)",
+            summary: "Writes a string value, adds the key to the first numadd sets and removes it from the others, by absolute name (the form TAG.SET replicates as)",
             complexity: "O(N) where N is the number of sets",
-            arity: -8,
+            arity: -5,
             keys: Keys::Apply,
             args: vec![
                 key(c"key"),
                 string(c"value"),
                 one_of(
                     c"expiration",
-                    vec![unix(c"unix-time-milliseconds").token(c"PXAT"), pure(c"KEEPTTL"), pure(c"PERSIST")],
+                    vec![unix(c"unix-time-milliseconds"), pure(c"KEEPTTL"), pure(c"PERSIST")],
                 ),
-                int(c"numadd").token(c"ADD"),
-                key(c"set").multi(),
-                int(c"numrem").token(c"REM"),
-                key(c"set").multi(),
+                int(c"numadd"),
+                key(c"set").opt().multi(),
             ],
         },
         Info {
@@ -422,7 +420,10 @@ fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
         Keys::At(i, f) => vec![one(*i, *f)],
         Keys::Rest(i, f) => vec![spec(*f, at(*i), false, range(-1), false)],
         Keys::Each(list) => list.iter().map(|(i, f)| one(*i, f())).collect(),
-        Keys::Apply => vec![],
+        Keys::Apply => vec![
+            one(1, ow_update()),
+            spec(rw_update(), at(5), false, range(-1), false),
+        ],
         Keys::KeyAndTags => vec![
             one(1, ow_update()),
             spec(
@@ -445,29 +446,6 @@ fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
             ),
         ],
     };
-    if let Keys::Apply = keys {
-        out = vec![one(1, ow_update())];
-        for word in [c"ADD", c"REM"] {
-            out.push(spec(
-                rw_update(),
-                raw::RedisModuleCommandKeySpec__bindgen_ty_1 {
-                    keyword: raw::RedisModuleCommandKeySpec__bindgen_ty_1__bindgen_ty_2 {
-                        keyword: word.as_ptr(),
-                        startfrom: 4,
-                    },
-                },
-                true,
-                raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
-                    keynum: raw::RedisModuleCommandKeySpec__bindgen_ty_2__bindgen_ty_2 {
-                        keynumidx: 0,
-                        firstkey: 1,
-                        keystep: 1,
-                    },
-                },
-                true,
-            ));
-        }
-    }
     if !out.is_empty() {
         // SAFETY: the terminator is all zeroes, as Redis reads it (a
         // struct of integers, null pointers and unions of the same).

@@ -49,6 +49,10 @@ pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
     }
     info::register(ctx);
     notify::register_filter(ctx);
+    if !notify::subscribe_keyspace(ctx) {
+        ctx.log_warning("tagcache: refusing to load: could not subscribe to keyspace events");
+        return Status::Err;
+    }
     if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
         ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
         return Status::Err;

@@ -15,7 +15,7 @@ use super::keys::{self, Applying, InNotification, Mode};
 use super::rebuild;
 use crate::engine::index::Db;
 use crate::engine::{self, Wake};
-use redis_module::{raw, Context, ContextFlags, KeyType, NotifyEvent, RedisString};
+use redis_module::{raw, Context, ContextFlags, KeyType, RedisString};
 use std::cell::Cell;
 use std::os::raw::c_int;
 
@@ -76,26 +76,60 @@ pub fn register_filter(ctx: &Context) {
 }
 
 /// Events after which a key no longer holds what it was tagged for.
-fn replaces(event: &str) -> bool {
-    matches!(event, "set" | "restore" | "copy_to") || event.ends_with("store")
+fn replaces(event: &[u8]) -> bool {
+    matches!(event, b"set" | b"restore" | b"copy_to") || event.ends_with(b"store")
 }
 
-fn removes(event: &str) -> bool {
-    matches!(event, "del" | "expired" | "evicted" | "move_from")
+fn removes(event: &[u8]) -> bool {
+    matches!(event, b"del" | b"expired" | b"evicted" | b"move_from")
 }
 
 /// Events that change nothing a cache reader sees (a TTL alone, a miss),
 /// or that repeat another event of the same change (Redis 8.2 sends
 /// `overwritten` and `type_changed` besides the command's own event).
-fn is_change(event: &str) -> bool {
+fn is_change(event: &[u8]) -> bool {
     !matches!(
         event,
-        "expire" | "persist" | "new" | "keymiss" | "loaded" | "overwritten" | "type_changed"
+        b"expire" | b"persist" | b"new" | b"keymiss" | b"loaded" | b"overwritten" | b"type_changed"
     )
 }
 
-pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[u8]) {
-    if Applying::active() {
+/// Subscribes to every keyspace event class a change of a key can show up
+/// in (not misses, not key creation).
+pub fn subscribe_keyspace(ctx: &Context) -> bool {
+    // SAFETY: called from init with the module's context; `on_raw_event`
+    // matches the notification callback signature.
+    unsafe {
+        raw::RedisModule_SubscribeToKeyspaceEvents.is_some_and(|f| {
+            f(ctx.ctx, raw::REDISMODULE_NOTIFY_ALL, Some(on_raw_event))
+                == raw::REDISMODULE_OK as c_int
+        })
+    }
+}
+
+/// Called for every change of every key: kept as thin as the server
+/// allows (the event name is compared as bytes, nothing is allocated).
+unsafe extern "C" fn on_raw_event(
+    ctx: *mut raw::RedisModuleCtx,
+    _type: c_int,
+    event: *const std::os::raw::c_char,
+    key: *mut raw::RedisModuleString,
+) -> c_int {
+    if event.is_null() || key.is_null() {
+        return raw::REDISMODULE_OK as c_int;
+    }
+    // SAFETY: Redis passes a NUL-terminated event name and a live key,
+    // both valid for the duration of the callback.
+    let event = unsafe { std::ffi::CStr::from_ptr(event) }.to_bytes();
+    let key = RedisString::string_as_slice(key);
+    on_keyspace_event(&Context::new(ctx), event, key);
+    raw::REDISMODULE_OK as c_int
+}
+
+pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
+    // The module mirrors its own writes; a key it opens may expire on the
+    // way, and that is not its write.
+    if Applying::active() && !matches!(event, b"expired" | b"evicted") {
         return;
     }
     let db = keys::selected_db(ctx);
@@ -103,7 +137,7 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
     let tag = key.strip_prefix(prefix);
     // Most keys of a busy server are neither tagged nor watched by a rule or
     // a lease: leave them after one lookup.
-    if tag.is_none() && key != LINKS_KEY && !matches!(event, "rename_from" | "rename_to") {
+    if tag.is_none() && key != LINKS_KEY && !matches!(event, b"rename_from" | b"rename_to") {
         let quiet =
             engine::with(|s| !s.index.is_tagged(db, key) && !s.has_rules(db) && !s.watching());
         if quiet.unwrap_or(true) {
@@ -135,12 +169,12 @@ pub fn on_keyspace_event(ctx: &Context, _kind: NotifyEvent, event: &str, key: &[
 /// the change. A replica's index follows its tag sets only: the master's
 /// stream brings every change of them (the removals its own upkeep makes
 /// included), in order.
-fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &str, master: bool) -> Vec<Wake> {
+fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &[u8], master: bool) -> Vec<Wake> {
     let mut wakes = Vec::new();
-    if event == "rename_from" {
+    if event == b"rename_from" {
         s.renaming = Some(key.to_vec());
         wakes.extend(s.key_deleted(db, key));
-    } else if event == "rename_to" {
+    } else if event == b"rename_to" {
         match s.renaming.take() {
             Some(from) if master => s.rename_key(db, &from, key),
             _ if master => s.untag_key(db, key),
@@ -167,9 +201,9 @@ fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &str, master: b
 }
 
 /// The key as a tag set: the index learns its members.
-fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &str) {
+fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &[u8]) {
     match event {
-        "sadd" | "srem" => match engine::with(|s| s.named.take(set)).flatten() {
+        b"sadd" | b"srem" => match engine::with(|s| s.named.take(set)).flatten() {
             Some(named) => {
                 for m in named {
                     let member = keys::call(ctx, Mode::Local, "SISMEMBER", &[set, &m])
@@ -186,8 +220,8 @@ fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &str) {
             }
             None => reconcile(ctx, db, tag, set),
         },
-        e if removes(e) || e == "rename_from" => {
-            let evicted = e == "evicted";
+        e if removes(e) || e == b"rename_from" => {
+            let evicted = e == b"evicted";
             engine::with(|s| {
                 let keys = s.index.drop_tag(db, tag);
                 if evicted && !keys.is_empty() {
