@@ -66,7 +66,12 @@ impl Ids {
         if !self.contains(id) {
             return false;
         }
-        let rest: Vec<TagId> = self.as_slice().iter().copied().filter(|&i| i != id).collect();
+        let rest: Vec<TagId> = self
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|&i| i != id)
+            .collect();
         *self = match rest.as_slice() {
             [] => Ids::Inline([0, 0], 0),
             [a] => Ids::one(*a),

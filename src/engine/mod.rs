@@ -71,8 +71,13 @@ impl Wake {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Owed {
     /// `key` no longer carries `tag`: take it out of the set, unless it
-    /// carries the tag again by then.
-    Untag { db: Db, tag: Vec<u8>, key: Vec<u8> },
+    /// carries the tag again by then. `seq` orders it among client notes.
+    Untag {
+        db: Db,
+        tag: Vec<u8>,
+        key: Vec<u8>,
+        seq: u64,
+    },
     /// `key` carries `tag` (renamed in): put it in the set, if it still does.
     Retag { db: Db, tag: Vec<u8>, key: Vec<u8> },
     /// A tag set was evicted: the keys that carried the tag go too, since
@@ -88,36 +93,151 @@ pub enum Owed {
 }
 
 /// Members that client commands name for a tag set (`SADD`, `SREM`,
-/// `SMOVE`), seen by the command filter before the command runs; the set's
-/// notification then checks each against the set. A transaction that is
-/// discarded leaves some behind: harmless, since they are checked, and
-/// bounded.
+/// `SMOVE`), seen by the command filter before the command runs. The set's
+/// notification checks each against the set. A `SADD` that changes nothing
+/// sends no notification: if its key had just been overwritten (client code
+/// rewriting a key, then adding it to its set again), the note keeps the
+/// membership that the overwrite's cleanup would otherwise take away.
+///
+/// Order decides: a note counts against a cleanup owed *before* it. A
+/// command queued in `MULTI` runs at `EXEC`, so its note is armed then,
+/// and counts against cleanups owed during that `EXEC`; a later command of
+/// the transaction that names the member cancels it (the `SADD` was not
+/// the last word on that key).
 #[derive(Default)]
 pub struct Named {
-    by_set: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    by_set: HashMap<Vec<u8>, Vec<Note>>,
     count: usize,
+    /// Some note waits for its transaction's `EXEC`, or came from one.
+    transactional: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Note {
+    member: Vec<u8>,
+    client: u64,
+    /// When it counts from: 0 while queued in `MULTI`.
+    seq: u64,
+    from_exec: bool,
+    /// For a note from an `EXEC`: the last cleanup that transaction owed
+    /// (known once it is over).
+    until: Option<u64>,
 }
 
 const NAMED_MAX: usize = 100_000;
 
 impl Named {
-    pub fn note(&mut self, set: &[u8], members: impl Iterator<Item = Vec<u8>>) {
+    /// A command of `client` names `members` of `set`; `seq` is now, or 0
+    /// while the command is queued in a transaction.
+    pub fn note(
+        &mut self,
+        set: &[u8],
+        members: impl Iterator<Item = Vec<u8>>,
+        client: u64,
+        seq: u64,
+    ) {
         if self.count > NAMED_MAX {
             *self = Named::default();
         }
         let list = self.by_set.entry(set.to_vec()).or_default();
         let before = list.len();
-        list.extend(members);
+        list.extend(members.map(|member| Note {
+            member,
+            client,
+            seq,
+            from_exec: false,
+            until: None,
+        }));
         self.count += list.len() - before;
+        self.transactional |= seq == 0;
     }
 
-    /// Whether a client command named `member` for `set` since the last
-    /// check (forgotten here).
-    pub fn claim(&mut self, set: &[u8], member: &[u8]) -> bool {
+    /// Whether any note is kept at all.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the filter must look at every command (a transaction is
+    /// involved).
+    pub fn transactional(&self) -> bool {
+        self.transactional
+    }
+
+    fn each_note(&mut self, mut f: impl FnMut(&mut Note) -> bool) {
+        let mut removed = 0;
+        self.by_set.retain(|_, list| {
+            let before = list.len();
+            list.retain_mut(|n| f(n));
+            removed += before - list.len();
+            !list.is_empty()
+        });
+        self.count = self.count.saturating_sub(removed);
+        self.transactional = self
+            .by_set
+            .values()
+            .flatten()
+            .any(|n| n.seq == 0 || (n.from_exec && n.until.is_none()));
+    }
+
+    /// `client` sent `EXEC`: its queued notes count from `seq`.
+    pub fn exec(&mut self, client: u64, seq: u64) {
+        self.each_note(|n| {
+            if n.client == client && n.seq == 0 {
+                n.seq = seq;
+                n.from_exec = true;
+            }
+            true
+        });
+    }
+
+    /// `client` sent `DISCARD` (or its transaction is otherwise over).
+    pub fn discard(&mut self, client: u64) {
+        self.each_note(|n| !(n.client == client && n.seq == 0));
+    }
+
+    /// `client`, in a transaction, queued a command naming `args`: its
+    /// earlier queued notes on those members are no longer the last word.
+    pub fn queued_command(&mut self, client: u64, args: &[&[u8]]) {
+        self.each_note(|n| {
+            !(n.client == client && n.seq == 0 && args.contains(&n.member.as_slice()))
+        });
+    }
+
+    /// A transaction's `EXEC` is over (a real client sent a command after
+    /// it, at `now`): notes that came from it count against cleanups owed
+    /// until now only.
+    pub fn exec_over(&mut self, now: u64) {
+        self.each_note(|n| {
+            if n.from_exec && n.until.is_none() {
+                n.until = Some(now);
+            }
+            true
+        });
+    }
+
+    /// Forgets the notes that have taken effect (all but those queued).
+    pub fn settled(&mut self) {
+        if self.count > 0 {
+            self.each_note(|n| n.seq == 0);
+        }
+    }
+
+    /// Whether a client command named `member` for `set` after a cleanup
+    /// owed at `owed_seq` (the note is used up).
+    pub fn claim(&mut self, set: &[u8], member: &[u8], owed_seq: u64) -> bool {
         let Some(list) = self.by_set.get_mut(set) else {
             return false;
         };
-        let Some(i) = list.iter().position(|m| m == member) else {
+        let later = |n: &Note| {
+            n.member == member
+                && n.seq != 0
+                && if n.from_exec {
+                    n.seq < owed_seq && n.until.is_none_or(|u| owed_seq <= u)
+                } else {
+                    n.seq > owed_seq
+                }
+        };
+        let Some(i) = list.iter().position(later) else {
             return false;
         };
         list.swap_remove(i);
@@ -128,11 +248,21 @@ impl Named {
         true
     }
 
-    /// The members named for `set` so far, forgotten here.
+    /// The members named for `set` by commands that have run (forgotten
+    /// here); `None` when there are none.
     pub fn take(&mut self, set: &[u8]) -> Option<Vec<Vec<u8>>> {
-        let list = self.by_set.remove(set)?;
-        self.count = self.count.saturating_sub(list.len());
-        Some(list)
+        let list = self.by_set.get_mut(set)?;
+        let (run, queued): (Vec<Note>, Vec<Note>) = list.drain(..).partition(|n| n.seq != 0);
+        self.count = self.count.saturating_sub(run.len());
+        if queued.is_empty() {
+            self.by_set.remove(set);
+        } else {
+            *list = queued;
+        }
+        if run.is_empty() {
+            return None;
+        }
+        Some(run.into_iter().map(|n| n.member).collect())
     }
 }
 
@@ -156,6 +286,8 @@ pub struct State {
     pub renaming: Option<Vec<u8>>,
     /// Last waiter id handed out.
     pub waiter_seq: u64,
+    /// Orders owed cleanups and client notes.
+    pub seq: u64,
     /// Waiters taken out of their queue and released when the server is
     /// about to sleep, just before it runs their replies, so that no client
     /// command comes between the two.
@@ -298,29 +430,40 @@ impl State {
     /// now, and its sets owe the removal.
     pub fn untag_key(&mut self, db: Db, key: &[u8]) {
         for tag in self.index.remove_key(db, key) {
+            let seq = self.next_seq();
             self.owed.push_back(Owed::Untag {
                 db,
                 tag,
                 key: key.to_vec(),
+                seq,
             });
         }
+    }
+
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
     }
 
     /// A client renamed `from` to `to`: the tags follow the key.
     pub fn rename_key(&mut self, db: Db, from: &[u8], to: &[u8]) {
         let (moved, lost) = self.index.rename(db, from, to);
         for tag in lost {
+            let seq = self.next_seq();
             self.owed.push_back(Owed::Untag {
                 db,
                 tag,
                 key: to.to_vec(),
+                seq,
             });
         }
         for tag in moved {
+            let seq = self.next_seq();
             self.owed.push_back(Owed::Untag {
                 db,
                 tag: tag.clone(),
                 key: from.to_vec(),
+                seq,
             });
             self.owed.push_back(Owed::Retag {
                 db,
@@ -333,7 +476,7 @@ impl State {
     /// Whether an owed write is still due (the index has the last word).
     pub fn still_due(&self, owed: &Owed) -> bool {
         match owed {
-            Owed::Untag { db, tag, key } => !self.index.has(*db, key, tag),
+            Owed::Untag { db, tag, key, .. } => !self.index.has(*db, key, tag),
             Owed::Retag { db, tag, key } => self.index.has(*db, key, tag),
             Owed::Orphans { .. } | Owed::Fire { .. } => true,
         }
@@ -391,6 +534,65 @@ mod tests {
         assert!(s.still_due(&owed));
         s.index.add(0, b"k", b"t");
         assert!(!s.still_due(&owed), "re-tagged meanwhile: the set keeps it");
+    }
+
+    #[test]
+    fn a_sadd_counts_only_after_the_cleanup_it_follows() {
+        let mut s = State::default();
+        // SADD (nothing changed: already a member), then the key deleted.
+        let seq = s.next_seq();
+        s.named
+            .note(b"tag:t", std::iter::once(b"k".to_vec()), 1, seq);
+        s.index.add(0, b"k", b"t");
+        s.untag_key(0, b"k");
+        let Some(Owed::Untag { seq: owed, .. }) = s.owed.pop_front() else {
+            panic!("an untag is owed");
+        };
+        assert!(!s.named.claim(b"tag:t", b"k", owed), "the SADD came first");
+        // The key overwritten, then added again.
+        s.index.add(0, b"k", b"t");
+        s.untag_key(0, b"k");
+        let Some(Owed::Untag { seq: owed, .. }) = s.owed.pop_front() else {
+            panic!("an untag is owed");
+        };
+        let seq = s.next_seq();
+        s.named
+            .note(b"tag:t", std::iter::once(b"k".to_vec()), 1, seq);
+        assert!(s.named.claim(b"tag:t", b"k", owed), "the SADD came after");
+    }
+
+    #[test]
+    fn transaction_notes_count_within_their_exec() {
+        let mut s = State::default();
+        // MULTI; SET k; SADD tag:t k; EXEC
+        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), 7, 0);
+        assert!(s.named.transactional());
+        let exec = s.next_seq();
+        s.named.exec(7, exec);
+        s.index.add(0, b"k", b"t");
+        s.untag_key(0, b"k");
+        let Some(Owed::Untag { seq: owed, .. }) = s.owed.pop_front() else {
+            panic!("an untag is owed");
+        };
+        let now = s.seq;
+        s.named.exec_over(now);
+        assert!(s.named.claim(b"tag:t", b"k", owed));
+        // MULTI; SADD tag:t k; DEL k; EXEC: the DEL has the last word.
+        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), 7, 0);
+        s.named.queued_command(7, &[b"k"]);
+        let exec = s.next_seq();
+        s.named.exec(7, exec);
+        assert!(s.named.is_empty());
+        // A note from an EXEC that is over counts no more.
+        s.named.note(b"tag:t", std::iter::once(b"x".to_vec()), 7, 0);
+        let exec = s.next_seq();
+        s.named.exec(7, exec);
+        let now = s.seq;
+        s.named.exec_over(now);
+        let later = s.next_seq();
+        assert!(!s.named.claim(b"tag:t", b"x", later));
+        s.named.settled();
+        assert!(s.named.is_empty());
     }
 
     #[test]

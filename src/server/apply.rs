@@ -145,6 +145,7 @@ pub fn settle(ctx: &Context) {
     }
     keys::select_db(ctx, home);
     let more = engine::with(|s| {
+        s.named.settled();
         // A burst of owed writes keeps no memory once paid.
         if s.owed.is_empty() && s.owed.capacity() > 64 {
             s.owed = Default::default();
@@ -164,12 +165,12 @@ fn pay(ctx: &Context, owed: Owed) {
     };
     keys::select_db(ctx, db);
     let done = match owed {
-        Owed::Untag { tag, key, .. } => {
+        Owed::Untag { tag, key, seq, .. } => {
             let set = p.set(&tag);
             // Client code that rewrites a key and then adds it to its tag set
             // again (its SADD changed nothing: the key was still a member)
             // keeps it there.
-            let readded = engine::with(|s| s.named.claim(&set, &key)).unwrap_or(false)
+            let readded = engine::with(|s| s.named.claim(&set, &key, seq)).unwrap_or(false)
                 && keys::call(ctx, Mode::Local, "SISMEMBER", &[&set, &key])
                     .is_ok_and(|r| r.int() == 1);
             if readded {

@@ -23,8 +23,9 @@ pub const LINKS_KEY: &[u8] = b"tagcache:links";
 
 /// Sees every client command (and the master's stream on a replica; not
 /// the module's own calls). A command that names members of a tag set
-/// (`SADD`, `SREM`, `SMOVE`) has them noted, so that the set's
-/// notification can check just those members rather than the whole set.
+/// (`SADD`, `SREM`, `SMOVE`) has them noted (see `engine::Named`), so that
+/// the set's notification can check just those members rather than the
+/// whole set, and so that a `SADD` that changes nothing still counts.
 unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     // SAFETY: plain function pointers of the module API.
     let (Some(count), Some(arg)) = (unsafe { raw::RedisModule_CommandFilterArgsCount }, unsafe {
@@ -34,32 +35,110 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     };
     // SAFETY: `fctx` is the live filter context Redis passed in.
     let argc = unsafe { count(fctx) };
-    if argc < 3 {
-        return;
-    }
     // SAFETY: indexes below `argc` are valid arguments of the command, alive
     // for the whole callback.
     let slice = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) });
-    let bytes = |i: c_int| slice(i).to_vec();
+    if argc < 1 {
+        return;
+    }
     // Every command of every client passes here: decide on the name first.
     let name = slice(0);
-    if name.len() != 4 && name.len() != 5 {
+    let transactional = engine::with(|s| s.named.transactional()).unwrap_or(false);
+    if transactional {
+        // SAFETY: as above.
+        let client = unsafe { client_of(fctx) };
+        watch_transactions(client, name, &(0..argc).map(slice).collect::<Vec<_>>());
+    }
+    if argc < 3 || (name.len() != 4 && name.len() != 5) {
+        if name.eq_ignore_ascii_case(b"exec") {
+            // SAFETY: as above.
+            let client = unsafe { client_of(fctx) };
+            engine::with(|s| {
+                let seq = s.next_seq();
+                s.named.exec(client, seq)
+            });
+        }
         return;
     }
     let prefix = config::tag_prefix();
     let under = |k: &[u8]| k.starts_with(prefix);
+    let mut sets: Vec<(&[u8], Vec<Vec<u8>>)> = Vec::new();
     if (name.eq_ignore_ascii_case(b"sadd") || name.eq_ignore_ascii_case(b"srem")) && under(slice(1))
     {
-        let set = slice(1);
-        engine::with(|s| s.named.note(set, (2..argc).map(bytes)));
+        sets.push((slice(1), (2..argc).map(|i| slice(i).to_vec()).collect()));
     } else if name.eq_ignore_ascii_case(b"smove") && argc == 4 {
-        let member = bytes(3);
-        for set in [bytes(1), bytes(2)] {
-            if under(&set) {
-                engine::with(|s| s.named.note(&set, std::iter::once(member.clone())));
+        for set in [slice(1), slice(2)] {
+            if under(set) {
+                sets.push((set, vec![slice(3).to_vec()]));
             }
         }
     }
+    if sets.is_empty() {
+        return;
+    }
+    // SAFETY: as above.
+    let client = unsafe { client_of(fctx) };
+    let queued = in_transaction(client);
+    engine::with(|s| {
+        let seq = if queued { 0 } else { s.next_seq() };
+        for (set, members) in sets {
+            s.named.note(set, members.into_iter(), client, seq);
+        }
+    });
+}
+
+/// The id of the client whose command the filter sees.
+///
+/// # Safety
+/// `fctx` must be the live filter context.
+unsafe fn client_of(fctx: *mut raw::RedisModuleCommandFilterCtx) -> u64 {
+    // SAFETY: per the contract above.
+    unsafe { raw::RedisModule_CommandFilterGetClientId.map_or(0, |f| f(fctx)) }
+}
+
+/// Whether `client` is queueing a transaction (so its command runs later,
+/// at `EXEC`). Scripts and the module's own calls have no client entry.
+fn in_transaction(client: u64) -> bool {
+    client_flags(client).is_some_and(|f| f & raw::REDISMODULE_CLIENTINFO_FLAG_MULTI as u64 != 0)
+}
+
+fn client_flags(client: u64) -> Option<u64> {
+    // SAFETY: the struct holds only integers and a byte array: all zeroes
+    // is a valid value, filled in by the call below.
+    let mut info: raw::RedisModuleClientInfo = unsafe { std::mem::zeroed() };
+    info.version = 1;
+    // SAFETY: a module API call with a live, versioned info struct.
+    let ok = unsafe {
+        raw::RedisModule_GetClientInfoById.is_some_and(|f| {
+            f(
+                (&mut info as *mut raw::RedisModuleClientInfo).cast(),
+                client,
+            ) == raw::REDISMODULE_OK as c_int
+        })
+    };
+    ok.then_some(info.flags)
+}
+
+/// While a transaction's notes are about: a queued command of that client
+/// that names a noted member cancels the note; `DISCARD` drops them; the
+/// first command of a real client after an `EXEC` ends that `EXEC`'s notes.
+fn watch_transactions(client: u64, name: &[u8], args: &[&[u8]]) {
+    let flags = client_flags(client);
+    engine::with(|s| {
+        if name.eq_ignore_ascii_case(b"discard") {
+            s.named.discard(client);
+            return;
+        }
+        if flags.is_some() && !name.eq_ignore_ascii_case(b"exec") {
+            let now = s.seq;
+            s.named.exec_over(now);
+        }
+        let queued = flags.is_some_and(|f| f & raw::REDISMODULE_CLIENTINFO_FLAG_MULTI as u64 != 0);
+        if queued {
+            s.named
+                .queued_command(client, args.get(1..).unwrap_or_default());
+        }
+    });
 }
 
 pub fn register_filter(ctx: &Context) {
@@ -285,6 +364,12 @@ unsafe extern "C" fn on_event_loop(
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
         apply::settle(&Context::new(ctx));
     }
+    // Notes of commands that have run, once nothing is owed, count no more.
+    engine::with(|s| {
+        if s.owed.is_empty() && !s.named.is_empty() {
+            s.named.settled();
+        }
+    });
     super::blocked::release_woken();
 }
 

@@ -104,10 +104,12 @@ pub fn rebuild(ctx: &Context) {
                     if live {
                         s.index.add(db, &member, &tag);
                     } else if writes {
+                        let seq = s.next_seq();
                         s.owed.push_back(Owed::Untag {
                             db,
                             tag: tag.clone(),
                             key: member,
+                            seq,
                         });
                     }
                 });
