@@ -77,6 +77,8 @@ pub enum Owed {
         tag: Vec<u8>,
         key: Vec<u8>,
         seq: u64,
+        /// Owed by a write inside `EXEC`.
+        in_exec: bool,
     },
     /// `key` carries `tag` (renamed in): put it in the set, if it still does.
     Retag { db: Db, tag: Vec<u8>, key: Vec<u8> },
@@ -96,173 +98,121 @@ pub enum Owed {
 /// `SMOVE`), seen by the command filter before the command runs. The set's
 /// notification checks each against the set. A `SADD` that changes nothing
 /// sends no notification: if its key had just been overwritten (client code
-/// rewriting a key, then adding it to its set again), the note keeps the
+/// rewriting a key, then adding it to its set again), its note keeps the
 /// membership that the overwrite's cleanup would otherwise take away.
 ///
-/// Order decides: a note counts against a cleanup owed *before* it. A
-/// command queued in `MULTI` runs at `EXEC`, so its note is armed then,
-/// and counts against cleanups owed during that `EXEC`; a later command of
-/// the transaction that names the member cancels it (the `SADD` was not
-/// the last word on that key).
+/// Order decides. A note counts against a cleanup owed before it; a later
+/// write of its member (any command that changes the key) ends it. Inside
+/// `EXEC` the queued commands were noted when they were queued, before the
+/// writes of the transaction ran: a cleanup owed inside `EXEC` counts any
+/// note still standing, and writes there end none.
 #[derive(Default)]
 pub struct Named {
     by_set: HashMap<Vec<u8>, Vec<Note>>,
+    /// How many notes name each member.
+    members: HashMap<Vec<u8>, usize>,
     count: usize,
-    /// Some note waits for its transaction's `EXEC`, or came from one.
-    transactional: bool,
+    /// Transactions begun and not yet executed or discarded: their notes
+    /// must wait for their `EXEC`.
+    open: usize,
 }
 
 #[derive(Clone, Debug)]
 struct Note {
     member: Vec<u8>,
-    client: u64,
-    /// When it counts from: 0 while queued in `MULTI`.
     seq: u64,
-    from_exec: bool,
-    /// For a note from an `EXEC`: the last cleanup that transaction owed
-    /// (known once it is over).
-    until: Option<u64>,
 }
 
 const NAMED_MAX: usize = 100_000;
 
 impl Named {
-    /// A command of `client` names `members` of `set`; `seq` is now, or 0
-    /// while the command is queued in a transaction.
-    pub fn note(
-        &mut self,
-        set: &[u8],
-        members: impl Iterator<Item = Vec<u8>>,
-        client: u64,
-        seq: u64,
-    ) {
+    pub fn note(&mut self, set: &[u8], members: impl Iterator<Item = Vec<u8>>, seq: u64) {
         if self.count > NAMED_MAX {
             *self = Named::default();
         }
         let list = self.by_set.entry(set.to_vec()).or_default();
-        let before = list.len();
-        list.extend(members.map(|member| Note {
-            member,
-            client,
-            seq,
-            from_exec: false,
-            until: None,
-        }));
-        self.count += list.len() - before;
-        self.transactional |= seq == 0;
+        for member in members {
+            *self.members.entry(member.clone()).or_default() += 1;
+            list.push(Note { member, seq });
+            self.count += 1;
+        }
     }
 
-    /// Whether any note is kept at all.
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    /// Whether the filter must look at every command (a transaction is
-    /// involved).
-    pub fn transactional(&self) -> bool {
-        self.transactional
+    /// A client began (`true`) or ended (`false`) a transaction.
+    pub fn transaction(&mut self, begun: bool) {
+        self.open = if begun {
+            self.open.saturating_add(1)
+        } else {
+            self.open.saturating_sub(1)
+        };
     }
 
-    fn each_note(&mut self, mut f: impl FnMut(&mut Note) -> bool) {
-        let mut removed = 0;
+    fn forget(&mut self, member: &[u8], n: usize) {
+        if let Some(c) = self.members.get_mut(member) {
+            *c = c.saturating_sub(n);
+            if *c == 0 {
+                self.members.remove(member);
+            }
+        }
+        self.count = self.count.saturating_sub(n);
+    }
+
+    /// `key` was written: notes on it no longer have the last word.
+    pub fn written(&mut self, key: &[u8]) {
+        if self.count == 0 || !self.members.contains_key(key) {
+            return;
+        }
+        let mut gone = 0;
         self.by_set.retain(|_, list| {
             let before = list.len();
-            list.retain_mut(|n| f(n));
-            removed += before - list.len();
+            list.retain(|n| n.member != key);
+            gone += before - list.len();
             !list.is_empty()
         });
-        self.count = self.count.saturating_sub(removed);
-        self.transactional = self
-            .by_set
-            .values()
-            .flatten()
-            .any(|n| n.seq == 0 || (n.from_exec && n.until.is_none()));
+        self.forget(key, gone);
     }
 
-    /// `client` sent `EXEC`: its queued notes count from `seq`.
-    pub fn exec(&mut self, client: u64, seq: u64) {
-        self.each_note(|n| {
-            if n.client == client && n.seq == 0 {
-                n.seq = seq;
-                n.from_exec = true;
-            }
-            true
-        });
-    }
-
-    /// `client` sent `DISCARD` (or its transaction is otherwise over).
-    pub fn discard(&mut self, client: u64) {
-        self.each_note(|n| !(n.client == client && n.seq == 0));
-    }
-
-    /// `client`, in a transaction, queued a command naming `args`: its
-    /// earlier queued notes on those members are no longer the last word.
-    pub fn queued_command(&mut self, client: u64, args: &[&[u8]]) {
-        self.each_note(|n| {
-            !(n.client == client && n.seq == 0 && args.contains(&n.member.as_slice()))
-        });
-    }
-
-    /// A transaction's `EXEC` is over (a real client sent a command after
-    /// it, at `now`): notes that came from it count against cleanups owed
-    /// until now only.
-    pub fn exec_over(&mut self, now: u64) {
-        self.each_note(|n| {
-            if n.from_exec && n.until.is_none() {
-                n.until = Some(now);
-            }
-            true
-        });
-    }
-
-    /// Forgets the notes that have taken effect (all but those queued).
+    /// Forgets the notes of commands that have run (all, unless a
+    /// transaction is still being queued).
     pub fn settled(&mut self) {
-        if self.count > 0 {
-            self.each_note(|n| n.seq == 0);
+        if self.open == 0 && self.count > 0 {
+            self.by_set.clear();
+            self.members.clear();
+            self.count = 0;
         }
     }
 
     /// Whether a client command named `member` for `set` after a cleanup
-    /// owed at `owed_seq` (the note is used up).
-    pub fn claim(&mut self, set: &[u8], member: &[u8], owed_seq: u64) -> bool {
+    /// owed at `owed_seq` (`in_exec`: owed inside `EXEC`). Uses the note up.
+    pub fn claim(&mut self, set: &[u8], member: &[u8], owed_seq: u64, in_exec: bool) -> bool {
         let Some(list) = self.by_set.get_mut(set) else {
             return false;
         };
-        let later = |n: &Note| {
-            n.member == member
-                && n.seq != 0
-                && if n.from_exec {
-                    n.seq < owed_seq && n.until.is_none_or(|u| owed_seq <= u)
-                } else {
-                    n.seq > owed_seq
-                }
-        };
-        let Some(i) = list.iter().position(later) else {
+        let Some(i) = list
+            .iter()
+            .position(|n| n.member == member && (in_exec || n.seq > owed_seq))
+        else {
             return false;
         };
         list.swap_remove(i);
         if list.is_empty() {
             self.by_set.remove(set);
         }
-        self.count = self.count.saturating_sub(1);
+        self.forget(member, 1);
         true
     }
 
-    /// The members named for `set` by commands that have run (forgotten
-    /// here); `None` when there are none.
+    /// The members named for `set` (forgotten here); `None` when none.
     pub fn take(&mut self, set: &[u8]) -> Option<Vec<Vec<u8>>> {
-        let list = self.by_set.get_mut(set)?;
-        let (run, queued): (Vec<Note>, Vec<Note>) = list.drain(..).partition(|n| n.seq != 0);
-        self.count = self.count.saturating_sub(run.len());
-        if queued.is_empty() {
-            self.by_set.remove(set);
-        } else {
-            *list = queued;
+        let list = self.by_set.remove(set)?;
+        for n in &list {
+            self.forget(&n.member, 1);
         }
-        if run.is_empty() {
-            return None;
-        }
-        Some(run.into_iter().map(|n| n.member).collect())
+        Some(list.into_iter().map(|n| n.member).collect())
     }
 }
 
@@ -428,7 +378,7 @@ impl State {
 
     /// `key` is gone or replaced by a client command: it carries nothing
     /// now, and its sets owe the removal.
-    pub fn untag_key(&mut self, db: Db, key: &[u8]) {
+    pub fn untag_key(&mut self, db: Db, key: &[u8], in_exec: bool) {
         for tag in self.index.remove_key(db, key) {
             let seq = self.next_seq();
             self.owed.push_back(Owed::Untag {
@@ -436,6 +386,7 @@ impl State {
                 tag,
                 key: key.to_vec(),
                 seq,
+                in_exec,
             });
         }
     }
@@ -446,7 +397,7 @@ impl State {
     }
 
     /// A client renamed `from` to `to`: the tags follow the key.
-    pub fn rename_key(&mut self, db: Db, from: &[u8], to: &[u8]) {
+    pub fn rename_key(&mut self, db: Db, from: &[u8], to: &[u8], in_exec: bool) {
         let (moved, lost) = self.index.rename(db, from, to);
         for tag in lost {
             let seq = self.next_seq();
@@ -455,6 +406,7 @@ impl State {
                 tag,
                 key: to.to_vec(),
                 seq,
+                in_exec,
             });
         }
         for tag in moved {
@@ -464,6 +416,7 @@ impl State {
                 tag: tag.clone(),
                 key: from.to_vec(),
                 seq,
+                in_exec,
             });
             self.owed.push_back(Owed::Retag {
                 db,
@@ -529,11 +482,18 @@ mod tests {
     fn owed_writes_yield_to_later_changes() {
         let mut s = State::default();
         s.index.add(0, b"k", b"t");
-        s.untag_key(0, b"k");
+        s.untag_key(0, b"k", false);
         let owed = s.owed.pop_front().unwrap();
         assert!(s.still_due(&owed));
         s.index.add(0, b"k", b"t");
         assert!(!s.still_due(&owed), "re-tagged meanwhile: the set keeps it");
+    }
+
+    fn owed_untag(s: &mut State) -> (u64, bool) {
+        match s.owed.pop_front() {
+            Some(Owed::Untag { seq, in_exec, .. }) => (seq, in_exec),
+            other => panic!("an untag is owed, not {other:?}"),
+        }
     }
 
     #[test]
@@ -541,56 +501,43 @@ mod tests {
         let mut s = State::default();
         // SADD (nothing changed: already a member), then the key deleted.
         let seq = s.next_seq();
-        s.named
-            .note(b"tag:t", std::iter::once(b"k".to_vec()), 1, seq);
+        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), seq);
         s.index.add(0, b"k", b"t");
-        s.untag_key(0, b"k");
-        let Some(Owed::Untag { seq: owed, .. }) = s.owed.pop_front() else {
-            panic!("an untag is owed");
-        };
-        assert!(!s.named.claim(b"tag:t", b"k", owed), "the SADD came first");
+        s.named.written(b"k");
+        s.untag_key(0, b"k", false);
+        let (owed, ex) = owed_untag(&mut s);
+        assert!(
+            !s.named.claim(b"tag:t", b"k", owed, ex),
+            "the SADD came first"
+        );
         // The key overwritten, then added again.
         s.index.add(0, b"k", b"t");
-        s.untag_key(0, b"k");
-        let Some(Owed::Untag { seq: owed, .. }) = s.owed.pop_front() else {
-            panic!("an untag is owed");
-        };
+        s.named.written(b"k");
+        s.untag_key(0, b"k", false);
+        let (owed, ex) = owed_untag(&mut s);
         let seq = s.next_seq();
-        s.named
-            .note(b"tag:t", std::iter::once(b"k".to_vec()), 1, seq);
-        assert!(s.named.claim(b"tag:t", b"k", owed), "the SADD came after");
+        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), seq);
+        assert!(
+            s.named.claim(b"tag:t", b"k", owed, ex),
+            "the SADD came after"
+        );
+        assert!(s.named.is_empty());
     }
 
     #[test]
     fn transaction_notes_count_within_their_exec() {
         let mut s = State::default();
-        // MULTI; SET k; SADD tag:t k; EXEC
-        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), 7, 0);
-        assert!(s.named.transactional());
-        let exec = s.next_seq();
-        s.named.exec(7, exec);
+        // MULTI; SET k; SADD tag:t k; EXEC (queued, then run)
+        s.named.transaction(true);
+        let seq = s.next_seq();
+        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), seq);
+        s.named.settled();
+        assert!(!s.named.is_empty(), "kept while the transaction is queued");
+        s.named.transaction(false);
         s.index.add(0, b"k", b"t");
-        s.untag_key(0, b"k");
-        let Some(Owed::Untag { seq: owed, .. }) = s.owed.pop_front() else {
-            panic!("an untag is owed");
-        };
-        let now = s.seq;
-        s.named.exec_over(now);
-        assert!(s.named.claim(b"tag:t", b"k", owed));
-        // MULTI; SADD tag:t k; DEL k; EXEC: the DEL has the last word.
-        s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), 7, 0);
-        s.named.queued_command(7, &[b"k"]);
-        let exec = s.next_seq();
-        s.named.exec(7, exec);
-        assert!(s.named.is_empty());
-        // A note from an EXEC that is over counts no more.
-        s.named.note(b"tag:t", std::iter::once(b"x".to_vec()), 7, 0);
-        let exec = s.next_seq();
-        s.named.exec(7, exec);
-        let now = s.seq;
-        s.named.exec_over(now);
-        let later = s.next_seq();
-        assert!(!s.named.claim(b"tag:t", b"x", later));
+        s.untag_key(0, b"k", true);
+        let (owed, ex) = owed_untag(&mut s);
+        assert!(s.named.claim(b"tag:t", b"k", owed, ex));
         s.named.settled();
         assert!(s.named.is_empty());
     }
@@ -599,7 +546,7 @@ mod tests {
     fn rename_owes_both_sides() {
         let mut s = State::default();
         s.index.add(0, b"a", b"t");
-        s.rename_key(0, b"a", b"b");
+        s.rename_key(0, b"a", b"b", false);
         let owed: Vec<Owed> = s.owed.drain(..).collect();
         assert_eq!(owed.len(), 2);
         assert!(owed.iter().all(|o| s.still_due(o)));
@@ -643,7 +590,7 @@ mod tests {
     fn swap_and_flush_follow_owed_writes() {
         let mut s = State::default();
         s.index.add(3, b"k", b"t");
-        s.untag_key(3, b"k");
+        s.untag_key(3, b"k", false);
         s.swap(3, 4);
         assert_eq!(owed_db(&s.owed[0]), 4);
         s.flush(Some(4));

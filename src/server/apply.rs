@@ -165,12 +165,19 @@ fn pay(ctx: &Context, owed: Owed) {
     };
     keys::select_db(ctx, db);
     let done = match owed {
-        Owed::Untag { tag, key, seq, .. } => {
+        Owed::Untag {
+            tag,
+            key,
+            seq,
+            in_exec,
+            ..
+        } => {
             let set = p.set(&tag);
             // Client code that rewrites a key and then adds it to its tag set
             // again (its SADD changed nothing: the key was still a member)
             // keeps it there.
-            let readded = engine::with(|s| s.named.claim(&set, &key, seq)).unwrap_or(false)
+            let readded = engine::with(|s| s.named.claim(&set, &key, seq, in_exec))
+                .unwrap_or(false)
                 && keys::call(ctx, Mode::Local, "SISMEMBER", &[&set, &key])
                     .is_ok_and(|r| r.int() == 1);
             if readded {

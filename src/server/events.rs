@@ -45,6 +45,9 @@ pub fn emit(ctx: &Context, ev: &Event) {
             b"event",
             body.as_bytes(),
         ];
+        // The module's own record of a change: no rule fires on it (a rule
+        // on the stream's name would otherwise fire itself for ever).
+        let _own = keys::Applying::begin();
         if let Err(e) = keys::call(ctx, Mode::Replicated, "XADD", &args) {
             ctx.log_warning(&format!("tagcache: events stream append failed: {e}"));
         }

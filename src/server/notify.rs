@@ -35,29 +35,23 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     };
     // SAFETY: `fctx` is the live filter context Redis passed in.
     let argc = unsafe { count(fctx) };
-    // SAFETY: indexes below `argc` are valid arguments of the command, alive
-    // for the whole callback.
-    let slice = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) });
     if argc < 1 {
         return;
     }
+    // SAFETY: indexes below `argc` are valid arguments of the command, alive
+    // for the whole callback.
+    let slice = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) });
     // Every command of every client passes here: decide on the name first.
     let name = slice(0);
-    let transactional = engine::with(|s| s.named.transactional()).unwrap_or(false);
-    if transactional {
-        // SAFETY: as above.
-        let client = unsafe { client_of(fctx) };
-        watch_transactions(client, name, &(0..argc).map(slice).collect::<Vec<_>>());
+    if argc == 1 {
+        if name.eq_ignore_ascii_case(b"multi") {
+            engine::with(|s| s.named.transaction(true));
+        } else if name.eq_ignore_ascii_case(b"exec") || name.eq_ignore_ascii_case(b"discard") {
+            engine::with(|s| s.named.transaction(false));
+        }
+        return;
     }
     if argc < 3 || (name.len() != 4 && name.len() != 5) {
-        if name.eq_ignore_ascii_case(b"exec") {
-            // SAFETY: as above.
-            let client = unsafe { client_of(fctx) };
-            engine::with(|s| {
-                let seq = s.next_seq();
-                s.named.exec(client, seq)
-            });
-        }
         return;
     }
     let prefix = config::tag_prefix();
@@ -76,67 +70,10 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     if sets.is_empty() {
         return;
     }
-    // SAFETY: as above.
-    let client = unsafe { client_of(fctx) };
-    let queued = in_transaction(client);
     engine::with(|s| {
-        let seq = if queued { 0 } else { s.next_seq() };
+        let seq = s.next_seq();
         for (set, members) in sets {
-            s.named.note(set, members.into_iter(), client, seq);
-        }
-    });
-}
-
-/// The id of the client whose command the filter sees.
-///
-/// # Safety
-/// `fctx` must be the live filter context.
-unsafe fn client_of(fctx: *mut raw::RedisModuleCommandFilterCtx) -> u64 {
-    // SAFETY: per the contract above.
-    unsafe { raw::RedisModule_CommandFilterGetClientId.map_or(0, |f| f(fctx)) }
-}
-
-/// Whether `client` is queueing a transaction (so its command runs later,
-/// at `EXEC`). Scripts and the module's own calls have no client entry.
-fn in_transaction(client: u64) -> bool {
-    client_flags(client).is_some_and(|f| f & raw::REDISMODULE_CLIENTINFO_FLAG_MULTI as u64 != 0)
-}
-
-fn client_flags(client: u64) -> Option<u64> {
-    // SAFETY: the struct holds only integers and a byte array: all zeroes
-    // is a valid value, filled in by the call below.
-    let mut info: raw::RedisModuleClientInfo = unsafe { std::mem::zeroed() };
-    info.version = 1;
-    // SAFETY: a module API call with a live, versioned info struct.
-    let ok = unsafe {
-        raw::RedisModule_GetClientInfoById.is_some_and(|f| {
-            f(
-                (&mut info as *mut raw::RedisModuleClientInfo).cast(),
-                client,
-            ) == raw::REDISMODULE_OK as c_int
-        })
-    };
-    ok.then_some(info.flags)
-}
-
-/// While a transaction's notes are about: a queued command of that client
-/// that names a noted member cancels the note; `DISCARD` drops them; the
-/// first command of a real client after an `EXEC` ends that `EXEC`'s notes.
-fn watch_transactions(client: u64, name: &[u8], args: &[&[u8]]) {
-    let flags = client_flags(client);
-    engine::with(|s| {
-        if name.eq_ignore_ascii_case(b"discard") {
-            s.named.discard(client);
-            return;
-        }
-        if flags.is_some() && !name.eq_ignore_ascii_case(b"exec") {
-            let now = s.seq;
-            s.named.exec_over(now);
-        }
-        let queued = flags.is_some_and(|f| f & raw::REDISMODULE_CLIENTINFO_FLAG_MULTI as u64 != 0);
-        if queued {
-            s.named
-                .queued_command(client, args.get(1..).unwrap_or_default());
+            s.named.note(set, members.into_iter(), seq);
         }
     });
 }
@@ -235,7 +172,9 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         tag_set_changed(ctx, db, tag, key, event);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
-    let wakes = engine::with(|s| key_changed(s, db, key, event, master)).unwrap_or_default();
+    let in_exec = flags.intersects(ContextFlags::MULTI);
+    let wakes =
+        engine::with(|s| key_changed(s, db, key, event, master, in_exec)).unwrap_or_default();
     apply_wakes(ctx, wakes);
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
         settle_later(ctx);
@@ -248,26 +187,36 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
 /// the change. A replica's index follows its tag sets only: the master's
 /// stream brings every change of them (the removals its own upkeep makes
 /// included), in order.
-fn key_changed(s: &mut engine::State, db: Db, key: &[u8], event: &[u8], master: bool) -> Vec<Wake> {
+fn key_changed(
+    s: &mut engine::State,
+    db: Db,
+    key: &[u8],
+    event: &[u8],
+    master: bool,
+    in_exec: bool,
+) -> Vec<Wake> {
     let mut wakes = Vec::new();
+    if !in_exec && is_change(event) {
+        s.named.written(key);
+    }
     if event == b"rename_from" {
         s.renaming = Some(key.to_vec());
         wakes.extend(s.key_deleted(db, key));
     } else if event == b"rename_to" {
         match s.renaming.take() {
-            Some(from) if master => s.rename_key(db, &from, key),
-            _ if master => s.untag_key(db, key),
+            Some(from) if master => s.rename_key(db, &from, key, in_exec),
+            _ if master => s.untag_key(db, key, in_exec),
             _ => {}
         }
         wakes.extend(s.key_written(db, key));
     } else if removes(event) {
         if master {
-            s.untag_key(db, key);
+            s.untag_key(db, key, in_exec);
         }
         wakes.extend(s.key_deleted(db, key));
     } else if replaces(event) {
         if master {
-            s.untag_key(db, key);
+            s.untag_key(db, key, in_exec);
         }
         wakes.extend(s.key_written(db, key));
     } else if is_change(event) {

@@ -110,6 +110,7 @@ pub fn rebuild(ctx: &Context) {
                             tag: tag.clone(),
                             key: member,
                             seq,
+                            in_exec: false,
                         });
                     }
                 });
