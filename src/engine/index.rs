@@ -5,96 +5,60 @@
 //! never reads a stale answer, and a purge finds its keys without a call
 //! into Redis. Plain Rust, no Redis calls.
 //!
-//! A key's name is stored once (an `Rc` shared by both directions); tag
-//! names are interned per database and referenced by a `u32`.
+//! Memory is what a big cache pays per tagged key, so names are stored
+//! once: a key's name and tag ids live in a slot of a slab, found by name
+//! through a table of slot numbers; a tag's members are slot numbers
+//! (4 bytes each); tag names are interned per database.
 
+use hashbrown::HashTable;
 use std::collections::HashMap as StdMap;
+use std::hash::BuildHasher;
 
 /// Maps keyed by client bytes: randomly seeded, so their layout cannot be
 /// predicted from outside, and several times cheaper than SipHash.
-type HashMap<K, V> = StdMap<K, V, foldhash::fast::RandomState>;
-type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
-use std::rc::Rc;
+type Hasher = foldhash::fast::RandomState;
+type HashMap<K, V> = StdMap<K, V, Hasher>;
+type HashSet<K> = std::collections::HashSet<K, Hasher>;
 
 pub type Db = i32;
 type TagId = u32;
-type Name = Rc<[u8]>;
+type KeyId = u32;
 
 struct Tag {
     name: Box<[u8]>,
-    members: HashSet<Name>,
+    members: HashSet<KeyId>,
 }
 
-/// The tag ids of one key. Most keys carry one or two tags: those are kept
-/// inline, with no allocation of their own.
-enum Ids {
-    Inline([TagId; 2], u8),
-    Heap(Box<[TagId]>),
+struct Key {
+    name: Box<[u8]>,
+    tags: Box<[TagId]>,
 }
 
-impl Ids {
-    fn one(id: TagId) -> Ids {
-        Ids::Inline([id, 0], 1)
-    }
-
-    fn as_slice(&self) -> &[TagId] {
-        match self {
-            Ids::Inline(ids, n) => ids.get(..usize::from(*n)).unwrap_or_default(),
-            Ids::Heap(ids) => ids,
-        }
-    }
-
-    fn contains(&self, id: TagId) -> bool {
-        self.as_slice().contains(&id)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.as_slice().is_empty()
-    }
-
-    fn push(&mut self, id: TagId) {
-        let next = match &*self {
-            Ids::Inline([a, _], 1) => Ids::Inline([*a, id], 2),
-            Ids::Inline(_, 0) => Ids::one(id),
-            other => Ids::Heap(other.as_slice().iter().copied().chain([id]).collect()),
-        };
-        *self = next;
-    }
-
-    /// Whether `id` was there.
-    fn remove(&mut self, id: TagId) -> bool {
-        if !self.contains(id) {
-            return false;
-        }
-        let rest: Vec<TagId> = self
-            .as_slice()
-            .iter()
-            .copied()
-            .filter(|&i| i != id)
-            .collect();
-        *self = match rest.as_slice() {
-            [] => Ids::Inline([0, 0], 0),
-            [a] => Ids::one(*a),
-            [a, b] => Ids::Inline([*a, *b], 2),
-            _ => Ids::Heap(rest.into_boxed_slice()),
-        };
-        true
-    }
-}
-
-/// Slots of `tags` are indexed only by ids that `intern` handed out and
-/// that still name a live tag (a tag is freed when its last member goes,
-/// and every key's id list drops it at the same moment), so the lookups
-/// below cannot miss.
+/// Slots of `keys` and `tags` are indexed only by ids this index handed
+/// out and still refers to (an id is freed at the moment its last reference
+/// goes), so the lookups below find them; they still go through `get`.
 #[derive(Default)]
 struct DbIndex {
-    keys: HashMap<Name, Ids>,
-    ids: HashMap<Box<[u8]>, TagId>,
+    by_name: HashTable<KeyId>,
+    keys: Vec<Option<Key>>,
+    free_keys: Vec<KeyId>,
+    tag_ids: HashMap<Box<[u8]>, TagId>,
     tags: Vec<Option<Tag>>,
-    free: Vec<TagId>,
+    free_tags: Vec<TagId>,
+    live_keys: usize,
+    hasher: Hasher,
+}
+
+fn slot_id(n: usize) -> u32 {
+    // 2^32 live keys or tags in one database would need hundreds of GB.
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl DbIndex {
+    fn key(&self, id: KeyId) -> Option<&Key> {
+        self.keys.get(id as usize).and_then(Option::as_ref)
+    }
+
     fn tag(&self, id: TagId) -> Option<&Tag> {
         self.tags.get(id as usize).and_then(Option::as_ref)
     }
@@ -103,15 +67,78 @@ impl DbIndex {
         self.tags.get_mut(id as usize).and_then(Option::as_mut)
     }
 
+    fn find(&self, name: &[u8]) -> Option<KeyId> {
+        let hash = self.hasher.hash_one(name);
+        let keys = &self.keys;
+        self.by_name
+            .find(hash, |&id| {
+                keys.get(id as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|k| &*k.name == name)
+            })
+            .copied()
+    }
+
+    fn key_tags(&self, name: &[u8]) -> &[TagId] {
+        self.find(name)
+            .and_then(|id| self.key(id))
+            .map_or(&[], |k| &k.tags)
+    }
+
+    /// The slot of `name`, made if it has none.
+    fn slot(&mut self, name: &[u8]) -> KeyId {
+        if let Some(id) = self.find(name) {
+            return id;
+        }
+        let key = Key {
+            name: name.into(),
+            tags: Box::new([]),
+        };
+        let id = match self.free_keys.pop() {
+            Some(id) => {
+                if let Some(slot) = self.keys.get_mut(id as usize) {
+                    *slot = Some(key);
+                }
+                id
+            }
+            None => {
+                self.keys.push(Some(key));
+                slot_id(self.keys.len() - 1)
+            }
+        };
+        let hash = self.hasher.hash_one(name);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        self.by_name.insert_unique(hash, id, |&other| {
+            keys.get(other as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |k| hasher.hash_one(&*k.name))
+        });
+        self.live_keys += 1;
+        id
+    }
+
+    /// Frees the slot of a key that carries no tag any more.
+    fn release_key(&mut self, id: KeyId) {
+        let Some(key) = self.keys.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(&*key.name);
+        if let Ok(entry) = self.by_name.find_entry(hash, |&other| other == id) {
+            entry.remove();
+        }
+        self.free_keys.push(id);
+        self.live_keys = self.live_keys.saturating_sub(1);
+    }
+
     fn intern(&mut self, name: &[u8]) -> TagId {
-        if let Some(&id) = self.ids.get(name) {
+        if let Some(&id) = self.tag_ids.get(name) {
             return id;
         }
         let tag = Tag {
             name: name.into(),
             members: HashSet::default(),
         };
-        let id = match self.free.pop() {
+        let id = match self.free_tags.pop() {
             Some(id) => {
                 if let Some(slot) = self.tags.get_mut(id as usize) {
                     *slot = Some(tag);
@@ -120,78 +147,85 @@ impl DbIndex {
             }
             None => {
                 self.tags.push(Some(tag));
-                // 2^32 live tags in one database would need hundreds of GB.
-                TagId::try_from(self.tags.len() - 1).unwrap_or(TagId::MAX)
+                slot_id(self.tags.len() - 1)
             }
         };
-        self.ids.insert(name.into(), id);
+        self.tag_ids.insert(name.into(), id);
         id
     }
 
     /// Frees the tag once no key carries it.
-    fn release_if_empty(&mut self, id: TagId) {
+    fn release_tag_if_empty(&mut self, id: TagId) {
         if self.tag(id).is_some_and(|t| t.members.is_empty()) {
             if let Some(t) = self.tags.get_mut(id as usize).and_then(Option::take) {
-                self.ids.remove(&t.name);
-                self.free.push(id);
+                self.tag_ids.remove(&t.name);
+                self.free_tags.push(id);
             }
         }
     }
 
+    fn set_key_tags(&mut self, id: KeyId, tags: Box<[TagId]>) {
+        let empty = tags.is_empty();
+        if let Some(k) = self.keys.get_mut(id as usize).and_then(Option::as_mut) {
+            k.tags = tags;
+        }
+        if empty {
+            self.release_key(id);
+        }
+    }
+
     fn add(&mut self, key: &[u8], tag: &[u8]) -> bool {
-        let id = self.intern(tag);
-        let name: Name = match self.keys.get_mut(key) {
-            Some(ids) if ids.contains(id) => return false,
-            Some(ids) => {
-                ids.push(id);
-                match self.keys.get_key_value(key) {
-                    Some((k, _)) => k.clone(),
-                    None => Rc::from(key),
-                }
-            }
-            None => {
-                let name: Name = Rc::from(key);
-                self.keys.insert(name.clone(), Ids::one(id));
-                name
-            }
+        let tid = self.intern(tag);
+        let kid = self.slot(key);
+        let Some(k) = self.key(kid) else {
+            return false;
         };
-        if let Some(t) = self.tag_mut(id) {
-            t.members.insert(name);
+        if k.tags.contains(&tid) {
+            return false;
+        }
+        let tags: Box<[TagId]> = k.tags.iter().copied().chain([tid]).collect();
+        self.set_key_tags(kid, tags);
+        if let Some(t) = self.tag_mut(tid) {
+            t.members.insert(kid);
         }
         true
     }
 
     fn remove(&mut self, key: &[u8], tag: &[u8]) -> bool {
-        let Some(&id) = self.ids.get(tag) else {
+        let Some(&tid) = self.tag_ids.get(tag) else {
             return false;
         };
-        let Some(ids) = self.keys.get_mut(key) else {
+        let Some(kid) = self.find(key) else {
             return false;
         };
-        if !ids.remove(id) {
+        let Some(k) = self.key(kid) else {
+            return false;
+        };
+        if !k.tags.contains(&tid) {
             return false;
         }
-        if ids.is_empty() {
-            self.keys.remove(key);
+        let tags: Box<[TagId]> = k.tags.iter().copied().filter(|&t| t != tid).collect();
+        self.set_key_tags(kid, tags);
+        if let Some(t) = self.tag_mut(tid) {
+            t.members.remove(&kid);
         }
-        if let Some(t) = self.tag_mut(id) {
-            t.members.remove(key);
-        }
-        self.release_if_empty(id);
+        self.release_tag_if_empty(tid);
         true
     }
 
     fn remove_key(&mut self, key: &[u8]) -> Vec<Vec<u8>> {
-        let Some(ids) = self.keys.remove(key) else {
+        let Some(kid) = self.find(key) else {
             return Vec::new();
         };
-        let mut names = Vec::with_capacity(ids.as_slice().len());
-        for &id in ids.as_slice() {
-            if let Some(t) = self.tag_mut(id) {
-                t.members.remove(key);
+        let tags = self.key(kid).map(|k| k.tags.clone()).unwrap_or_default();
+        self.release_key(kid);
+        let mut names = Vec::with_capacity(tags.len());
+        for &tid in tags.iter() {
+            if let Some(t) = self.tag_mut(tid) {
+                t.members.remove(&kid);
                 names.push(t.name.to_vec());
             }
-            self.release_if_empty(id);
+            self.release_tag_if_empty(tid);
         }
         self.shrink();
         names
@@ -199,28 +233,23 @@ impl DbIndex {
 
     /// Untags every key of `tag`; with `collect`, returns them.
     fn drop_tag(&mut self, tag: &[u8], collect: bool) -> Vec<Vec<u8>> {
-        let Some(id) = self.ids.remove(tag) else {
+        let Some(tid) = self.tag_ids.remove(tag) else {
             return Vec::new();
         };
-        let Some(t) = self.tags.get_mut(id as usize).and_then(Option::take) else {
+        let Some(t) = self.tags.get_mut(tid as usize).and_then(Option::take) else {
             return Vec::new();
         };
-        self.free.push(id);
+        self.free_tags.push(tid);
         let mut keys = Vec::with_capacity(if collect { t.members.len() } else { 0 });
-        for k in t.members {
-            let emptied = match self.keys.get_mut(&k) {
-                Some(ids) => {
-                    ids.remove(id);
-                    ids.is_empty()
-                }
-                None => false,
+        for kid in t.members {
+            let Some(k) = self.key(kid) else {
+                continue;
             };
-            if emptied {
-                self.keys.remove(&k);
-            }
             if collect {
-                keys.push(k.to_vec());
+                keys.push(k.name.to_vec());
             }
+            let tags: Box<[TagId]> = k.tags.iter().copied().filter(|&x| x != tid).collect();
+            self.set_key_tags(kid, tags);
         }
         self.shrink();
         keys
@@ -229,12 +258,55 @@ impl DbIndex {
     /// Gives memory back once most entries are gone, so the index stays
     /// proportional to the live tagged keys rather than to their peak.
     fn shrink(&mut self) {
-        if self.keys.capacity() > 64 && self.keys.len() * 4 < self.keys.capacity() {
-            self.keys.shrink_to(self.keys.len() * 2);
+        if self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() {
+            self.compact();
         }
-        if self.ids.capacity() > 64 && self.ids.len() * 4 < self.ids.capacity() {
-            self.ids.shrink_to(self.ids.len() * 2);
+        if self.tag_ids.capacity() > 64 && self.tag_ids.len() * 4 < self.tag_ids.capacity() {
+            self.tag_ids.shrink_to(self.tag_ids.len() * 2);
         }
+    }
+
+    /// Renumbers the live keys into a slab of their size (amortized: it runs
+    /// once three quarters of the slots have emptied).
+    fn compact(&mut self) {
+        let old = std::mem::take(&mut self.keys);
+        let mut renumber = vec![KeyId::MAX; old.len()];
+        let mut keys = Vec::with_capacity(self.live_keys * 2);
+        for (slot, new_id) in old.into_iter().zip(renumber.iter_mut()) {
+            if let Some(k) = slot {
+                *new_id = slot_id(keys.len());
+                keys.push(Some(k));
+            }
+        }
+        self.keys = keys;
+        self.free_keys = Vec::new();
+        let mut by_name = HashTable::with_capacity(self.live_keys);
+        for (i, k) in self.keys.iter().enumerate() {
+            if let Some(k) = k {
+                let (keys, hasher) = (&self.keys, &self.hasher);
+                by_name.insert_unique(self.hasher.hash_one(&*k.name), slot_id(i), |&other| {
+                    keys.get(other as usize)
+                        .and_then(Option::as_ref)
+                        .map_or(0, |k| hasher.hash_one(&*k.name))
+                });
+            }
+        }
+        self.by_name = by_name;
+        for t in self.tags.iter_mut().flatten() {
+            t.members = t
+                .members
+                .iter()
+                .filter_map(|&old| renumber.get(old as usize).copied())
+                .filter(|&id| id != KeyId::MAX)
+                .collect();
+        }
+    }
+
+    fn names(&self, members: &HashSet<KeyId>) -> Vec<Vec<u8>> {
+        members
+            .iter()
+            .filter_map(|&id| self.key(id).map(|k| k.name.to_vec()))
+            .collect()
     }
 }
 
@@ -258,7 +330,7 @@ impl Index {
 
     /// An emptied database keeps nothing, not even table capacity.
     fn tidy(&mut self, db: Db) {
-        if self.dbs.get(&db).is_some_and(|d| d.keys.is_empty()) {
+        if self.dbs.get(&db).is_some_and(|d| d.live_keys == 0) {
             self.dbs.remove(&db);
         }
     }
@@ -268,21 +340,16 @@ impl Index {
         let Some(d) = self.dbs.get(&db) else {
             return Vec::new();
         };
-        d.keys
-            .get(key)
-            .map(|ids| {
-                ids.as_slice()
-                    .iter()
-                    .filter_map(|&id| d.tag(id).map(|t| t.name.to_vec()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        d.key_tags(key)
+            .iter()
+            .filter_map(|&id| d.tag(id).map(|t| t.name.to_vec()))
+            .collect()
     }
 
     /// Calls `f` with each tag `key` carries, without copying the names.
     pub fn each_tag(&self, db: Db, key: &[u8], mut f: impl FnMut(&[u8])) {
         if let Some(d) = self.dbs.get(&db) {
-            for &id in d.keys.get(key).map(Ids::as_slice).unwrap_or_default() {
+            for &id in d.key_tags(key) {
                 if let Some(t) = d.tag(id) {
                     f(&t.name);
                 }
@@ -291,29 +358,34 @@ impl Index {
     }
 
     pub fn is_tagged(&self, db: Db, key: &[u8]) -> bool {
-        self.dbs.get(&db).is_some_and(|d| d.keys.contains_key(key))
+        self.dbs.get(&db).is_some_and(|d| d.find(key).is_some())
     }
 
     pub fn has(&self, db: Db, key: &[u8], tag: &[u8]) -> bool {
         self.dbs.get(&db).is_some_and(|d| {
-            d.ids
+            d.tag_ids
                 .get(tag)
-                .and_then(|&id| d.tag(id))
-                .is_some_and(|t| t.members.contains(key))
+                .is_some_and(|tid| d.key_tags(key).contains(tid))
         })
     }
 
     /// Whether some key carries `tag`.
     pub fn has_members(&self, db: Db, tag: &[u8]) -> bool {
-        self.dbs.get(&db).is_some_and(|d| d.ids.contains_key(tag))
+        self.dbs
+            .get(&db)
+            .is_some_and(|d| d.tag_ids.contains_key(tag))
     }
 
     /// The keys that carry `tag`.
     pub fn members(&self, db: Db, tag: &[u8]) -> Vec<Vec<u8>> {
         self.dbs
             .get(&db)
-            .and_then(|d| d.ids.get(tag).and_then(|&id| d.tag(id)))
-            .map(|t| t.members.iter().map(|k| k.to_vec()).collect())
+            .and_then(|d| {
+                d.tag_ids
+                    .get(tag)
+                    .and_then(|&id| d.tag(id))
+                    .map(|t| d.names(&t.members))
+            })
             .unwrap_or_default()
     }
 
@@ -401,12 +473,12 @@ impl Index {
 
     /// Number of tagged keys, across databases.
     pub fn keys(&self) -> usize {
-        self.dbs.values().map(|d| d.keys.len()).sum()
+        self.dbs.values().map(|d| d.live_keys).sum()
     }
 
     /// Number of tags that some key carries, across databases.
     pub fn tag_count(&self) -> usize {
-        self.dbs.values().map(|d| d.ids.len()).sum()
+        self.dbs.values().map(|d| d.tag_ids.len()).sum()
     }
 }
 
@@ -521,6 +593,33 @@ mod tests {
         assert_eq!(ix.tags(0, b"k"), v(&["b"]));
         assert!(ix.remove(0, b"k", b"b"));
         assert!(!ix.is_tagged(0, b"k"));
+    }
+
+    #[test]
+    fn compaction_keeps_every_live_key() {
+        let mut ix = Index::default();
+        for i in 0..1000 {
+            ix.add(
+                0,
+                format!("k{i}").as_bytes(),
+                if i % 2 == 0 { b"even" } else { b"odd" },
+            );
+        }
+        for i in 0..1000 {
+            if i % 10 != 0 {
+                ix.remove_key(0, format!("k{i}").as_bytes());
+            }
+        }
+        assert_eq!(ix.keys(), 100);
+        assert!(
+            ix.dbs.get(&0).is_some_and(|d| d.keys.len() < 1000),
+            "compacted"
+        );
+        assert_eq!(ix.members(0, b"even").len(), 100);
+        assert!(ix.members(0, b"odd").is_empty());
+        assert_eq!(ix.tags(0, b"k990"), v(&["even"]));
+        ix.add(0, b"new", b"odd");
+        assert_eq!(ix.members(0, b"odd"), v(&["new"]));
     }
 
     #[test]
