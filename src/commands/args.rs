@@ -61,6 +61,19 @@ pub fn parse_i64(arg: &[u8]) -> Result<i64> {
         .ok_or(Error::NotInteger)
 }
 
+/// The option word `arg` spells, in any case ("" for none): compared in
+/// place, since every TAG.SET passes here.
+fn option_word(arg: &[u8]) -> &'static str {
+    const WORDS: [&str; 9] = [
+        "TAGS", "EX", "PX", "EXAT", "PXAT", "KEEPTTL", "NX", "XX", "LEASE",
+    ];
+    WORDS
+        .iter()
+        .find(|w| arg.eq_ignore_ascii_case(w.as_bytes()))
+        .copied()
+        .unwrap_or("")
+}
+
 fn upper(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_uppercase()
 }
@@ -117,14 +130,8 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                 "TAGS numtags tag [tag ...] is required".into(),
             ));
         };
-        // Short option words only: a long word is no option (and is not
-        // copied to find out).
-        let word = if word_raw.len() <= 7 {
-            upper(word_raw)
-        } else {
-            String::new()
-        };
-        match word.as_str() {
+        let word = option_word(word_raw);
+        match word {
             "TAGS" => {
                 let n = rest.get(i + 1).ok_or(Error::NumTags)?;
                 let n = parse_i64(n).map_err(|_| Error::NumTags)?;

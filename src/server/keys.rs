@@ -254,7 +254,20 @@ impl Caller {
         ) {
             return None;
         }
-        user_name(ctx).map(|name| Caller::named(&name))
+        // SAFETY: module API calls with the running context; the name is
+        // freed here, the user is owned by the Caller (freed in Drop).
+        unsafe {
+            let name = raw::RedisModule_GetCurrentUserName?(ctx.ctx);
+            if name.is_null() {
+                return None;
+            }
+            let user = raw::RedisModule_GetModuleUserFromUserName
+                .and_then(|f| std::ptr::NonNull::new(f(name)));
+            if let Some(free) = raw::RedisModule_FreeString {
+                free(ctx.ctx, name);
+            }
+            Some(Caller { user })
+        }
     }
 
     /// The user called `name`, as it is now.
