@@ -103,7 +103,7 @@ def test_tag_add_forbidden_key(server, admin):
 
 
 ALL_COMMANDS = {
-    "tag.set", "tag.add", "tag.rem", "tag.purge", "tag.members", "tag.card", "tag.tags",
+    "tag.set", "tag.apply", "tag.add", "tag.rem", "tag.purge", "tag.members", "tag.card", "tag.tags",
     "tag.info", "tag.link", "tag.unlink", "tag.links", "tag.getl",
     "ver.get", "ver.set", "ver.bump", "ver.current",
 }
