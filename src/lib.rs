@@ -57,6 +57,8 @@ redis_module! {
         i64: [
             ["events-stream-maxlen", &config::STREAM_MAXLEN, config::STREAM_MAXLEN_DEFAULT, config::STREAM_MAXLEN_MIN, config::STREAM_MAXLEN_MAX, ConfigurationFlags::DEFAULT, None],
             ["lease-ttl", &config::LEASE_TTL, config::LEASE_TTL_DEFAULT, config::LEASE_TTL_MIN, config::LEASE_TTL_MAX, ConfigurationFlags::DEFAULT, None],
+            ["purge-atomic-max", &config::PURGE_ATOMIC_MAX, config::PURGE_ATOMIC_MAX_DEFAULT, config::PURGE_ATOMIC_MAX_MIN, config::PURGE_ATOMIC_MAX_MAX, ConfigurationFlags::DEFAULT, None],
+            ["purge-slice-us", &config::PURGE_SLICE_US, config::PURGE_SLICE_US_DEFAULT, config::PURGE_SLICE_US_MIN, config::PURGE_SLICE_US_MAX, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::IMMUTABLE, None],

@@ -12,7 +12,7 @@ use crate::server::apply::{self, Cause};
 use crate::server::events::{self, Event, Op};
 use crate::server::keys::{self, argv, Caller};
 use crate::server::{blocked, config};
-use redis_module::{Context, RedisResult, RedisString, RedisValue};
+use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
 fn bulk_list(items: Vec<Vec<u8>>) -> RedisValue {
     RedisValue::Array(items.into_iter().map(RedisValue::StringBuffer).collect())
@@ -145,7 +145,15 @@ pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 
 pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let mut argv = argv(&args);
+    // A last argument ASYNC is the option, never a tag.
+    let is_async = argv.len() > 1
+        && argv
+            .last()
+            .is_some_and(|a| a.eq_ignore_ascii_case(b"ASYNC"));
+    if is_async {
+        argv.pop();
+    }
     if argv.is_empty() {
         return Err(Error::WrongArity("tag.purge").into());
     }
@@ -155,8 +163,30 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .collect();
     let p = Prefix(config::tag_prefix());
     let db = keys::selected_db(ctx);
-    // As `planned`, for a plan that borrows the members it found.
     let caller = Caller::of(ctx);
+    // Above `purge-atomic-max` keys, in slices, where the caller can wait:
+    // the call checks the tag sets; each key is checked before any goes.
+    let max = config::purge_atomic_max();
+    let can_wait = !ctx
+        .get_flags()
+        .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
+    let count = engine::with(|s| s.index.member_ids(db, &tags).len()).unwrap_or(0);
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    if can_wait && (max == 0 || count > max) {
+        let mut sets = Plan::default();
+        for t in &tags {
+            sets.check(p.set(t), Access::Delete, Kind::Set);
+        }
+        apply::check(ctx, caller.as_ref(), &sets)?;
+        if let Some(n) = crate::server::purge::start(ctx, tags.clone(), !is_async) {
+            return Ok(if is_async {
+                RedisValue::Integer(n)
+            } else {
+                RedisValue::NoReply
+            });
+        }
+    }
+    // As `planned`, for a plan that borrows the members it found.
     let mut members = Vec::new();
     let mut settled = false;
     for _ in 0..3 {
@@ -175,6 +205,7 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if !settled {
         return Err(Error::Internal("the index kept changing".into()).into());
     }
+    let carried = i64::try_from(members.len()).unwrap_or(i64::MAX);
     // Nothing ran since the check: the same plan again.
     let plan =
         engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, true)).unwrap_or_default();
@@ -193,7 +224,11 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             source: None,
         },
     );
-    Ok(RedisValue::Integer(deleted))
+    Ok(RedisValue::Integer(if is_async {
+        carried
+    } else {
+        deleted
+    }))
 }
 
 /// The keys that carry `tag`, as the caller may learn them: a member it may

@@ -47,6 +47,8 @@ struct DbIndex {
     free_tags: Vec<TagId>,
     live_keys: usize,
     hasher: Hasher,
+    /// Sliced purges hold key ids of this database: no renumbering then.
+    pins: u32,
 }
 
 fn slot_id(n: usize) -> u32 {
@@ -258,7 +260,7 @@ impl DbIndex {
     /// Gives memory back once most entries are gone, so the index stays
     /// proportional to the live tagged keys rather than to their peak.
     fn shrink(&mut self) {
-        if self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() {
+        if self.pins == 0 && self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() {
             self.compact();
         }
         if self.tag_ids.capacity() > 64 && self.tag_ids.len() * 4 < self.tag_ids.capacity() {
@@ -330,7 +332,11 @@ impl Index {
 
     /// An emptied database keeps nothing, not even table capacity.
     fn tidy(&mut self, db: Db) {
-        if self.dbs.get(&db).is_some_and(|d| d.live_keys == 0) {
+        if self
+            .dbs
+            .get(&db)
+            .is_some_and(|d| d.live_keys == 0 && d.pins == 0)
+        {
             self.dbs.remove(&db);
         }
     }
@@ -387,6 +393,45 @@ impl Index {
                     .map(|t| d.names(&t.members))
             })
             .unwrap_or_default()
+    }
+
+    /// The ids of the keys that carry any of `tags`, each once (for a
+    /// sliced purge, which pins the database so that ids stay put).
+    pub fn member_ids(&self, db: Db, tags: &[Vec<u8>]) -> Vec<u32> {
+        let Some(d) = self.dbs.get(&db) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u32> = tags
+            .iter()
+            .filter_map(|t| d.tag_ids.get(t.as_slice()).and_then(|&id| d.tag(id)))
+            .flat_map(|t| t.members.iter().copied())
+            .collect();
+        if tags.len() > 1 {
+            ids.sort_unstable();
+            ids.dedup();
+        }
+        ids
+    }
+
+    pub fn key_id(&self, db: Db, key: &[u8]) -> Option<u32> {
+        self.dbs.get(&db).and_then(|d| d.find(key))
+    }
+
+    pub fn key_name(&self, db: Db, id: u32) -> Option<&[u8]> {
+        self.dbs.get(&db).and_then(|d| d.key(id)).map(|k| &*k.name)
+    }
+
+    /// Keeps (`true`) or lets go (`false`) the key ids of `db`.
+    pub fn pin(&mut self, db: Db, on: bool) {
+        let d = self.db_mut(db);
+        d.pins = if on {
+            d.pins.saturating_add(1)
+        } else {
+            d.pins.saturating_sub(1)
+        };
+        if !on {
+            self.tidy(db);
+        }
     }
 
     /// Tags `key` with `tag`; whether it was new.

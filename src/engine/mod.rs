@@ -9,6 +9,7 @@ pub mod events;
 pub mod index;
 pub mod lease;
 pub mod plan;
+pub mod purge;
 pub mod rules;
 pub mod slot;
 pub mod stats;
@@ -51,14 +52,20 @@ pub enum Wake {
     },
     /// Its `WAIT` ran out: reply `[nil, nil]`.
     Timeout { client: Client },
+    /// A sliced purge it waits for ended: reply its count.
+    Purged { client: Client, deleted: i64 },
+    /// A sliced purge it waits for was refused (nothing deleted).
+    Failed { client: Client, error: String },
 }
 
 impl Wake {
     pub fn client(&self) -> Client {
         match self {
-            Wake::Value { client, .. } | Wake::Lease { client, .. } | Wake::Timeout { client } => {
-                *client
-            }
+            Wake::Value { client, .. }
+            | Wake::Lease { client, .. }
+            | Wake::Timeout { client }
+            | Wake::Purged { client, .. }
+            | Wake::Failed { client, .. } => *client,
         }
     }
 }
@@ -242,6 +249,8 @@ pub struct State {
     /// about to sleep, just before it runs their replies, so that no client
     /// command comes between the two.
     pub waking: Vec<Wake>,
+    /// Sliced purges in progress.
+    pub purges: purge::Purges,
 }
 
 thread_local! {
@@ -318,7 +327,9 @@ impl State {
     pub fn forget_waiter(&mut self, client: Client) -> bool {
         let before = self.waking.len();
         self.waking.retain(|w| w.client() != client);
-        self.waking.len() != before || self.take_waiter(|w| w.client == client).is_some()
+        self.waking.len() != before
+            || self.take_waiter(|w| w.client == client).is_some()
+            || self.purges.forget_waiter(client)
     }
 
     /// The waiter `id`'s wait ran out: its wake, if it still waits.
@@ -437,6 +448,7 @@ impl State {
 
     pub fn flush(&mut self, db: Option<Db>) {
         self.index.flush(db);
+        self.purges.flushed(db);
         match db {
             Some(db) => drop(self.rules.remove(&db)),
             None => self.rules.clear(),

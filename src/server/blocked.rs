@@ -103,6 +103,10 @@ unsafe extern "C" fn on_wake(
     // until `free_wake` runs after this callback.
     let reply = match unsafe { data.cast::<Wake>().as_ref() } {
         None | Some(Wake::Timeout { .. }) => Ok(pair(None, None)),
+        Some(Wake::Purged { deleted, .. }) => Ok(RedisValue::Integer(*deleted)),
+        Some(Wake::Failed { error, .. }) => Err(crate::engine::error::Error::Invalid(
+            error.strip_prefix("ERR ").unwrap_or(error).to_string(),
+        )),
         Some(Wake::Value { key, .. }) => keys::read_string(&context, key).map(|v| pair(v, None)),
         Some(Wake::Lease {
             db, key, ttl_ms, ..
@@ -125,10 +129,37 @@ unsafe extern "C" fn on_timeout(
         unsafe { raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx)) };
     // Only `CLIENT UNBLOCK` gets here (the module keeps the time itself);
     // Redis does not call this for a client already woken.
-    if engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
+    let purge = engine::with(|s| s.purges.forget_waiter(bc as Client)).unwrap_or(false);
+    if purge || engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
         release(bc);
     }
+    if purge {
+        return context.reply(Err(redis_module::RedisError::Str(
+            "UNBLOCKED the purge carries on in the background",
+        ))) as c_int;
+    }
     context.reply(Ok(pair(None, None))) as c_int
+}
+
+/// Blocks the caller of a sliced purge until it ends (no time limit: a
+/// client that gives up disconnects, or is unblocked with `CLIENT
+/// UNBLOCK`, and the purge carries on). `None` when it cannot block.
+pub fn block_for_purge(ctx: &Context) -> Option<Client> {
+    // SAFETY: plain function pointers of the module API.
+    let (Some(block), Some(on_dc)) = (unsafe { raw::RedisModule_BlockClient }, unsafe {
+        raw::RedisModule_SetDisconnectCallback
+    }) else {
+        return None;
+    };
+    // SAFETY: `ctx` is the calling command's context; the callbacks match
+    // the signatures Redis expects.
+    let bc = unsafe { block(ctx.ctx, Some(on_wake), Some(on_timeout), Some(free_wake), 0) };
+    if bc.is_null() {
+        return None;
+    }
+    // SAFETY: `bc` was just returned by RM_BlockClient.
+    unsafe { on_dc(bc, Some(on_disconnect)) };
+    Some(bc as Client)
 }
 
 /// The module times `WAIT` itself rather than leave it to the server:

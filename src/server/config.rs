@@ -16,15 +16,23 @@ pub const STREAM_MAXLEN_MAX: i64 = 1_000_000_000;
 pub const LEASE_TTL_DEFAULT: i64 = 10_000;
 pub const LEASE_TTL_MIN: i64 = 1;
 pub const LEASE_TTL_MAX: i64 = 86_400_000;
+pub const PURGE_ATOMIC_MAX_DEFAULT: i64 = 10_000;
+pub const PURGE_ATOMIC_MAX_MIN: i64 = 0;
+pub const PURGE_ATOMIC_MAX_MAX: i64 = 100_000_000;
+pub const PURGE_SLICE_US_DEFAULT: i64 = 1000;
+pub const PURGE_SLICE_US_MIN: i64 = 100;
+pub const PURGE_SLICE_US_MAX: i64 = 100_000;
 
 /// Every setting name, as accepted at load time.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 8] = [
     "tag-prefix",
     "ver-prefix",
     "events-channel",
     "events-stream",
     "events-stream-maxlen",
     "lease-ttl",
+    "purge-atomic-max",
+    "purge-slice-us",
 ];
 
 /// A string setting, optionally refusing the empty string.
@@ -75,6 +83,18 @@ pub static EVENTS_CHANNEL: Text = Text::new(false);
 pub static EVENTS_STREAM: Text = Text::new(false);
 pub static STREAM_MAXLEN: AtomicI64 = AtomicI64::new(STREAM_MAXLEN_DEFAULT);
 pub static LEASE_TTL: AtomicI64 = AtomicI64::new(LEASE_TTL_DEFAULT);
+pub static PURGE_ATOMIC_MAX: AtomicI64 = AtomicI64::new(PURGE_ATOMIC_MAX_DEFAULT);
+pub static PURGE_SLICE_US: AtomicI64 = AtomicI64::new(PURGE_SLICE_US_DEFAULT);
+
+/// Purges of more keys than this run in slices (0: always).
+pub fn purge_atomic_max() -> i64 {
+    PURGE_ATOMIC_MAX.load(Ordering::Relaxed)
+}
+
+/// How long one slice of a purge may hold the server, in microseconds.
+pub fn purge_slice_us() -> i64 {
+    PURGE_SLICE_US.load(Ordering::Relaxed)
+}
 
 /// The prefixes, fixed once the load arguments are applied: they are
 /// load-time settings, and every keyspace notification asks for the tag
@@ -156,6 +176,14 @@ pub fn parse_load_args(args: &[&[u8]]) -> Result<Vec<LoadArg>, String> {
                 known,
                 check_int(known, &value, LEASE_TTL_MIN, LEASE_TTL_MAX)?,
             ),
+            "purge-atomic-max" => LoadArg::Int(
+                known,
+                check_int(known, &value, PURGE_ATOMIC_MAX_MIN, PURGE_ATOMIC_MAX_MAX)?,
+            ),
+            "purge-slice-us" => LoadArg::Int(
+                known,
+                check_int(known, &value, PURGE_SLICE_US_MIN, PURGE_SLICE_US_MAX)?,
+            ),
             "tag-prefix" | "ver-prefix" if value.is_empty() => {
                 return Err(format!("argument '{name}' must not be empty"));
             }
@@ -170,6 +198,8 @@ pub fn apply(args: Vec<LoadArg>) {
     for a in args {
         match a {
             LoadArg::Int("events-stream-maxlen", n) => STREAM_MAXLEN.store(n, Ordering::Relaxed),
+            LoadArg::Int("purge-atomic-max", n) => PURGE_ATOMIC_MAX.store(n, Ordering::Relaxed),
+            LoadArg::Int("purge-slice-us", n) => PURGE_SLICE_US.store(n, Ordering::Relaxed),
             LoadArg::Int(_, n) => LEASE_TTL.store(n, Ordering::Relaxed),
             LoadArg::Text(name, v) => {
                 let target = match name {

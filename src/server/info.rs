@@ -12,7 +12,7 @@ pub enum Field {
 }
 
 pub fn fields() -> Vec<(&'static str, Field)> {
-    let (keys, tags, leases, waiters) = engine::with(|s| {
+    let (keys, tags, leases, waiters, purges, purge_left) = engine::with(|s| {
         (
             s.index.keys(),
             s.index.tag_count(),
@@ -21,6 +21,8 @@ pub fn fields() -> Vec<(&'static str, Field)> {
                 .values()
                 .map(std::collections::VecDeque::len)
                 .sum::<usize>(),
+            s.purges.jobs.len(),
+            s.purges.keys_left(),
         )
     })
     .unwrap_or_default();
@@ -41,6 +43,8 @@ pub fn fields() -> Vec<(&'static str, Field)> {
         ("leases_granted", n(get(&stats::LEASES_GRANTED))),
         ("leases_rejected", n(get(&stats::LEASES_REJECTED))),
         ("leases_outstanding", u(leases)),
+        ("purges_in_progress", u(purges)),
+        ("purge_keys_left", u(purge_left)),
         ("lease_waiters", u(waiters)),
         ("tag_prefix", Field::Text(config::TAG_PREFIX.get())),
         ("ver_prefix", Field::Text(config::VER_PREFIX.get())),
@@ -48,6 +52,8 @@ pub fn fields() -> Vec<(&'static str, Field)> {
         ("events_stream", Field::Text(config::EVENTS_STREAM.get())),
         ("events_stream_maxlen", Field::Int(config::stream_maxlen())),
         ("lease_ttl", Field::Int(config::lease_ttl())),
+        ("purge_atomic_max", Field::Int(config::purge_atomic_max())),
+        ("purge_slice_us", Field::Int(config::purge_slice_us())),
     ]
 }
 

@@ -10,6 +10,7 @@ pub mod events;
 pub mod info;
 pub mod keys;
 pub mod notify;
+pub mod purge;
 pub mod rebuild;
 
 use redis_module::{Context, RedisResult, RedisString, Status};

@@ -199,6 +199,10 @@ fn key_changed(
     if !in_exec && is_change(event) {
         s.named.written(key);
     }
+    // Before the index forgets the key: a sliced purge spares it.
+    if is_change(event) && !s.purges.jobs.is_empty() {
+        s.purges.touched(&s.index, db, key);
+    }
     if event == b"rename_from" {
         s.renaming = Some(key.to_vec());
         wakes.extend(s.key_deleted(db, key));
