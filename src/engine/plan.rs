@@ -429,6 +429,13 @@ impl State {
     /// state every tag the string write ends or keeps (TAG.SET's plan), so
     /// the string write itself leaves the index alone.
     pub fn mirror(&mut self, db: Db, p: &Prefix, w: &Write, stated: bool, fire: bool) -> Vec<Wake> {
+        // A sliced purge in progress no longer deletes what this changes
+        // (asked before the index forgets the key).
+        if !self.purges.jobs.is_empty() {
+            for (key, _) in w.touched() {
+                self.purges.touched(&self.index, db, key);
+            }
+        }
         let ix = &mut self.index;
         match w {
             Write::SetString { key, .. } => {

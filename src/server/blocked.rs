@@ -104,9 +104,10 @@ unsafe extern "C" fn on_wake(
     let reply = match unsafe { data.cast::<Wake>().as_ref() } {
         None | Some(Wake::Timeout { .. }) => Ok(pair(None, None)),
         Some(Wake::Purged { deleted, .. }) => Ok(RedisValue::Integer(*deleted)),
-        Some(Wake::Failed { error, .. }) => Err(crate::engine::error::Error::Invalid(
-            error.strip_prefix("ERR ").unwrap_or(error).to_string(),
-        )),
+        // The text of an engine error: client bytes in it are escaped.
+        Some(Wake::Failed { error, .. }) => {
+            return context.reply(Err(redis_module::RedisError::String(error.clone()))) as c_int
+        }
         Some(Wake::Value { key, .. }) => keys::read_string(&context, key).map(|v| pair(v, None)),
         Some(Wake::Lease {
             db, key, ttl_ms, ..

@@ -1,0 +1,252 @@
+"""Large purges (SPEC.md, "Large purges"): above purge-atomic-max keys,
+TAG.PURGE runs in slices while every other client is served; the caller
+waits (or, with ASYNC, gets the count at once); keys written after the call
+survive; replicas, the AOF and a restart mid-purge end consistent."""
+
+import socket
+import threading
+import time
+
+import pytest
+import redis
+
+from harness import digest, wait_aof_rewrite, wait_sync, wait_until
+
+SMALL = ("purge-atomic-max", "100")
+
+
+def fill(r, n, tag="big", prefix="k", extra=None):
+    p = r.pipeline(transaction=False)
+    for i in range(n):
+        tags = [tag] + ([extra(i)] if extra else [])
+        p.execute_command("TAG.SET", f"{prefix}{i}", "v", "TAGS", len(tags), *tags)
+        if i % 5000 == 4999:
+            p.execute()
+            p = r.pipeline(transaction=False)
+    p.execute()
+
+
+def info(r):
+    flat = r.execute_command("TAG.INFO")
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def test_settings_and_bounds(server, r):
+    assert r.config_get("tagcache.purge-atomic-max") == {"tagcache.purge-atomic-max": "10000"}
+    assert r.config_get("tagcache.purge-slice-us") == {"tagcache.purge-slice-us": "1000"}
+    r.config_set("tagcache.purge-atomic-max", 0)
+    with pytest.raises(redis.ResponseError):
+        r.config_set("tagcache.purge-slice-us", 99)
+    with pytest.raises(redis.ResponseError):
+        r.config_set("tagcache.purge-atomic-max", 100_000_001)
+
+
+def test_sliced_purge_deletes_every_key_and_cleans_the_index(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 3000, extra=lambda i: f"o{i % 7}")
+    tag_set_untouched = r.execute_command("TAG.SET", "other", "v", "TAGS", 1, "o1")
+    assert tag_set_untouched == b"OK"
+    sub = s.client().pubsub()
+    sub.subscribe("tagcache:events")
+    assert sub.get_message(timeout=2)["type"] == "subscribe"
+    assert r.execute_command("TAG.PURGE", "big") == 3000
+    assert r.dbsize() == 1 + 1  # `other` and tag:o1
+    assert r.smembers("tag:o1") == {b"other"}
+    assert r.execute_command("TAG.TAGS", "other") == [b"o1"]
+    events = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        m = sub.get_message(timeout=0.2)
+        if m and m["type"] == "message":
+            events.append(m["data"])
+    assert len(events) == 1 and b'"keys":3000' in events[0] and b'"op":"purge"' in events[0]
+    i = info(r)
+    assert (i["purges_in_progress"], i["purge_keys_left"], i["tagged_keys"]) == (0, 0, 1)
+
+
+def test_other_clients_are_served_while_a_big_purge_runs(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 200_000)
+    result = {}
+
+    def purge():
+        result["n"] = s.client().execute_command("TAG.PURGE", "big")
+        result["at"] = time.monotonic()
+
+    t = threading.Thread(target=purge)
+    t.start()
+    other = s.client()
+    answered = []
+    deadline = time.monotonic() + 60
+    while t.is_alive() and time.monotonic() < deadline:
+        start = time.monotonic()
+        assert other.ping()
+        answered.append((start, time.monotonic() - start))
+    t.join(60)
+    assert result["n"] == 200_000
+    during = [lat for at, lat in answered if at < result["at"]]
+    assert len(during) >= 20, len(during)
+    # No reply waited for the whole purge: the server was not held.
+    assert max(during) < 0.5, max(during)
+    assert r.dbsize() == 0
+
+
+def test_keys_written_or_tagged_after_the_call_survive(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 100_000)
+    conn = socket.create_connection(("127.0.0.1", s.port))
+    conn.sendall(b"*2\r\n$9\r\nTAG.PURGE\r\n$3\r\nbig\r\n")
+    wait_until(lambda: info(r)["purges_in_progress"] == 1, 5, interval=0.001,
+               what="purge started")
+    # While it runs: fresh fills of old keys, and new keys with the tag.
+    w = s.client()
+    p = w.pipeline(transaction=False)
+    for i in range(0, 100_000, 1000):
+        p.execute_command("TAG.SET", f"k{i}", "fresh", "TAGS", 1, "big")
+        p.execute_command("TAG.SET", f"new{i}", "new", "TAGS", 1, "big")
+    p.execute()
+    conn.settimeout(60)
+    reply = conn.recv(64)
+    conn.close()
+    assert reply.startswith(b":")
+    assert int(reply[1:].split(b"\r\n")[0]) <= 100_000
+    for i in range(0, 100_000, 1000):
+        assert r.get(f"k{i}") == b"fresh"
+        assert r.get(f"new{i}") == b"new"
+        assert r.execute_command("TAG.TAGS", f"k{i}") == [b"big"]
+    assert r.dbsize() == 200 + 1
+    assert r.scard("tag:big") == 200
+
+
+def test_async_replies_at_once_and_carries_on(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 100_000)
+    assert r.execute_command("TAG.PURGE", "big", "async") == 100_000
+    i = info(r)
+    assert i["purges_in_progress"] == 1 and 0 < i["purge_keys_left"] <= 100_000
+    wait_until(lambda: r.dbsize() == 0, 30, what="async purge")
+    wait_until(lambda: info(r)["purges_in_progress"] == 0, 5, what="purge end")
+    # A tag named ASYNC is purged when it is not named last.
+    r.execute_command("TAG.SET", "x", "v", "TAGS", 1, "ASYNC")
+    assert r.execute_command("TAG.PURGE", "ASYNC", "none") == 1
+
+
+def test_in_a_transaction_a_big_purge_is_one_step(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 1000)
+    p = r.pipeline(transaction=True)
+    p.execute_command("TAG.PURGE", "big")
+    p.dbsize()
+    assert p.execute() == [1000, 0]
+
+
+def test_replica_and_aof_follow_a_sliced_purge(servers):
+    m = servers.start(module_args=SMALL, name="master",
+                      extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    rep = servers.start_replica(m, module_args=SMALL)
+    mc, rc = m.client(), rep.client()
+    wait_aof_rewrite(mc)
+    fill(mc, 20_000, extra=lambda i: f"o{i % 3}")
+    fill(mc, 500, tag="keep", prefix="kept")
+    assert mc.execute_command("TAG.PURGE", "big") == 20_000
+    wait_sync(mc, rc)
+    assert digest(rc) == digest(mc)
+    assert rc.dbsize() == mc.dbsize() == 501
+    before = digest(mc)
+    mc = m.restart()
+    assert digest(mc) == before
+
+
+def test_a_caller_that_leaves_does_not_stop_the_purge(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 50_000)
+    conn = socket.create_connection(("127.0.0.1", s.port))
+    conn.sendall(b"*2\r\n$9\r\nTAG.PURGE\r\n$3\r\nbig\r\n")
+    wait_until(lambda: info(r)["purges_in_progress"] == 1, 5, what="purge started")
+    conn.close()
+    wait_until(lambda: r.dbsize() == 0, 30, what="purge finished")
+    assert r.ping()
+
+
+def test_client_unblock_releases_the_caller_with_an_error(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 100_000)
+    c = s.client()
+    cid = c.client_id()
+    out = {}
+
+    def purge():
+        try:
+            out["reply"] = c.execute_command("TAG.PURGE", "big")
+        except redis.ResponseError as e:
+            out["error"] = str(e)
+
+    t = threading.Thread(target=purge)
+    t.start()
+    wait_until(lambda: info(r)["purges_in_progress"] == 1, 5, what="purge started")
+    assert r.client_unblock(cid) == 1
+    t.join(10)
+    assert out.get("error", "").startswith("the purge carries on") or out.get(
+        "error", "").startswith("UNBLOCKED"), out
+    wait_until(lambda: r.dbsize() == 0, 30, what="purge finished")
+
+
+def test_restart_mid_purge_then_the_same_purge_finishes(servers):
+    s = servers.start(module_args=SMALL,
+                      extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    r = s.client()
+    wait_aof_rewrite(r)
+    fill(r, 100_000)
+    assert r.execute_command("TAG.PURGE", "big", "ASYNC") == 100_000
+    wait_until(lambda: r.dbsize() < 90_000, 10, interval=0.001, what="purge under way")
+    s.kill()
+    s.start()
+    r = s.client()
+    left = r.dbsize()
+    assert 0 < left - 1 < 100_000, left
+    # Every key left still carries the tag.
+    assert r.scard("tag:big") == left - 1
+    assert r.execute_command("TAG.PURGE", "big") == left - 1
+    assert r.dbsize() == 0
+
+
+def test_overlapping_purges_delete_each_key_once(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 30_000, tag="a", extra=lambda i: "b" if i % 2 == 0 else "c")
+    r1, r2 = s.client(), s.client()
+    results = {}
+
+    def purge(name, client):
+        results[name] = client.execute_command("TAG.PURGE", name)
+
+    threads = [threading.Thread(target=purge, args=("a", r1)),
+               threading.Thread(target=purge, args=("b", r2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results["a"] + results["b"] == 30_000, results
+    assert r.dbsize() == 0
+
+
+def test_a_key_the_caller_may_not_delete_stops_the_purge_before_anything_goes(servers):
+    s = servers.start(module_args=SMALL)
+    admin = s.client()
+    fill(admin, 500)
+    admin.execute_command("TAG.SET", "secret:1", "s", "TAGS", 1, "big")
+    admin.acl_setuser("lim", enabled=True, passwords=["+pw"], keys=["k*", "tag:*"],
+                      commands=["+@all"])
+    lim = redis.Redis(host="127.0.0.1", port=s.port, username="lim", password="pw")
+    with pytest.raises(redis.exceptions.NoPermissionError) as e:
+        lim.execute_command("TAG.PURGE", "big")
+    assert "secret:1" in str(e.value)
+    assert admin.dbsize() == 502
+    assert admin.scard("tag:big") == 501
