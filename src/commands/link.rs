@@ -27,7 +27,7 @@ fn links_plan(access: Access, write: Write<'_>) -> Plan<'_> {
 fn apply_links(ctx: &Context, plan: &Plan) -> Result<i64> {
     apply::check(ctx, Caller::of(ctx).as_ref(), plan)?;
     let replies = apply::apply(ctx, plan, Cause::Command)?;
-    rebuild::reload_rules(ctx, keys::selected_db(ctx));
+    rebuild::reload_rules(ctx, keys::selected_db(ctx), true);
     Ok(replies.first().copied().unwrap_or(0))
 }
 

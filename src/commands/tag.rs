@@ -6,7 +6,7 @@
 
 use super::args::{self, Condition};
 use crate::engine::error::{Error, Result};
-use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix};
+use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix, TagSets};
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
 use crate::server::events::{self, Event, Op};
@@ -102,6 +102,37 @@ pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         deadline: a.deadline,
         keep_ttl: a.keep_ttl,
     };
+    if a.add.iter().chain(&a.rem).any(|set| *set == a.key) {
+        return Err(Error::Invalid("a key cannot carry the tag whose index it is".into()).into());
+    }
+    // Replayed from the master or the AOF, the sets are the master's word.
+    // Called by a client, they must be the key's tag sets, as TAG.SET would
+    // name them: the ones it leaves and the ones it has after.
+    if !keys::from_master(ctx) {
+        let p = Prefix(config::tag_prefix());
+        let db = keys::selected_db(ctx);
+        let mut old: Vec<Vec<u8>> = engine::with(|s| s.index.tags(db, a.key))
+            .unwrap_or_default()
+            .iter()
+            .map(|t| p.set(t))
+            .filter(|set| !a.add.contains(&set.as_slice()))
+            .collect();
+        let mut rem: Vec<Vec<u8>> = a.rem.iter().map(|s| s.to_vec()).collect();
+        old.sort();
+        rem.sort();
+        rem.dedup();
+        let under = a
+            .add
+            .iter()
+            .all(|s| p.tag_of(s).is_some_and(|t| !t.is_empty()));
+        if old != rem || !under {
+            return Err(Error::Invalid(
+                "TAG.APPLY must name the key's tag sets: the ones it joins, then the ones it leaves"
+                    .into(),
+            )
+            .into());
+        }
+    }
     let owned = |l: &[&[u8]]| l.iter().map(|s| s.to_vec()).collect();
     let plan = plan::string_with_sets(a.key, a.value, expiry, owned(&a.add), owned(&a.rem));
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
@@ -194,8 +225,9 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             members = plan::purge_members(&s.index, db, &tags);
             s.index.changes()
         });
-        let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, true))
-            .unwrap_or_default();
+        let plan =
+            engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Delete))
+                .unwrap_or_default();
         apply::check(ctx, caller.as_ref(), &plan)?;
         if engine::with(|s| s.index.changes()) == before {
             settled = true;
@@ -207,8 +239,8 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     let carried = i64::try_from(members.len()).unwrap_or(i64::MAX);
     // Nothing ran since the check: the same plan again.
-    let plan =
-        engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, true)).unwrap_or_default();
+    let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Delete))
+        .unwrap_or_default();
     let replies = apply::apply(ctx, &plan, Cause::Command)?;
     let deleted = apply::deleted_count(&plan, &replies);
     engine::with(|s| s.leases.tags_purged(&tags));
@@ -295,6 +327,11 @@ pub fn tag_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     let db = keys::selected_db(ctx);
     let p = config::tag_prefix();
+    // Opening each tag set reclaims one that has expired (and untags the
+    // key in the index) before the answer is read.
+    for t in engine::with(|s| s.index.tags(db, key)).unwrap_or_default() {
+        keys::key_type(ctx, &Prefix(p).set(&t));
+    }
     let mut tags = engine::with(|s| s.index.tags(db, key)).unwrap_or_default();
     if let Some(c) = &caller {
         tags.retain(|t| c.check(ctx, &Prefix(p).set(t), Access::Read).is_ok());

@@ -84,8 +84,8 @@ pub enum Owed {
         tag: Vec<u8>,
         key: Vec<u8>,
         seq: u64,
-        /// Owed by a write inside `EXEC`.
-        in_exec: bool,
+        /// Owed by a write inside `EXEC`: the last `MULTI` seen then.
+        in_exec: Option<u64>,
     },
     /// `key` carries `tag` (renamed in): put it in the set, if it still does.
     Retag { db: Db, tag: Vec<u8>, key: Vec<u8> },
@@ -122,6 +122,7 @@ pub struct Named {
     /// Transactions begun and not yet executed or discarded: their notes
     /// must wait for their `EXEC`.
     open: usize,
+    last_multi: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -149,8 +150,16 @@ impl Named {
         self.count == 0
     }
 
-    /// A client began (`true`) or ended (`false`) a transaction.
-    pub fn transaction(&mut self, begun: bool) {
+    /// The most recent `MULTI`.
+    pub fn last_multi(&self) -> u64 {
+        self.last_multi
+    }
+
+    /// A client began (`true`, at `seq`) or ended (`false`) a transaction.
+    pub fn transaction(&mut self, begun: bool, seq: u64) {
+        if begun {
+            self.last_multi = seq;
+        }
         self.open = if begun {
             self.open.saturating_add(1)
         } else {
@@ -194,14 +203,22 @@ impl Named {
     }
 
     /// Whether a client command named `member` for `set` after a cleanup
-    /// owed at `owed_seq` (`in_exec`: owed inside `EXEC`). Uses the note up.
-    pub fn claim(&mut self, set: &[u8], member: &[u8], owed_seq: u64, in_exec: bool) -> bool {
+    /// owed at `owed_seq` (`in_exec`: owed inside an `EXEC` whose `MULTI`
+    /// came at that point or before; queued notes count from there). Uses
+    /// the note up.
+    pub fn claim(
+        &mut self,
+        set: &[u8],
+        member: &[u8],
+        owed_seq: u64,
+        in_exec: Option<u64>,
+    ) -> bool {
         let Some(list) = self.by_set.get_mut(set) else {
             return false;
         };
         let Some(i) = list
             .iter()
-            .position(|n| n.member == member && (in_exec || n.seq > owed_seq))
+            .position(|n| n.member == member && n.seq > in_exec.unwrap_or(owed_seq))
         else {
             return false;
         };
@@ -251,6 +268,13 @@ pub struct State {
     pub waking: Vec<Wake>,
     /// Sliced purges in progress.
     pub purges: purge::Purges,
+    /// Keys a client added to a tag set before they existed (`SADD tag:t k`
+    /// then `SET k …`): their first write creates them, it replaces nothing.
+    pub ghosts: std::collections::HashSet<(Db, Vec<u8>)>,
+    /// The rules of each database as the module last wrote or loaded them
+    /// (source prefix -> stored value): a rule a client writes into the hash
+    /// with a plain command is not vouched for.
+    pub vouched: HashMap<Db, HashMap<Vec<u8>, Vec<u8>>>,
 }
 
 thread_local! {
@@ -372,6 +396,33 @@ impl State {
             .collect()
     }
 
+    /// The rules of `db` are now `pairs` (source prefix, stored value).
+    /// `vouch`: the module wrote them, or loaded them with the dataset;
+    /// otherwise a client changed the hash, and a rule that differs from
+    /// what the module last vouched for acts for nobody.
+    pub fn set_rules(&mut self, db: Db, pairs: Vec<(Vec<u8>, Vec<u8>)>, vouch: bool) {
+        let known = self.vouched.entry(db).or_default();
+        if vouch {
+            *known = pairs.iter().cloned().collect();
+        }
+        let rules = pairs.into_iter().map(|(src, value)| {
+            let mut rule = rules::Rule::decode(&value);
+            if known.get(&src) != Some(&value) {
+                rule.owner = Some(rules::Rule::NOBODY.to_vec());
+            }
+            (src, rule)
+        });
+        let rules = Rules::from_rules(rules);
+        if rules.is_empty() {
+            self.rules.remove(&db);
+        } else {
+            self.rules.insert(db, rules);
+        }
+        if self.vouched.get(&db).is_some_and(HashMap::is_empty) {
+            self.vouched.remove(&db);
+        }
+    }
+
     /// Rules fired by a change of `key`, queued to run as owed writes.
     pub fn fire_rules(&mut self, db: Db, key: &[u8]) {
         let Some(rules) = self.rules.get(&db) else {
@@ -389,7 +440,7 @@ impl State {
 
     /// `key` is gone or replaced by a client command: it carries nothing
     /// now, and its sets owe the removal.
-    pub fn untag_key(&mut self, db: Db, key: &[u8], in_exec: bool) {
+    pub fn untag_key(&mut self, db: Db, key: &[u8], in_exec: Option<u64>) {
         for tag in self.index.remove_key(db, key) {
             let seq = self.next_seq();
             self.owed.push_back(Owed::Untag {
@@ -408,7 +459,7 @@ impl State {
     }
 
     /// A client renamed `from` to `to`: the tags follow the key.
-    pub fn rename_key(&mut self, db: Db, from: &[u8], to: &[u8], in_exec: bool) {
+    pub fn rename_key(&mut self, db: Db, from: &[u8], to: &[u8], in_exec: Option<u64>) {
         let (moved, lost) = self.index.rename(db, from, to);
         for tag in lost {
             let seq = self.next_seq();
@@ -449,9 +500,16 @@ impl State {
     pub fn flush(&mut self, db: Option<Db>) {
         self.index.flush(db);
         self.purges.flushed(db);
+        self.ghosts.retain(|(d, _)| db.is_some_and(|x| x != *d));
         match db {
-            Some(db) => drop(self.rules.remove(&db)),
-            None => self.rules.clear(),
+            Some(db) => {
+                self.rules.remove(&db);
+                self.vouched.remove(&db);
+            }
+            None => {
+                self.rules.clear();
+                self.vouched.clear();
+            }
         }
         self.owed.retain(|o| db.is_some_and(|d| owed_db(o) != d));
     }
@@ -459,6 +517,22 @@ impl State {
     pub fn swap(&mut self, a: Db, b: Db) {
         self.index.swap(a, b);
         index::swap_dbs(&mut self.rules, a, b);
+        index::swap_dbs(&mut self.vouched, a, b);
+        self.ghosts = std::mem::take(&mut self.ghosts)
+            .into_iter()
+            .map(|(d, k)| {
+                (
+                    if d == a {
+                        b
+                    } else if d == b {
+                        a
+                    } else {
+                        d
+                    },
+                    k,
+                )
+            })
+            .collect();
         for o in self.owed.iter_mut() {
             let d = match o {
                 Owed::Untag { db, .. }
@@ -494,14 +568,14 @@ mod tests {
     fn owed_writes_yield_to_later_changes() {
         let mut s = State::default();
         s.index.add(0, b"k", b"t");
-        s.untag_key(0, b"k", false);
+        s.untag_key(0, b"k", None);
         let owed = s.owed.pop_front().unwrap();
         assert!(s.still_due(&owed));
         s.index.add(0, b"k", b"t");
         assert!(!s.still_due(&owed), "re-tagged meanwhile: the set keeps it");
     }
 
-    fn owed_untag(s: &mut State) -> (u64, bool) {
+    fn owed_untag(s: &mut State) -> (u64, Option<u64>) {
         match s.owed.pop_front() {
             Some(Owed::Untag { seq, in_exec, .. }) => (seq, in_exec),
             other => panic!("an untag is owed, not {other:?}"),
@@ -516,7 +590,7 @@ mod tests {
         s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), seq);
         s.index.add(0, b"k", b"t");
         s.named.written(b"k");
-        s.untag_key(0, b"k", false);
+        s.untag_key(0, b"k", None);
         let (owed, ex) = owed_untag(&mut s);
         assert!(
             !s.named.claim(b"tag:t", b"k", owed, ex),
@@ -525,7 +599,7 @@ mod tests {
         // The key overwritten, then added again.
         s.index.add(0, b"k", b"t");
         s.named.written(b"k");
-        s.untag_key(0, b"k", false);
+        s.untag_key(0, b"k", None);
         let (owed, ex) = owed_untag(&mut s);
         let seq = s.next_seq();
         s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), seq);
@@ -539,26 +613,64 @@ mod tests {
     #[test]
     fn transaction_notes_count_within_their_exec() {
         let mut s = State::default();
-        // MULTI; SET k; SADD tag:t k; EXEC (queued, then run)
-        s.named.transaction(true);
+        // An old note, then MULTI; SET k; SADD tag:t k; EXEC
+        let old = s.next_seq();
+        s.named.note(b"tag:u", std::iter::once(b"k".to_vec()), old);
+        let multi = s.next_seq();
+        s.named.transaction(true, multi);
         let seq = s.next_seq();
         s.named.note(b"tag:t", std::iter::once(b"k".to_vec()), seq);
         s.named.settled();
         assert!(!s.named.is_empty(), "kept while the transaction is queued");
-        s.named.transaction(false);
+        s.named.transaction(false, 0);
         s.index.add(0, b"k", b"t");
-        s.untag_key(0, b"k", true);
-        let (owed, ex) = owed_untag(&mut s);
-        assert!(s.named.claim(b"tag:t", b"k", owed, ex));
+        s.index.add(0, b"k", b"u");
+        let floor = Some(s.named.last_multi());
+        s.untag_key(0, b"k", floor);
+        let (owed_t, ex_t) = owed_untag(&mut s);
+        let (owed_u, ex_u) = owed_untag(&mut s);
+        let claims = [
+            s.named.claim(b"tag:t", b"k", owed_t, ex_t),
+            s.named.claim(b"tag:u", b"k", owed_u, ex_u),
+        ];
+        assert_eq!(
+            claims.iter().filter(|c| **c).count(),
+            1,
+            "only the queued note counts"
+        );
         s.named.settled();
         assert!(s.named.is_empty());
+    }
+
+    #[test]
+    fn rules_written_by_clients_act_for_nobody() {
+        let mut s = State::default();
+        let pair = |src: &str, v: &[u8]| (src.as_bytes().to_vec(), v.to_vec());
+        s.set_rules(0, vec![pair("a:", b"alice\0t:")], true);
+        s.set_rules(
+            0,
+            vec![pair("a:", b"alice\0t:"), pair("b:", b"root\0u:")],
+            false,
+        );
+        let fired =
+            |s: &State, k: &[u8]| s.rules.get(&0).map(|r| r.fired_by(k)).unwrap_or_default();
+        assert_eq!(
+            fired(&s, b"a:1"),
+            vec![(b"t:1".to_vec(), Some(b"alice".to_vec()))]
+        );
+        assert_eq!(
+            fired(&s, b"b:1"),
+            vec![(b"u:1".to_vec(), Some(rules::Rule::NOBODY.to_vec()))]
+        );
+        s.set_rules(0, vec![], false);
+        assert!(s.rules.is_empty());
     }
 
     #[test]
     fn rename_owes_both_sides() {
         let mut s = State::default();
         s.index.add(0, b"a", b"t");
-        s.rename_key(0, b"a", b"b", false);
+        s.rename_key(0, b"a", b"b", None);
         let owed: Vec<Owed> = s.owed.drain(..).collect();
         assert_eq!(owed.len(), 2);
         assert!(owed.iter().all(|o| s.still_due(o)));
@@ -602,7 +714,7 @@ mod tests {
     fn swap_and_flush_follow_owed_writes() {
         let mut s = State::default();
         s.index.add(3, b"k", b"t");
-        s.untag_key(3, b"k", false);
+        s.untag_key(3, b"k", None);
         s.swap(3, 4);
         assert_eq!(owed_db(&s.owed[0]), 4);
         s.flush(Some(4));

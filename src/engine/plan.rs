@@ -372,17 +372,28 @@ pub fn purge_members(ix: &Index, db: Db, tags: &[Vec<u8>]) -> Vec<Vec<u8>> {
     members
 }
 
+/// What a purge does to the sets of the tags it purges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TagSets {
+    /// Every member goes: the sets are deleted outright (TAG.PURGE).
+    Delete,
+    /// Some members may stay: the deleted ones are taken out (a rule).
+    Remove,
+    /// A slice of a large purge: the sets are left as they are, and made
+    /// right once, when the purge ends (`rebuild_sets`).
+    Keep,
+}
+
 /// Deletes `members` (the keys that carry `tags`, as `purge_members` found
 /// them, possibly narrowed) and takes them out of every other tag set they
-/// are in. `whole`: every member of the tags goes, so their sets are
-/// deleted outright; otherwise the members are taken out of them.
+/// are in; the sets of `tags` themselves as `sets` says.
 pub fn purge<'a>(
     ix: &Index,
     db: Db,
     p: &Prefix,
     tags: &[Vec<u8>],
     members: &'a [Vec<u8>],
-    whole: bool,
+    sets: TagSets,
 ) -> Plan<'a> {
     let mut plan = Plan::default();
     for t in tags {
@@ -390,15 +401,29 @@ pub fn purge<'a>(
     }
     // The tag sets go first: their deletion untags their keys in the index
     // in one pass, before the keys themselves go.
-    if whole && !tags.is_empty() {
+    if sets == TagSets::Delete && !tags.is_empty() {
         plan.write(Write::Del {
             keys: tags.iter().map(|t| p.set(t).into()).collect(),
         });
     }
     let mut others: BTreeMap<Vec<u8>, Vec<Bytes<'a>>> = BTreeMap::new();
+    // A tag set deleted here may itself carry tags: it leaves their sets.
+    if sets == TagSets::Delete {
+        for t in tags {
+            let set = p.set(t);
+            ix.each_tag(db, &set, |own| {
+                if !tags.iter().any(|x| x.as_slice() == own) {
+                    others
+                        .entry(own.to_vec())
+                        .or_default()
+                        .push(Cow::Owned(set.clone()));
+                }
+            });
+        }
+    }
     for m in members {
         ix.each_tag(db, m, |t| {
-            if whole && tags.iter().any(|x| x.as_slice() == t) {
+            if sets != TagSets::Remove && tags.iter().any(|x| x.as_slice() == t) {
                 return;
             }
             match others.get_mut(t) {
@@ -422,6 +447,26 @@ pub fn purge<'a>(
     plan
 }
 
+/// At the end of a large purge: the sets of its tags hold exactly the keys
+/// that carry the tags now (those tagged since the call arrived), written
+/// anew — the slices left the deleted keys in them.
+pub fn rebuild_sets(ix: &Index, db: Db, p: &Prefix, tags: &[Vec<u8>]) -> Plan<'static> {
+    let mut plan = Plan::default();
+    plan.write(Write::Del {
+        keys: tags.iter().map(|t| p.set(t).into()).collect(),
+    });
+    for t in tags {
+        let members: Vec<Bytes<'static>> = ix.members(db, t).into_iter().map(Cow::Owned).collect();
+        if !members.is_empty() {
+            plan.write(Write::SetAdd {
+                set: p.set(t).into(),
+                members,
+            });
+        }
+    }
+    plan
+}
+
 impl State {
     /// Keeps the index equal to the tag sets after `w` was applied; tells
     /// the lease book, and (`fire`) the rules, which keys it changed.
@@ -434,6 +479,11 @@ impl State {
         if !self.purges.jobs.is_empty() {
             for (key, _) in w.touched() {
                 self.purges.touched(&self.index, db, key);
+            }
+        }
+        if !self.ghosts.is_empty() {
+            for (key, _) in w.touched() {
+                self.ghosts.remove(&(db, key.to_vec()));
             }
         }
         let ix = &mut self.index;
@@ -555,7 +605,7 @@ mod tests {
         let tags = vec![b"a".to_vec()];
         let members = purge_members(&s.index, 0, &tags);
         assert_eq!(members.len(), 2);
-        let plan = purge(&s.index, 0, &P, &tags, &members, true);
+        let plan = purge(&s.index, 0, &P, &tags, &members, TagSets::Delete);
         assert!(plan
             .writes
             .iter()

@@ -35,6 +35,7 @@ pub struct Job {
     /// The caller, blocked until the end (`None` with `ASYNC`, or once it
     /// left).
     pub waiter: Option<Client>,
+    abandoned: bool,
 }
 
 fn bit(id: u32) -> (usize, u64) {
@@ -68,6 +69,7 @@ impl Job {
             pending,
             deleted: 0,
             waiter: None,
+            abandoned: false,
         }
     }
 
@@ -136,8 +138,15 @@ impl Job {
         out
     }
 
+    /// Whether it stopped before deleting what it was for (flushed, or a
+    /// check failed): then its sets are left as they are.
+    pub fn abandoned(&self) -> bool {
+        self.abandoned
+    }
+
     /// Nothing is left to do (flushed, or a check failed).
     pub fn abandon(&mut self) {
+        self.abandoned = true;
         self.left = 0;
         self.pending = Vec::new();
         self.order = Vec::new();

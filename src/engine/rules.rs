@@ -23,6 +23,10 @@ pub struct Rule {
 /// user names cannot hold a NUL; a value without one is a rule with no
 /// owner.)
 impl Rule {
+    /// The owner of a rule nobody vouches for: no user has this name (ACL
+    /// user names cannot hold a NUL), so its purges may delete nothing.
+    pub const NOBODY: &'static [u8] = b"\0nobody";
+
     pub fn encode(&self) -> Vec<u8> {
         match &self.owner {
             Some(o) => [o.as_slice(), b"\0", &self.tag_prefix].concat(),
@@ -54,10 +58,15 @@ pub struct Rules {
 
 impl Rules {
     /// From the `tagcache:links` hash: (source prefix, encoded rule) pairs.
+    #[cfg(test)]
     pub fn from_pairs<I: IntoIterator<Item = (Vec<u8>, Vec<u8>)>>(pairs: I) -> Rules {
+        Rules::from_rules(pairs.into_iter().map(|(src, v)| (src, Rule::decode(&v))))
+    }
+
+    pub fn from_rules<I: IntoIterator<Item = (Vec<u8>, Rule)>>(rules: I) -> Rules {
         let mut r = Rules::default();
-        for (src, value) in pairs {
-            r.insert(&src, Rule::decode(&value));
+        for (src, rule) in rules {
+            r.insert(&src, rule);
         }
         r
     }

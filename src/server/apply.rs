@@ -10,7 +10,7 @@ use super::events::{self, Event, Op};
 use super::keys::{self, Applying, Caller, Mode};
 use crate::engine::error::Result;
 use crate::engine::index::Db;
-use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, Write};
+use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, TagSets, Write};
 use crate::engine::{self, stats, Owed};
 use redis_module::Context;
 
@@ -193,8 +193,9 @@ fn pay(ctx: &Context, owed: Owed) {
             keys::call(ctx, Mode::Replicated, "SADD", &[&p.set(&tag), &key]).map(drop)
         }
         Owed::Orphans { db, keys: orphans } => {
-            let plan = engine::with(|s| plan::purge(&s.index, db, &p, &[], &orphans, false))
-                .unwrap_or_default();
+            let plan =
+                engine::with(|s| plan::purge(&s.index, db, &p, &[], &orphans, TagSets::Remove))
+                    .unwrap_or_default();
             apply(ctx, &plan, Cause::Rule).map(drop)
         }
         Owed::Fire { db, source, tags } => fire(ctx, db, &source, tags),
@@ -241,8 +242,9 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
                 stats::bump(&stats::RULE_KEYS_DENIED);
             }
         }
-        let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, false))
-            .unwrap_or_default();
+        let plan =
+            engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Remove))
+                .unwrap_or_default();
         // The index keys may have been replaced by another type since:
         // then the rule has nothing to purge there.
         if check(ctx, None, &plan).is_err() {

@@ -21,6 +21,9 @@ use std::os::raw::c_int;
 
 pub const LINKS_KEY: &[u8] = b"tagcache:links";
 
+/// Bound on keys remembered as tagged before they exist.
+const GHOSTS_MAX: usize = 100_000;
+
 /// Sees every client command (and the master's stream on a replica; not
 /// the module's own calls). A command that names members of a tag set
 /// (`SADD`, `SREM`, `SMOVE`) has them noted (see `engine::Named`), so that
@@ -45,9 +48,12 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let name = slice(0);
     if argc == 1 {
         if name.eq_ignore_ascii_case(b"multi") {
-            engine::with(|s| s.named.transaction(true));
+            engine::with(|s| {
+                let seq = s.next_seq();
+                s.named.transaction(true, seq)
+            });
         } else if name.eq_ignore_ascii_case(b"exec") || name.eq_ignore_ascii_case(b"discard") {
-            engine::with(|s| s.named.transaction(false));
+            engine::with(|s| s.named.transaction(false, 0));
         }
         return;
     }
@@ -166,7 +172,10 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     }
     let _in = InNotification::begin();
     if key == LINKS_KEY && is_change(event) {
-        rebuild::reload_rules(ctx, db);
+        // A client's plain write: its rules act for nobody (a replica takes
+        // its master's word).
+        let vouch = flags.intersects(ContextFlags::SLAVE);
+        rebuild::reload_rules(ctx, db, vouch);
     }
     if let Some(tag) = tag {
         tag_set_changed(ctx, db, tag, key, event);
@@ -199,6 +208,10 @@ fn key_changed(
     if !in_exec && is_change(event) {
         s.named.written(key);
     }
+    let in_exec = in_exec.then(|| s.named.last_multi());
+    // A key a client put in a tag set before it existed: its first write
+    // creates it, replacing nothing.
+    let created = replaces(event) && !s.ghosts.is_empty() && s.ghosts.remove(&(db, key.to_vec()));
     // Before the index forgets the key: a sliced purge spares it.
     if is_change(event) && !s.purges.jobs.is_empty() {
         s.purges.touched(&s.index, db, key);
@@ -219,7 +232,7 @@ fn key_changed(
         }
         wakes.extend(s.key_deleted(db, key));
     } else if replaces(event) {
-        if master {
+        if master && !created {
             s.untag_key(db, key, in_exec);
         }
         wakes.extend(s.key_written(db, key));
@@ -241,9 +254,16 @@ fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &[u8]) 
                     let member = keys::call(ctx, Mode::Local, "SISMEMBER", &[set, &m])
                         .map(|r| r.int() == 1)
                         .unwrap_or(false);
+                    let ghost = member && !keys::exists(ctx, &m);
                     engine::with(|s| {
                         if member {
                             s.index.add(db, &m, tag);
+                            if ghost {
+                                if s.ghosts.len() > GHOSTS_MAX {
+                                    s.ghosts.clear();
+                                }
+                                s.ghosts.insert((db, m.clone()));
+                            }
                         } else {
                             s.index.remove(db, &m, tag);
                         }

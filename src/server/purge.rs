@@ -13,7 +13,7 @@ use super::config;
 use super::events::{self, Event, Op};
 use super::keys::{self, Caller};
 use crate::engine::error::Error;
-use crate::engine::plan::{self, Access, Prefix};
+use crate::engine::plan::{self, Access, Prefix, TagSets};
 use crate::engine::purge::Phase;
 use crate::engine::{self, stats, Wake};
 use redis_module::Context;
@@ -138,8 +138,8 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
         return Ok(false);
     }
     let p = Prefix(config::tag_prefix());
-    let plan =
-        engine::with(|s| plan::purge(&s.index, db, &p, &tags, &batch, false)).unwrap_or_default();
+    let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &batch, TagSets::Keep))
+        .unwrap_or_default();
     let deleted = match apply::apply(ctx, &plan, Cause::Command) {
         Ok(replies) => apply::deleted_count(&plan, &replies),
         Err(e) => {
@@ -181,7 +181,18 @@ fn fail(ctx: &Context, id: u64, e: Error) {
 /// caller that waits.
 fn finish(ctx: &Context) {
     let done = engine::with(|s| s.purges.take_done(&mut s.index)).unwrap_or_default();
+    let p = Prefix(config::tag_prefix());
     for job in done {
+        let home = keys::selected_db(ctx);
+        keys::select_db(ctx, job.db);
+        if !job.abandoned() {
+            let plan = engine::with(|s| plan::rebuild_sets(&s.index, job.db, &p, &job.tags))
+                .unwrap_or_default();
+            if let Err(e) = apply::apply(ctx, &plan, Cause::Rule) {
+                ctx.log_warning(&format!("tagcache: purge could not rewrite its sets: {e}"));
+            }
+        }
+        keys::select_db(ctx, home);
         stats::bump(&stats::PURGES);
         stats::add(&stats::KEYS_PURGED, job.deleted.max(0) as u64);
         engine::with(|s| s.leases.tags_purged(&job.tags));

@@ -8,7 +8,6 @@ use super::config;
 use super::keys::{self, Mode, Reply};
 use super::notify::LINKS_KEY;
 use crate::engine::index::Db;
-use crate::engine::rules::Rules;
 use crate::engine::{self, Owed};
 use redis_module::{Context, KeyType};
 
@@ -56,19 +55,13 @@ fn tag_sets(ctx: &Context) -> Vec<Vec<u8>> {
 }
 
 /// The rules of `db`, read again from its `tagcache:links` hash.
-pub fn reload_rules(ctx: &Context, db: Db) {
+/// `vouch`: the module itself wrote the hash, or loaded it with the data.
+pub fn reload_rules(ctx: &Context, db: Db, vouch: bool) {
     let home = keys::selected_db(ctx);
     keys::select_db(ctx, db);
     let pairs = read_rules(ctx);
     keys::select_db(ctx, home);
-    let rules = Rules::from_pairs(pairs);
-    engine::with(|s| {
-        if rules.is_empty() {
-            s.rules.remove(&db);
-        } else {
-            s.rules.insert(db, rules);
-        }
-    });
+    engine::with(|s| s.set_rules(db, pairs, vouch));
 }
 
 /// The (source prefix, encoded rule) pairs of the selected database.
@@ -95,7 +88,7 @@ pub fn rebuild(ctx: &Context) {
     let writes = keys::may_write(ctx);
     for db in 0..databases(ctx) {
         keys::select_db(ctx, db);
-        reload_rules(ctx, db);
+        reload_rules(ctx, db, true);
         for set in tag_sets(ctx) {
             let tag = set.get(prefix.len()..).unwrap_or_default().to_vec();
             for member in keys::smembers(ctx, &set).unwrap_or_default() {
@@ -110,7 +103,7 @@ pub fn rebuild(ctx: &Context) {
                             tag: tag.clone(),
                             key: member,
                             seq,
-                            in_exec: false,
+                            in_exec: None,
                         });
                     }
                 });
