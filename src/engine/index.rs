@@ -215,17 +215,23 @@ impl DbIndex {
         true
     }
 
-    fn remove_key(&mut self, key: &[u8]) -> Vec<Vec<u8>> {
+    /// Forgets the key; with `collect`, returns the tags it carried.
+    fn remove_key(&mut self, key: &[u8], collect: bool) -> Vec<Vec<u8>> {
         let Some(kid) = self.find(key) else {
             return Vec::new();
         };
-        let tags = self.key(kid).map(|k| k.tags.clone()).unwrap_or_default();
+        let tags = match self.keys.get_mut(kid as usize).and_then(Option::as_mut) {
+            Some(k) => std::mem::take(&mut k.tags),
+            None => Box::default(),
+        };
         self.release_key(kid);
-        let mut names = Vec::with_capacity(tags.len());
+        let mut names = Vec::with_capacity(if collect { tags.len() } else { 0 });
         for &tid in tags.iter() {
             if let Some(t) = self.tag_mut(tid) {
                 t.members.remove(&kid);
-                names.push(t.name.to_vec());
+                if collect {
+                    names.push(t.name.to_vec());
+                }
             }
             self.release_tag_if_empty(tid);
         }
@@ -458,9 +464,18 @@ impl Index {
         let Some(d) = self.dbs.get_mut(&db) else {
             return Vec::new();
         };
-        let tags = d.remove_key(key);
+        let tags = d.remove_key(key, true);
         self.tidy(db);
         tags
+    }
+
+    /// As `remove_key`, when nobody needs the tags.
+    pub fn forget_key(&mut self, db: Db, key: &[u8]) {
+        self.changes += 1;
+        if let Some(d) = self.dbs.get_mut(&db) {
+            d.remove_key(key, false);
+            self.tidy(db);
+        }
     }
 
     /// The tag's set is gone: no key carries the tag. Returns its keys.

@@ -490,7 +490,7 @@ impl State {
         match w {
             Write::SetString { key, .. } => {
                 if !stated {
-                    ix.remove_key(db, key);
+                    ix.forget_key(db, key);
                 }
                 if let Some(tag) = p.tag_of(key) {
                     ix.forget_tag(db, tag);
@@ -512,7 +512,7 @@ impl State {
             }
             Write::Del { keys } => {
                 for k in keys {
-                    ix.remove_key(db, k);
+                    ix.forget_key(db, k);
                     if let Some(tag) = p.tag_of(k) {
                         ix.forget_tag(db, tag);
                     }
