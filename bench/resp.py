@@ -1,15 +1,17 @@
-"""A minimal RESP2 connection for the parts of the benchmark where client
-overhead must stay out of the figures: bulk fills, timed single calls (the
-purge commands, whose argument lists are encoded before the clock starts) and
-the latency probe.
+"""RESP for the benchmark: commands encoded before the clock starts, and a
+connection for bulk fills, timed single calls and the latency probe.
+
+The connection and its reply parser are the test harness's
+(tests/harness.py RawConn); this adds what only the benchmark needs:
+pre-encoded payloads sent as they are, pipelined windows, and timing.
 """
 
 import socket
 import time
 
+from shared import harness
 
-class RespError(Exception):
-    """An error reply (-ERR ..., -WRONGTYPE ...)."""
+RespError = harness.RespError
 
 
 def _b(x):
@@ -21,7 +23,7 @@ def _b(x):
 
 
 def encode(*args):
-    """Encode one command as a RESP array of bulk strings."""
+    """One command as a RESP array of bulk strings."""
     parts = [b"*%d\r\n" % len(args)]
     for a in args:
         a = _b(a)
@@ -31,106 +33,6 @@ def encode(*args):
 
 def encode_many(commands):
     return b"".join(encode(*c) for c in commands)
-
-
-class Conn:
-    """A blocking connection with a small reply parser."""
-
-    def __init__(self, host, port, timeout=120.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.pos = 0
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    # -- reading ---------------------------------------------------------
-    def _fill(self):
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise ConnectionError("server closed the connection")
-        if self.pos:
-            self.buf = self.buf[self.pos:] + data
-            self.pos = 0
-        else:
-            self.buf += data
-
-    def _line(self):
-        while True:
-            i = self.buf.find(b"\r\n", self.pos)
-            if i >= 0:
-                line = self.buf[self.pos:i]
-                self.pos = i + 2
-                return line
-            self._fill()
-
-    def _exact(self, n):
-        while len(self.buf) - self.pos < n + 2:
-            self._fill()
-        data = self.buf[self.pos:self.pos + n]
-        self.pos += n + 2
-        return data
-
-    def read_reply(self):
-        """One reply; error replies are returned as RespError instances."""
-        line = self._line()
-        t = line[:1]
-        rest = line[1:]
-        if t == b"+":
-            return rest
-        if t == b":":
-            return int(rest)
-        if t == b"$":
-            n = int(rest)
-            return None if n < 0 else self._exact(n)
-        if t == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.read_reply() for _ in range(n)]
-        if t == b"-":
-            return RespError(rest.decode(errors="replace"))
-        raise ConnectionError("protocol error: %r" % line[:80])
-
-    # -- calling ---------------------------------------------------------
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def call(self, *args):
-        self.sock.sendall(encode(*args))
-        r = self.read_reply()
-        if isinstance(r, RespError):
-            raise r
-        return r
-
-    def timed(self, payload):
-        """Send a pre-encoded command, wait for its reply.
-
-        Returns (reply, seconds), timed from the first byte sent to the reply
-        read, so that encoding is not counted.
-        """
-        t0 = time.perf_counter()
-        self.sock.sendall(payload)
-        r = self.read_reply()
-        return r, time.perf_counter() - t0
-
-    def pipeline(self, batches, deadline=None):
-        """Send pre-encoded batches (bytes, number_of_commands) one window at
-        a time and read every reply. Returns (replies_read, first_error)."""
-        total = 0
-        first_error = None
-        for payload, count in batches:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("fill did not finish in time")
-            self.sock.sendall(payload)
-            for _ in range(count):
-                r = self.read_reply()
-                if first_error is None and isinstance(r, RespError):
-                    first_error = r
-            total += count
-        return total, first_error
 
 
 def batched(commands_iter, per_batch=1000):
@@ -143,3 +45,42 @@ def batched(commands_iter, per_batch=1000):
             chunk = []
     if chunk:
         yield b"".join(chunk), len(chunk)
+
+
+class Conn(harness.RawConn):
+    """harness.RawConn (loopback) with Nagle off, plus pre-encoded sends.
+
+    `read()` returns an error reply as a RespError instance (not raised);
+    `command(*args)` raises it.
+    """
+
+    def __init__(self, port, timeout=120.0):
+        super().__init__(port, timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send_raw(self, payload):
+        self.sock.sendall(payload)
+
+    def timed(self, payload):
+        """Send a pre-encoded command and wait for its reply. Returns
+        (reply, seconds), timed from the first byte sent to the reply read."""
+        t0 = time.perf_counter()
+        self.sock.sendall(payload)
+        r = self.read()
+        return r, time.perf_counter() - t0
+
+    def pipeline(self, batches, deadline=None):
+        """Send pre-encoded (bytes, count) windows one at a time and read
+        every reply. Returns (replies_read, first_error_reply)."""
+        total = 0
+        first_error = None
+        for payload, count in batches:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError("pipeline did not finish in time")
+            self.sock.sendall(payload)
+            for _ in range(count):
+                r = self.read()
+                if first_error is None and isinstance(r, RespError):
+                    first_error = r
+            total += count
+        return total, first_error

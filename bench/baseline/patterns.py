@@ -1,8 +1,15 @@
-"""The client-side cache-invalidation patterns that services write today.
+"""The client-side cache-invalidation patterns that services write today,
+the baselines the benchmark compares tagcache with.
 
-These are the baselines the benchmark compares tagcache against. They are
-written the way application code usually writes them with redis-py, so the
-numbers show what users get now.
+- Tagged write as a script: tag_set.lua (EVALSHA), run by redis-benchmark.
+- Tagged write as a pipeline (no MULTI): SET key v EX ttl, then per tag
+  SADD tag:<t> key and EXPIRE tag:<t> ttl+300; sent by bench/loadgen.py
+  (tag_write_group), 16 groups in flight per connection.
+- Purge by tag: purge.lua (SMEMBERS + DEL loop), or a variadic DEL of the
+  tag set and every key when the client knows them.
+- Versioned read: GET ver:<scope>, then GET v<N>:<key> (bench/loadgen.py
+  kind vget_2rt).
+- Stampede protection: lock-and-poll (stampede.py).
 """
 
 import os
@@ -10,8 +17,6 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 TAG_PREFIX = "tag:"
-VER_PREFIX = "ver:"
-TAG_SET_EXTRA_TTL = 300  # tag sets outlive their keys by this many seconds
 
 
 def read_script(name):
@@ -23,43 +28,3 @@ def read_script(name):
 def load_scripts(client):
     """SCRIPT LOAD both Lua baselines; returns {'tag_set': sha, 'purge': sha}."""
     return {name: client.script_load(read_script(name)) for name in ("tag_set", "purge")}
-
-
-def tag_write_pipelined(pipe, key, value, ttl, tags):
-    """Queue one tagged write on a redis-py pipeline (transaction=False).
-
-    SET key value EX ttl, then for each tag SADD tag:<t> key and
-    EXPIRE tag:<t> ttl+300. Not atomic: other clients can see the value
-    without its tags, or the tags without the value.
-    """
-    pipe.set(key, value, ex=ttl)
-    for tag in tags:
-        tag_key = TAG_PREFIX + tag
-        pipe.sadd(tag_key, key)
-        pipe.expire(tag_key, ttl + TAG_SET_EXTRA_TTL)
-
-
-def tag_write_lua(client, sha, key, value, ttl, tags):
-    """One tagged write through the tag_set.lua script (EVALSHA)."""
-    tag_keys = [TAG_PREFIX + t for t in tags]
-    return client.evalsha(sha, 1 + len(tag_keys), key, *tag_keys, value, ttl)
-
-
-def purge_lua(client, sha, tag):
-    """Purge a tag with purge.lua; returns the number of keys deleted."""
-    return client.evalsha(sha, 1, TAG_PREFIX + tag)
-
-
-def versioned_get(client, scope, key):
-    """Two round trips: GET ver:<scope>, then GET v<N>:<key>."""
-    version = client.get(VER_PREFIX + scope)
-    if version is None:
-        return None
-    if isinstance(version, bytes):
-        version = version.decode()
-    return client.get("v%s:%s" % (version, key))
-
-
-def versioned_bump(client, scope):
-    """Invalidate a scope: INCR ver:<scope>."""
-    return client.incr(VER_PREFIX + scope)

@@ -1,0 +1,123 @@
+"""Purge time: TAG.PURGE against the Lua purge and a variadic DEL."""
+
+import resp
+from baseline import patterns
+from report import Result, Unavailable, log
+from runner import NM, cmdstat, fill
+
+from . import scenario
+
+
+@scenario("purge", "purge one tag of N keys: TAG.PURGE vs Lua SMEMBERS+DEL vs variadic DEL")
+def sc_purge(ctx):
+    sizes = [1000, 10000] if ctx.quick else [1000, 10000, 100000]
+    res = Result("purge", "time to purge one tag of N keys (100-byte values), one call, client wall time",
+                 [("ms", "value", "ms"), ("server ms", "srv_ms", "ms"), ("deleted", "reply", "int")])
+    r = ctx.r
+    r.flushall()
+
+    def check(reply):
+        if reply != 3:
+            return "TAG.PURGE of a 3-key tag replied %r, expected 3" % (reply,)
+        left = [k for k in ("pp:1", "pp:2", "pp:3") if r.exists(k)]
+        if left:
+            return "keys %s still exist after TAG.PURGE" % left
+        if r.exists("tag:pp"):
+            return "tag:pp still exists after TAG.PURGE"
+        return None
+
+    unavailable = ctx.probe(res, ["TAG.SET", "pp:0", "x", "TAGS", "1", "pq"])
+    if unavailable is None:
+        for k in ("pp:1", "pp:2", "pp:3"):
+            r.execute_command("TAG.SET", k, "x", "TAGS", "1", "pp")
+        unavailable = ctx.probe(res, ["TAG.PURGE", "pp"], check)
+    if unavailable is None:
+        # Client-written membership must be honoured too (SPEC: data layout).
+        r.set("cw:1", "x")
+        r.sadd("tag:cw", "cw:1", "cw:gone")
+        n = r.execute_command("TAG.PURGE", "cw")
+        if n != 1 or r.exists("cw:1"):
+            res.note("TAG.PURGE on a client-written set (1 live member, 1 missing) replied %r; "
+                     "cw:1 exists=%d" % (n, r.exists("cw:1")))
+    shas = {}
+    ctx.each_server(lambda c: (c.flushall(), shas.update(patterns.load_scripts(c))))
+    sha = shas["purge"]
+    # key, label, how the tag is filled, server ('main' has the module)
+    methods = [
+        ("mod", "TAG.PURGE", "module", "main"),
+        ("modcw", "TAG.PURGE, set written by SADD", "client", "main"),
+        ("lua_p", "EVALSHA purge.lua" + NM, "client", "plain"),
+        ("del_p", "DEL tag k1..kN (limit)" + NM, "client", "plain"),
+        ("lua", "EVALSHA purge.lua, module loaded", "client", "main"),
+        ("del", "DEL tag k1..kN, module loaded", "client", "main"),
+    ]
+    del_cache = {}
+    for n in sizes:
+        prefix = "pk%d:" % n
+        for key, label, _, srv in methods:
+            res.row("%s_%d" % (key, n), "%s, N=%s" % (label, "{:,}".format(n)), "one call")
+            if key.startswith("mod") and unavailable:
+                res.unavailable("%s_%d" % (key, n), unavailable)
+        for rnd in range(ctx.rounds):
+            for key, label, how, srv in methods:
+                rk = "%s_%d" % (key, n)
+                if res.is_ok(rk):
+                    _one(ctx, res, rk, key, label, how, srv, n, prefix, sha, del_cache, rnd)
+    ctx.on("main")
+    res.finalize()
+    for n in sizes:
+        nn = "{:,}".format(n)
+        res.ratio("N=%s: TAG.PURGE ÷ variadic DEL without the module (time)" % nn,
+                  "mod_%d" % n, "del_p_%d" % n, "<=", 1.5)
+        res.ratio("N=%s: EVALSHA purge.lua without the module ÷ TAG.PURGE (time)" % nn,
+                  "lua_p_%d" % n, "mod_%d" % n, ">=", 2, attach="den")
+        res.ratio("N=%s: TAG.PURGE ÷ variadic DEL, same server" % nn,
+                  "mod_%d" % n, "del_%d" % n, "<=", 1.5, info=True)
+        res.ratio("N=%s: EVALSHA purge.lua ÷ TAG.PURGE, same server" % nn,
+                  "lua_%d" % n, "mod_%d" % n, ">=", 2, info=True)
+        res.ratio("N=%s: DEL with the module loaded ÷ without (time)" % nn,
+                  "del_%d" % n, "del_p_%d" % n, "<=", 1, info=True)
+    ctx.each_server(lambda c: c.flushall())
+    return res
+
+
+def _one(ctx, res, rk, key, label, how, srv, n, prefix, sha, del_cache, rnd):
+    """Fill the tag, then time one purge call."""
+    ctx.on(srv)
+    r = ctx.r
+    r.flushall()
+    try:
+        names = fill(ctx, how, prefix, "ptag", n)
+    except Unavailable as e:
+        res.unavailable(rk, str(e))
+        return
+    if key in ("mod", "modcw"):
+        payload, cmdname, expect = resp.encode("TAG.PURGE", "ptag"), "tag.purge", n
+    elif key.startswith("lua"):
+        payload, cmdname, expect = resp.encode("EVALSHA", sha, 1, "tag:ptag"), "evalsha", n
+    else:
+        if n not in del_cache:
+            del_cache[n] = resp.encode(b"DEL", b"tag:ptag", *names)
+        payload, cmdname, expect = del_cache[n], "del", n + 1
+    before = cmdstat(r, cmdname)
+    c = ctx.conn()
+    try:
+        reply, secs = c.timed(payload)
+    except (ConnectionError, OSError) as e:
+        ctx.ensure_server(res, label)
+        res.unavailable(rk, "connection lost: %s" % e)
+        return
+    finally:
+        c.close()
+    after = cmdstat(r, cmdname)
+    if isinstance(reply, resp.RespError):
+        res.unavailable(rk, "error reply: %s" % reply)
+        return
+    if reply != expect:
+        res.note("%s, N=%d replied %r, expected %d" % (label, n, reply, expect))
+    left = r.dbsize()
+    if left:
+        res.note("%s, N=%d: %d keys left in the database after it returned" % (label, n, left))
+    srv_ms = (after.get("usec", 0) - before.get("usec", 0)) / 1000.0
+    res.add(rk, value=secs * 1000.0, srv_ms=srv_ms, reply=reply if isinstance(reply, int) else None)
+    log("purge N=%d round %d/%d %-45s %8.2f ms" % (n, rnd + 1, ctx.rounds, label, secs * 1000))
