@@ -58,6 +58,9 @@ pub enum Write<'a> {
     },
     /// `DEL key...`.
     Del { keys: Vec<Bytes<'a>> },
+    /// `UNLINK key...`: as `DEL`, the memory freed in the background (a tag
+    /// set of a million members is not freed while everyone waits).
+    Unlink { keys: Vec<Bytes<'a>> },
     /// `HSET key field value`.
     HashSet {
         key: Bytes<'a>,
@@ -76,7 +79,7 @@ impl Write<'_> {
             Write::SetAdd { set, .. } | Write::SetRem { set, .. } => {
                 out.push((set, Access::Write, Kind::Set))
             }
-            Write::Del { keys } => {
+            Write::Del { keys } | Write::Unlink { keys } => {
                 out.extend(keys.iter().map(|k| (k.as_ref(), Access::Delete, Kind::Any)))
             }
             Write::HashSet { key, .. } | Write::HashDel { key, .. } => {
@@ -92,7 +95,9 @@ impl Write<'_> {
             | Write::HashSet { key, .. }
             | Write::HashDel { key, .. } => vec![(key, false)],
             Write::SetAdd { set, .. } | Write::SetRem { set, .. } => vec![(set, false)],
-            Write::Del { keys } => keys.iter().map(|k| (k.as_ref(), true)).collect(),
+            Write::Del { keys } | Write::Unlink { keys } => {
+                keys.iter().map(|k| (k.as_ref(), true)).collect()
+            }
         }
     }
 }
@@ -402,7 +407,7 @@ pub fn purge<'a>(
     // The tag sets go first: their deletion untags their keys in the index
     // in one pass, before the keys themselves go.
     if sets == TagSets::Delete && !tags.is_empty() {
-        plan.write(Write::Del {
+        plan.write(Write::Unlink {
             keys: tags.iter().map(|t| p.set(t).into()).collect(),
         });
     }
@@ -452,7 +457,7 @@ pub fn purge<'a>(
 /// anew — the slices left the deleted keys in them.
 pub fn rebuild_sets(ix: &Index, db: Db, p: &Prefix, tags: &[Vec<u8>]) -> Plan<'static> {
     let mut plan = Plan::default();
-    plan.write(Write::Del {
+    plan.write(Write::Unlink {
         keys: tags.iter().map(|t| p.set(t).into()).collect(),
     });
     for t in tags {
@@ -510,7 +515,7 @@ impl State {
                     }
                 }
             }
-            Write::Del { keys } => {
+            Write::Del { keys } | Write::Unlink { keys } => {
                 for k in keys {
                     ix.forget_key(db, k);
                     if let Some(tag) = p.tag_of(k) {

@@ -102,6 +102,10 @@ fn write(ctx: &Context, w: &Write, mode: Mode) -> Result<i64> {
             Some((first, rest)) => call_list(ctx, mode, "DEL", first, rest)?,
             None => 0,
         },
+        Write::Unlink { keys } => match keys.split_first() {
+            Some((first, rest)) => call_list(ctx, mode, "UNLINK", first, rest)?,
+            None => 0,
+        },
         Write::HashSet { key, field, value } => {
             keys::call(ctx, mode, "HSET", &[key, field, value])?.int()
         }

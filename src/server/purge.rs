@@ -21,7 +21,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// Keys per step inside a slice (the clock is read between steps).
-const BATCH: usize = 64;
+const BATCH: usize = 128;
 
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
