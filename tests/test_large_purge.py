@@ -250,3 +250,17 @@ def test_a_key_the_caller_may_not_delete_stops_the_purge_before_anything_goes(se
     assert "secret:1" in str(e.value)
     assert admin.dbsize() == 502
     assert admin.scard("tag:big") == 501
+
+
+def test_a_purge_follows_its_keys_through_swapdb(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    other = s.client(db=1)
+    fill(r, 50_000)
+    other.set("stays", "1")
+    assert r.execute_command("TAG.PURGE", "big", "ASYNC") == 50_000
+    r.swapdb(0, 1)
+    wait_until(lambda: info(r)["purges_in_progress"] == 0, 30, what="purge end")
+    # The purged keys now live in db 1; db 0 holds what db 1 held.
+    assert other.dbsize() == 0
+    assert r.dbsize() == 1 and r.get("stays") == b"1"
