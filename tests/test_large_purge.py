@@ -245,11 +245,19 @@ def test_a_key_the_caller_may_not_delete_stops_the_purge_before_anything_goes(se
     admin.acl_setuser("lim", enabled=True, passwords=["+pw"], keys=["k*", "tag:*"],
                       commands=["+@all"])
     lim = redis.Redis(host="127.0.0.1", port=s.port, username="lim", password="pw")
+    sub = admin.pubsub()
+    sub.subscribe("tagcache:events")
+    assert sub.get_message(timeout=2)["type"] == "subscribe"
+    purges = info(admin)["purges"]
     with pytest.raises(redis.exceptions.NoPermissionError) as e:
         lim.execute_command("TAG.PURGE", "big")
     assert "secret:1" in str(e.value)
     assert admin.dbsize() == 502
     assert admin.scard("tag:big") == 501
+    # A refused purge is no purge: nothing counted, no event.
+    wait_until(lambda: info(admin)["purges_in_progress"] == 0, 5, what="purge ended")
+    assert info(admin)["purges"] == purges
+    assert sub.get_message(timeout=0.5) is None
 
 
 def test_a_purge_follows_its_keys_through_swapdb(servers):

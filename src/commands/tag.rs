@@ -9,7 +9,7 @@ use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix, TagSets};
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
-use crate::server::events::{self, Event, Op};
+use crate::server::events::{Event, Op};
 use crate::server::keys::{self, argv, Caller};
 use crate::server::{blocked, config};
 use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
@@ -21,7 +21,10 @@ fn bulk_list(items: Vec<Vec<u8>>) -> RedisValue {
 /// Plans from the index and checks the plan. Checking opens keys, and a key
 /// found expired is reclaimed (and the index told) right then: if the
 /// index moved, the plan is made again from what it says now.
-fn planned<'a>(ctx: &Context, make: impl Fn(&engine::State) -> Plan<'a>) -> Result<Plan<'a>> {
+fn planned<'a>(
+    ctx: &Context,
+    mut make: impl FnMut(&engine::State) -> Plan<'a>,
+) -> Result<Plan<'a>> {
     let caller = Caller::of(ctx);
     for _ in 0..3 {
         let Some((plan, before)) = engine::with(|s| (make(s), s.index.changes())) else {
@@ -141,37 +144,39 @@ pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 pub fn tag_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
-    stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
-    let (key, tags) = args::parse_key_tags(&argv, "tag.add")?;
-    let p = Prefix(config::tag_prefix());
-    same_tag_set(&p, key, &tags)?;
-    let db = keys::selected_db(ctx);
-    keys::key_type(ctx, key);
-    let (plan, added) =
-        engine::with(|s| plan::tag_add(&s.index, db, &p, key, &tags)).unwrap_or_default();
-    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
-    // The master checked existence; a replayed AOF may meet the key already
-    // logically expired and must apply the write anyway.
-    if !keys::from_master(ctx) && !keys::exists(ctx, key) {
-        return Err(Error::NoSuchKey.into());
-    }
-    apply::apply(ctx, &plan, Cause::Command)?;
-    Ok(RedisValue::Integer(added))
+    tag_change(ctx, args, true)
 }
 
 pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+    tag_change(ctx, args, false)
+}
+
+/// TAG.ADD (`add`) and TAG.REM: the reply is the number of tags changed.
+fn tag_change(ctx: &Context, args: Vec<RedisString>, add: bool) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
-    let (key, tags) = args::parse_key_tags(&argv, "tag.rem")?;
+    let cmd = if add { "tag.add" } else { "tag.rem" };
+    let (key, tags) = args::parse_key_tags(&argv, cmd)?;
     let p = Prefix(config::tag_prefix());
+    if add {
+        same_tag_set(&p, key, &tags)?;
+    }
     let db = keys::selected_db(ctx);
-    keys::key_type(ctx, key);
-    let (plan, removed) =
-        engine::with(|s| plan::tag_rem(&s.index, db, &p, key, &tags)).unwrap_or_default();
-    apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
+    // Reclaims the key if it has expired, before the index is read.
+    let exists = keys::exists(ctx, key);
+    let mut changed = 0;
+    let plan = planned(ctx, |s| {
+        let (plan, n) = plan::tag_change(&s.index, db, &p, key, &tags, add);
+        changed = n;
+        plan
+    })?;
+    // The master checked existence; a replayed AOF may meet the key already
+    // logically expired and must apply the write anyway.
+    if add && !exists && !keys::from_master(ctx) {
+        return Err(Error::NoSuchKey.into());
+    }
     apply::apply(ctx, &plan, Cause::Command)?;
-    Ok(RedisValue::Integer(removed))
+    Ok(RedisValue::Integer(changed))
 }
 
 pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
@@ -217,50 +222,40 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             });
         }
     }
-    // As `planned`, for a plan that borrows the members it found.
-    let mut members = Vec::new();
-    let mut settled = false;
+    // As `planned`, for a plan that borrows the members it found: the plan
+    // that passed its check is the one applied.
     for _ in 0..3 {
-        let before = engine::with(|s| {
-            members = plan::purge_members(&s.index, db, &tags);
-            s.index.changes()
-        });
+        let (members, before) =
+            engine::with(|s| (plan::purge_members(&s.index, db, &tags), s.index.changes()))
+                .unwrap_or_default();
         let plan =
             engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Delete))
                 .unwrap_or_default();
         apply::check(ctx, caller.as_ref(), &plan)?;
-        if engine::with(|s| s.index.changes()) == before {
-            settled = true;
-            break;
+        if engine::with(|s| s.index.changes()) != Some(before) {
+            continue;
         }
+        let replies = apply::apply(ctx, &plan, Cause::Command)?;
+        let deleted = apply::deleted_count(&plan, &replies);
+        stats::bump(&stats::PURGES);
+        apply::purged(
+            ctx,
+            &Event {
+                op: Op::Purge,
+                tags: &tags,
+                scopes: &[],
+                keys: deleted,
+                source: None,
+            },
+        );
+        let carried = i64::try_from(members.len()).unwrap_or(i64::MAX);
+        return Ok(RedisValue::Integer(if is_async {
+            carried
+        } else {
+            deleted
+        }));
     }
-    if !settled {
-        return Err(Error::Internal("the index kept changing".into()).into());
-    }
-    let carried = i64::try_from(members.len()).unwrap_or(i64::MAX);
-    // Nothing ran since the check: the same plan again.
-    let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Delete))
-        .unwrap_or_default();
-    let replies = apply::apply(ctx, &plan, Cause::Command)?;
-    let deleted = apply::deleted_count(&plan, &replies);
-    engine::with(|s| s.leases.tags_purged(&tags));
-    stats::bump(&stats::PURGES);
-    stats::add(&stats::KEYS_PURGED, deleted.max(0) as u64);
-    events::emit(
-        ctx,
-        &Event {
-            op: Op::Purge,
-            tags: &tags,
-            scopes: &[],
-            keys: deleted,
-            source: None,
-        },
-    );
-    Ok(RedisValue::Integer(if is_async {
-        carried
-    } else {
-        deleted
-    }))
+    Err(Error::Internal("the index kept changing".into()).into())
 }
 
 /// The keys that carry `tag`, as the caller may learn them: a member it may

@@ -311,55 +311,35 @@ pub fn overwrite<'a>(
     });
 }
 
-/// TAG.ADD: the tags the key does not carry yet (their number is the reply).
-pub fn tag_add<'a>(
+/// TAG.ADD (`add`) or TAG.REM: the tags whose membership changes (their
+/// number is the reply). Tagging is a write on the key (a tag makes it
+/// deletable by a purge), and every named tag set is checked.
+pub fn tag_change<'a>(
     ix: &Index,
     db: Db,
     p: &Prefix,
     key: &'a [u8],
     tags: &[&[u8]],
-) -> (Plan<'a>, i64) {
-    let mut plan = Plan::default();
-    // A tag makes the key deletable by a purge: tagging is a write.
-    plan.check(key, Access::Write, Kind::Any);
-    let mut added = 0;
-    for t in tags {
-        if ix.has(db, key, t) {
-            plan.check(p.set(t), Access::Write, Kind::Set);
-        } else {
-            added += 1;
-            plan.write(Write::SetAdd {
-                set: p.set(t).into(),
-                members: one(key),
-            });
-        }
-    }
-    (plan, added)
-}
-
-/// TAG.REM: the tags the key carries (their number is the reply).
-pub fn tag_rem<'a>(
-    ix: &Index,
-    db: Db,
-    p: &Prefix,
-    key: &'a [u8],
-    tags: &[&[u8]],
+    add: bool,
 ) -> (Plan<'a>, i64) {
     let mut plan = Plan::default();
     plan.check(key, Access::Write, Kind::Any);
-    let mut removed = 0;
+    let mut changed = 0;
     for t in tags {
-        if ix.has(db, key, t) {
-            removed += 1;
-            plan.write(Write::SetRem {
-                set: p.set(t).into(),
-                members: one(key),
-            });
-        } else {
-            plan.check(p.set(t), Access::Write, Kind::Set);
+        let set = p.set(t);
+        if ix.has(db, key, t) == add {
+            plan.check(set, Access::Write, Kind::Set);
+            continue;
         }
+        changed += 1;
+        let (set, members) = (set.into(), one(key));
+        plan.write(if add {
+            Write::SetAdd { set, members }
+        } else {
+            Write::SetRem { set, members }
+        });
     }
-    (plan, removed)
+    (plan, changed)
 }
 
 /// The keys that carry any of `tags`, each once.

@@ -36,6 +36,7 @@ pub struct Job {
     /// left).
     pub waiter: Option<Client>,
     abandoned: bool,
+    refused: bool,
 }
 
 fn bit(id: u32) -> (usize, u64) {
@@ -70,6 +71,7 @@ impl Job {
             deleted: 0,
             waiter: None,
             abandoned: false,
+            refused: false,
         }
     }
 
@@ -142,6 +144,16 @@ impl Job {
     /// check failed): then its sets are left as they are.
     pub fn abandoned(&self) -> bool {
         self.abandoned
+    }
+
+    /// A check failed: nothing was deleted, nothing is to be published.
+    pub fn refuse(&mut self) {
+        self.refused = true;
+        self.abandon();
+    }
+
+    pub fn refused(&self) -> bool {
+        self.refused
     }
 
     /// Nothing is left to do (flushed, or a check failed).

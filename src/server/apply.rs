@@ -226,7 +226,6 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
         let set = p.set(&tag);
         let tags = vec![tag];
         let found = engine::with(|s| plan::purge_members(&s.index, db, &tags)).unwrap_or_default();
-        engine::with(|s| s.leases.tags_purged(&tags));
         if found.is_empty() {
             purged_tags.extend(tags);
             continue;
@@ -259,8 +258,7 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
         purged_tags.extend(tags);
     }
     stats::bump(&stats::RULE_FIRINGS);
-    stats::add(&stats::KEYS_PURGED, deleted.max(0) as u64);
-    events::emit(
+    purged(
         ctx,
         &Event {
             op: Op::Link,
@@ -271,6 +269,15 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
         },
     );
     Ok(())
+}
+
+/// A purge (a call, a rule firing, the end of a sliced purge) is done: its
+/// keys are counted, leases on its tags are refused from now on, and its
+/// one event is published.
+pub fn purged(ctx: &Context, ev: &Event) {
+    stats::add(&stats::KEYS_PURGED, ev.keys.max(0) as u64);
+    engine::with(|s| s.leases.tags_purged(ev.tags));
+    events::emit(ctx, ev);
 }
 
 /// Keys a purge plan deleted: the replies of its deletions of members

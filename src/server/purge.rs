@@ -10,7 +10,7 @@
 use super::apply::{self, Cause};
 use super::blocked;
 use super::config;
-use super::events::{self, Event, Op};
+use super::events::{Event, Op};
 use super::keys::{self, Caller};
 use crate::engine::error::Error;
 use crate::engine::plan::{self, Access, Prefix, TagSets};
@@ -157,14 +157,14 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
 
 /// A check failed: nothing was deleted; the caller gets the error.
 fn fail(ctx: &Context, id: u64, e: Error) {
+    // Ended at the next `finish`, which publishes nothing for it.
     let waiter = engine::with(|s| {
         s.purges.get(id).and_then(|j| {
-            j.abandon();
+            j.refuse();
             j.waiter.take()
         })
     })
     .flatten();
-    engine::with(|s| s.purges.take_done(&mut s.index));
     match waiter {
         Some(client) => blocked::wake(
             ctx,
@@ -182,7 +182,7 @@ fn fail(ctx: &Context, id: u64, e: Error) {
 fn finish(ctx: &Context) {
     let done = engine::with(|s| s.purges.take_done(&mut s.index)).unwrap_or_default();
     let p = Prefix(config::tag_prefix());
-    for job in done {
+    for job in done.into_iter().filter(|j| !j.refused()) {
         let home = keys::selected_db(ctx);
         keys::select_db(ctx, job.db);
         if !job.abandoned() {
@@ -192,13 +192,8 @@ fn finish(ctx: &Context) {
                 ctx.log_warning(&format!("tagcache: purge could not rewrite its sets: {e}"));
             }
         }
-        keys::select_db(ctx, home);
         stats::bump(&stats::PURGES);
-        stats::add(&stats::KEYS_PURGED, job.deleted.max(0) as u64);
-        engine::with(|s| s.leases.tags_purged(&job.tags));
-        let home = keys::selected_db(ctx);
-        keys::select_db(ctx, job.db);
-        events::emit(
+        apply::purged(
             ctx,
             &Event {
                 op: Op::Purge,
