@@ -112,7 +112,8 @@ def test_keys_written_or_tagged_after_the_call_survive(servers):
     reply = conn.recv(64)
     conn.close()
     assert reply.startswith(b":")
-    assert int(reply[1:].split(b"\r\n")[0]) <= 100_000
+    # Every key but the rewritten ones that the purge had not reached yet.
+    assert 99_900 <= int(reply[1:].split(b"\r\n")[0]) <= 100_000
     for i in range(0, 100_000, 1000):
         assert r.get(f"k{i}") == b"fresh"
         assert r.get(f"new{i}") == b"new"
@@ -193,8 +194,7 @@ def test_client_unblock_releases_the_caller_with_an_error(servers):
     wait_until(lambda: info(r)["purges_in_progress"] == 1, 5, what="purge started")
     assert r.client_unblock(cid) == 1
     t.join(10)
-    assert out.get("error", "").startswith("the purge carries on") or out.get(
-        "error", "").startswith("UNBLOCKED"), out
+    assert out == {"error": "UNBLOCKED the purge carries on in the background"}, out
     wait_until(lambda: r.dbsize() == 0, 30, what="purge finished")
 
 
