@@ -102,6 +102,90 @@ def test_tag_add_forbidden_key(server, admin):
     assert dataset(admin) == before
 
 
+def narrowed_after_an_unrestricted_call(server, admin, narrow):
+    """A user with every key purges once (so the module has seen it is
+    unrestricted), then is narrowed by `narrow(admin)`; its next purge of a
+    tag holding a key it lost must be refused whole."""
+    seed(admin)
+    u = acl_client(server, admin, "u", "pw", "~*", "+@all")
+    assert u.execute_command("TAG.PURGE", "public") == 1
+    assert tag_set(u, "cache:4", "v4", "shared") == b"OK"
+    narrow(admin)
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "shared")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert dataset(admin) == before
+    with pytest.raises(redis.ResponseError) as e:
+        tag_set(u, "secret:2", "v", "c1")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert dataset(admin) == before
+
+
+def test_a_user_narrowed_by_acl_setuser_is_checked_key_by_key_again(server, admin):
+    narrowed_after_an_unrestricted_call(
+        server, admin,
+        lambda a: a.execute_command("ACL", "SETUSER", "u", "resetkeys", "~cache:*", "~tag:*"))
+
+
+def test_a_user_narrowed_inside_multi_exec_is_checked_key_by_key_again(server, admin):
+    """The narrowing is queued, the user purges before the EXEC runs it."""
+    seed(admin)
+    u = acl_client(server, admin, "u", "pw", "~*", "+@all")
+    tx = server.client(single_connection_client=True)
+    assert tx.execute_command("MULTI") == b"OK"
+    assert tx.execute_command("ACL", "SETUSER", "u", "resetkeys", "~cache:*", "~tag:*") == b"QUEUED"
+    assert u.execute_command("TAG.PURGE", "public") == 1
+    assert tx.execute_command("EXEC") == [b"OK"]
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "shared")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert dataset(admin) == before
+
+
+def test_a_user_narrowed_by_acl_load_is_checked_key_by_key_again(servers):
+    s = servers.new()
+    s.extra_args += ["--aclfile", str(s.dir / "users.acl")]
+    (s.dir / "users.acl").write_text("user default on nopass ~* &* +@all\n"
+                                     "user u on >pw ~* &* +@all\n")
+    s.start()
+    admin = s.client()
+
+    def narrow(a):
+        (s.dir / "users.acl").write_text("user default on nopass ~* &* +@all\n"
+                                         "user u on >pw ~cache:* ~tag:* &* +@all\n")
+        assert a.execute_command("ACL", "LOAD") == b"OK"
+    seed(admin)
+    u = s.client(username="u", password="pw")
+    assert u.execute_command("TAG.PURGE", "public") == 1
+    narrow(admin)
+    u = s.client(username="u", password="pw")
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "shared")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert dataset(admin) == before
+
+
+def test_sliced_purge_checks_a_narrowed_user_key_by_key(server, admin):
+    admin.config_set("tagcache.purge-atomic-max", 0)
+    narrowed_after_an_unrestricted_call(
+        server, admin,
+        lambda a: a.execute_command("ACL", "SETUSER", "u", "resetkeys", "~cache:*", "~tag:*"))
+
+
+def test_read_only_everywhere_is_not_every_key(server, admin):
+    """`%R~*` lets a user read every key, not delete them."""
+    seed(admin)
+    u = acl_client(server, admin, "u", "pw", "%R~*", "~tag:*", "~cache:*", "+@all")
+    before = dataset(admin)
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "shared")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    assert dataset(admin) == before
+
+
 ALL_COMMANDS = {
     "tag.set", "tag.apply", "tag.add", "tag.rem", "tag.purge", "tag.members", "tag.card", "tag.tags",
     "tag.info", "tag.link", "tag.unlink", "tag.links", "tag.getl",

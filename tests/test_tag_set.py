@@ -5,7 +5,7 @@ import time
 import pytest
 import redis
 
-from harness import error_text, members, tag_set, tags_of
+from harness import digest, error_text, members, tag_set, tags_of, wait_sync
 
 
 def test_set_returns_ok_and_value_is_a_plain_string(r):
@@ -231,3 +231,67 @@ def test_index_key_of_wrong_type_refuses_and_changes_nothing(r):
     assert r.get("k") == b"old"
     assert not r.exists("tag:b")
     assert tags_of(r, "k") == {b"a"}
+
+
+# A key written again with the tags it already has makes no tag-set writes:
+# the index must know the member is really there, whatever came before.
+
+def _srem_then_reset(r, how):
+    assert tag_set(r, "k", "v1", "t", "u") == b"OK"
+    if how == "pipeline":
+        p = r.pipeline(transaction=False)
+        p.srem("tag:t", "k")
+        p.execute_command("TAG.SET", "k", "v2", "TAGS", 2, "t", "u")
+        assert p.execute() == [1, b"OK"]
+    elif how == "multi":
+        p = r.pipeline(transaction=True)
+        p.srem("tag:t", "k")
+        p.execute_command("TAG.SET", "k", "v2", "TAGS", 2, "t", "u")
+        assert p.execute() == [1, b"OK"]
+    else:
+        assert r.eval("redis.call('SREM', KEYS[2], KEYS[1]); "
+                      "return redis.call('TAG.SET', KEYS[1], 'v2', 'TAGS', 2, 't', 'u')",
+                      2, "k", "tag:t") == b"OK"
+    assert r.get("k") == b"v2"
+    assert r.smembers("tag:t") == {b"k"}
+    assert r.smembers("tag:u") == {b"k"}
+    assert r.execute_command("TAG.PURGE", "t") == 1
+    assert r.keys("*") == []
+
+
+@pytest.mark.parametrize("how", ["pipeline", "multi", "lua"])
+def test_reset_with_same_tags_after_a_client_srem_joins_the_set_again(r, how):
+    _srem_then_reset(r, how)
+
+
+def test_reset_with_same_tags_after_the_set_was_deleted_or_replaced(r):
+    assert tag_set(r, "k", "v1", "t") == b"OK"
+    r.delete("tag:t")
+    assert tag_set(r, "k", "v2", "t") == b"OK"
+    assert r.smembers("tag:t") == {b"k"}
+    r.delete("tmp")
+    r.sadd("tmp", "other")
+    r.rename("tmp", "tag:t")
+    assert tag_set(r, "k", "v3", "t") == b"OK"
+    assert r.smembers("tag:t") == {b"k", b"other"}
+    r.sadd("tmp2", "x")
+    r.sunionstore("tag:t", "tmp2")
+    assert tag_set(r, "k", "v4", "t") == b"OK"
+    assert r.smembers("tag:t") == {b"k", b"x"}
+
+
+def test_reset_with_same_tags_keeps_the_replica_equal(master_replica):
+    master, replica = master_replica
+    r, rr = master.client(), replica.client()
+    expected = set()
+    for i in range(50):
+        key = f"k{i % 7}".encode()
+        assert tag_set(r, key, f"v{i}", "t", f"u{i % 3}") == b"OK"
+        expected.add(key)
+        if i % 5 == 0:
+            assert r.srem("tag:t", key) == 1
+            expected.discard(key)
+    assert r.smembers("tag:t") == expected
+    wait_sync(r, rr)
+    assert digest(r) == digest(rr)
+    assert rr.smembers("tag:t") == expected

@@ -66,7 +66,11 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         expiry,
         tags: &a.tags,
     };
-    let plan = planned(ctx, |s| plan::tag_set(&s.index, db, &p, &fill, now))?;
+    let plan = planned(ctx, |s| {
+        let mut plan = plan::tag_set(&s.index, db, &p, &fill, now);
+        plan.declared = Some(a.key);
+        plan
+    })?;
     let refused = match a.condition {
         Condition::Always => false,
         Condition::IfAbsent => keys::exists(ctx, a.key),
@@ -90,9 +94,9 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Ok(RedisValue::Null);
         }
     }
-    apply::apply(ctx, &plan, Cause::Command)?;
+    apply::apply_from(ctx, &plan, Cause::Command, &args)?;
     stats::bump(&stats::TAG_WRITES);
-    Ok(RedisValue::SimpleStringStatic("OK"))
+    keys::reply_ok(ctx)
 }
 
 /// TAG.APPLY: the absolute form TAG.SET replicates as (also callable:
@@ -139,7 +143,7 @@ pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let owned = |l: &[&[u8]]| l.iter().map(|s| s.to_vec()).collect();
     let plan = plan::string_with_sets(a.key, a.value, expiry, owned(&a.add), owned(&a.rem));
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
-    apply::apply(ctx, &plan, Cause::Command)?;
+    apply::apply_from(ctx, &plan, Cause::Command, &args)?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 

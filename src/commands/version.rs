@@ -142,7 +142,7 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
     .unwrap_or_default();
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
-    apply::apply(ctx, &plan, Cause::Command)?;
+    apply::apply_from(ctx, &plan, Cause::Command, &args)?;
     HIGH_WATER.fetch_max(version, Ordering::Relaxed);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }

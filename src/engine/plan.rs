@@ -112,6 +112,9 @@ pub struct Plan<'a> {
     /// Replicate the whole plan as one `TAG.APPLY` (its absolute form)
     /// rather than each write: one propagated operation is the cheapest.
     pub as_apply: bool,
+    /// A key the command declares for writing in its key specs: the server
+    /// checked it against the caller's ACL before the command ran.
+    pub declared: Option<&'a [u8]>,
 }
 
 impl<'a> Plan<'a> {
@@ -144,13 +147,13 @@ impl<'a> Plan<'a> {
     /// The plan as `key value unix-ms|KEEPTTL|PERSIST numadd set...`, the
     /// arguments of one `TAG.APPLY`, if it was planned as one. `numbers` is
     /// room for the two numbers.
-    pub fn apply_form<'s>(&'s self, numbers: &'s mut [String; 2]) -> Option<Vec<&'s [u8]>> {
+    pub fn apply_form<'s>(&'s self, numbers: &'s mut [Decimal; 2]) -> Option<Vec<&'s [u8]>> {
         if !self.as_apply {
             return None;
         }
         let [expiry, count] = numbers;
         let mut head = None;
-        let (mut add, mut rem) = (Vec::new(), Vec::new());
+        let mut adds = 0;
         for w in &self.writes {
             match w {
                 Write::SetString {
@@ -159,28 +162,56 @@ impl<'a> Plan<'a> {
                     deadline,
                     keep_ttl,
                 } => head = Some((key.as_ref(), value.as_ref(), *deadline, *keep_ttl)),
-                Write::SetAdd { set, .. } => add.push(set.as_ref()),
-                Write::SetRem { set, .. } => rem.push(set.as_ref()),
+                Write::SetAdd { .. } => adds += 1,
+                Write::SetRem { .. } => {}
                 _ => return None,
             }
         }
         let (key, value, deadline, keep_ttl) = head?;
-        *count = add.len().to_string();
-        let mut out = Vec::with_capacity(4 + add.len() + rem.len());
+        let mut out = Vec::with_capacity(3 + self.writes.len());
         out.push(key);
         out.push(value);
-        match (deadline, keep_ttl) {
-            (Some(d), _) => {
-                *expiry = d.to_string();
-                out.push(expiry.as_bytes());
+        out.push(match (deadline, keep_ttl) {
+            (Some(d), _) => expiry.of(d),
+            (None, true) => b"KEEPTTL",
+            (None, false) => b"PERSIST",
+        });
+        out.push(count.of(adds));
+        for w in &self.writes {
+            if let Write::SetAdd { set, .. } = w {
+                out.push(set);
             }
-            (None, true) => out.push(b"KEEPTTL"),
-            (None, false) => out.push(b"PERSIST"),
         }
-        out.push(count.as_bytes());
-        out.extend(add);
-        out.extend(rem);
+        for w in &self.writes {
+            if let Write::SetRem { set, .. } = w {
+                out.push(set);
+            }
+        }
         Some(out)
+    }
+}
+
+/// Room to write an integer in decimal without allocating.
+#[derive(Default)]
+pub struct Decimal([u8; 20]);
+
+impl Decimal {
+    pub fn of(&mut self, n: i64) -> &[u8] {
+        let mut at = self.0.len();
+        let mut v = n.unsigned_abs();
+        loop {
+            at -= 1;
+            self.0[at] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        if n < 0 {
+            at -= 1;
+            self.0[at] = b'-';
+        }
+        &self.0[at..]
     }
 }
 
@@ -227,8 +258,8 @@ pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64)
         expiry,
         tags,
     } = *fill;
-    let old = ix.tags(db, key);
     if expiry.deadline.is_some_and(|d| d <= now_ms) {
+        let old = ix.tags(db, key);
         let mut plan = Plan::default();
         for t in tags.iter().filter(|t| !old.iter().any(|o| o == *t)) {
             plan.check(p.set(t), Access::Write, Kind::Set);
@@ -242,11 +273,12 @@ pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64)
         plan.write(Write::Del { keys: one(key) });
         return plan;
     }
-    let rem = old
-        .iter()
-        .filter(|t| !tags.contains(&t.as_slice()))
-        .map(|t| p.set(t))
-        .collect();
+    let mut rem = Vec::new();
+    ix.each_tag(db, key, |t| {
+        if !tags.contains(&t) {
+            rem.push(p.set(t));
+        }
+    });
     let add = tags.iter().map(|t| p.set(t)).collect();
     string_with_sets(key, value, expiry, add, rem)
 }

@@ -143,6 +143,7 @@ pub fn write_string(
     value: &[u8],
     deadline: Option<i64>,
     keep_ttl: bool,
+    own: &[RedisString],
 ) -> Result<()> {
     let missing = || Error::Internal("key API unavailable".into());
     // SAFETY: reading function pointers of the module API.
@@ -156,14 +157,26 @@ pub fn write_string(
             raw::RedisModule_SetAbsExpire.ok_or_else(missing)?,
         )
     };
-    let name = RedisString::create_from_slice(ctx.ctx, key);
-    let val = RedisString::create_from_slice(ctx.ctx, value);
+    let name = Str::of(ctx, own, key);
+    let val = Str::of(ctx, own, value);
+    if let Str::Own(v) = &val {
+        // A big argument can arrive as the whole query buffer, spare room
+        // included: stored as it is, the room would stay allocated (SET
+        // trims it the same way).
+        // SAFETY: a module API function pointer, called on a live string
+        // the command holds.
+        unsafe {
+            if let Some(trim) = raw::RedisModule_TrimStringAllocation {
+                trim(v.inner);
+            }
+        }
+    }
     let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
     let ok = raw::REDISMODULE_OK as i32;
     // SAFETY: the key is opened, written and closed here with the running
     // context; `name` and `val` outlive the calls.
     let written = unsafe {
-        let kp = open(ctx.ctx, name.inner, mode);
+        let kp = open(ctx.ctx, name.ptr(), mode);
         if kp.is_null() {
             return Err(Error::Internal("cannot open key".into()));
         }
@@ -172,7 +185,7 @@ pub fn write_string(
         let exists = raw::RedisModule_KeyType
             .is_some_and(|f| f(kp) != raw::REDISMODULE_KEYTYPE_EMPTY as i32);
         let old_ttl = if keep_ttl && exists { get_ttl(kp) } else { -1 };
-        let mut status = set(kp, val.inner);
+        let mut status = set(kp, val.ptr());
         if status == ok {
             status = match deadline {
                 Some(d) => set_abs(kp, d),
@@ -186,11 +199,40 @@ pub fn write_string(
     if !written {
         return Err(Error::Internal("string write failed".into()));
     }
-    notify(ctx, raw::REDISMODULE_NOTIFY_STRING, c"set", &name);
+    notify(ctx, raw::REDISMODULE_NOTIFY_STRING, c"set", name.ptr());
     if deadline.is_some() {
-        notify(ctx, raw::REDISMODULE_NOTIFY_GENERIC, c"expire", &name);
+        notify(ctx, raw::REDISMODULE_NOTIFY_GENERIC, c"expire", name.ptr());
     }
     Ok(())
+}
+
+/// A Redis string for some bytes: the command's own argument when the
+/// bytes are one (borrowed, no copy), else a new string.
+pub enum Str<'a> {
+    Own(&'a RedisString),
+    New(RedisString),
+}
+
+impl<'a> Str<'a> {
+    /// `own`: the command's arguments; `bytes` is one of them when it
+    /// points into it (the plan borrows them), whatever its content.
+    pub fn of(ctx: &Context, own: &'a [RedisString], bytes: &[u8]) -> Str<'a> {
+        let found = own.iter().find(|s| {
+            let b = s.as_slice();
+            std::ptr::eq(b.as_ptr(), bytes.as_ptr()) && b.len() == bytes.len()
+        });
+        match found {
+            Some(s) => Str::Own(s),
+            None => Str::New(RedisString::create_from_slice(ctx.ctx, bytes)),
+        }
+    }
+
+    pub fn ptr(&self) -> *mut raw::RedisModuleString {
+        match self {
+            Str::Own(s) => s.inner,
+            Str::New(s) => s.inner,
+        }
+    }
 }
 
 /// Replicates a string write as the `SET` that has the same effect
@@ -241,6 +283,8 @@ pub struct Caller {
     /// `None`: a user that does not exist (deleted while connected, or a
     /// rule's owner since removed): it may touch nothing.
     user: Option<std::ptr::NonNull<raw::RedisModuleUser>>,
+    /// The user's name, to ask the server about the user as a whole.
+    name: Option<RedisString>,
 }
 
 impl Caller {
@@ -263,10 +307,10 @@ impl Caller {
             }
             let user = raw::RedisModule_GetModuleUserFromUserName
                 .and_then(|f| std::ptr::NonNull::new(f(name)));
-            if let Some(free) = raw::RedisModule_FreeString {
-                free(ctx.ctx, name);
-            }
-            Some(Caller { user })
+            Some(Caller {
+                user,
+                name: Some(RedisString::from_redis_module_string(ctx.ctx, name)),
+            })
         }
     }
 
@@ -279,7 +323,46 @@ impl Caller {
             raw::RedisModule_GetModuleUserFromUserName
                 .and_then(|f| std::ptr::NonNull::new(f(rs.inner)))
         };
-        Caller { user }
+        Caller {
+            user,
+            name: Some(rs),
+        }
+    }
+
+    /// Whether the user may read, write and delete every key: its ACL keys
+    /// are `~*` (other selectors only ever add to them), so its keys need
+    /// no checking one by one. `ACL GETUSER` costs as much as checking
+    /// hundreds of keys, so the answer is kept until an ACL may have changed
+    /// (`acl_may_have_changed`).
+    pub fn all_keys(&self, ctx: &Context) -> bool {
+        let (Some(_), Some(name)) = (self.user, &self.name) else {
+            return false;
+        };
+        let name = name.as_slice();
+        let epoch = ACL_EPOCH.with(Cell::get);
+        let known = ALL_KEYS.with_borrow(|seen| {
+            seen.iter()
+                .find(|(e, n, _)| *e == epoch && n.as_slice() == name)
+                .map(|(_, _, all)| *all)
+        });
+        if let Some(all) = known {
+            return all;
+        }
+        let all = matches!(
+            call(ctx, Mode::Local, "ACL", &[b"GETUSER", name]),
+            Ok(Reply::Array(fields)) if fields.chunks(2).any(|f| matches!(
+                f,
+                [Reply::Bytes(k), Reply::Bytes(v)] if k == b"keys" && v == b"~*"
+            ))
+        );
+        ALL_KEYS.with_borrow_mut(|seen| {
+            seen.retain(|(e, _, _)| *e == epoch);
+            if seen.len() >= 16 {
+                seen.clear();
+            }
+            seen.push((epoch, name.to_vec(), all));
+        });
+        all
     }
 
     pub fn check(&self, ctx: &Context, key: &[u8], access: Access) -> Result<()> {
@@ -322,6 +405,11 @@ impl Drop for Caller {
 }
 
 thread_local! {
+    /// Counts the commands seen that may have changed an ACL.
+    static ACL_EPOCH: Cell<u64> = const { Cell::new(0) };
+    /// Users known to have every key (`Caller::all_keys`), per ACL epoch.
+    static ALL_KEYS: std::cell::RefCell<Vec<(u64, Vec<u8>, bool)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
     static APPLYING: Cell<u32> = const { Cell::new(0) };
     static IN_NOTIFICATION: Cell<u32> = const { Cell::new(0) };
 }
@@ -499,12 +587,12 @@ pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Resul
 }
 
 /// Fires a keyspace event as Redis's own command would have.
-fn notify(ctx: &Context, class: i32, event: &CStr, key: &RedisString) {
+fn notify(ctx: &Context, class: i32, event: &CStr, key: *mut raw::RedisModuleString) {
     // SAFETY: a module API call with the running context, a static event
     // name and a live key string.
     unsafe {
         if let Some(f) = raw::RedisModule_NotifyKeyspaceEvent {
-            f(ctx.ctx, class, event.as_ptr(), key.inner);
+            f(ctx.ctx, class, event.as_ptr(), key);
         }
     }
 }
@@ -546,4 +634,25 @@ pub fn replicate(ctx: &Context, cmd: &CStr, args: &[&[u8]]) {
         11 => c"bbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10],
         12 => c"bbbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11],
     }
+}
+
+/// Replies `+OK` straight from a static string (the crate's own reply path
+/// copies it into a fresh C string first).
+pub fn reply_ok(ctx: &Context) -> redis_module::RedisResult {
+    // SAFETY: a module API call with the running context and a static,
+    // NUL-terminated string.
+    unsafe {
+        if let Some(f) = raw::RedisModule_ReplyWithSimpleString {
+            f(ctx.ctx, c"OK".as_ptr());
+            return Ok(redis_module::RedisValue::NoReply);
+        }
+    }
+    Ok(redis_module::RedisValue::SimpleStringStatic("OK"))
+}
+
+/// An ACL may have changed: an `ACL` command, or an `EXEC` (which may run
+/// one queued earlier), went by. Users can change no other way (`ACL` is
+/// refused in scripts; module users are not named users).
+pub fn acl_may_have_changed() {
+    ACL_EPOCH.with(|e| e.set(e.get().wrapping_add(1)));
 }

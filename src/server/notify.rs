@@ -54,8 +54,12 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
             });
         } else if name.eq_ignore_ascii_case(b"exec") || name.eq_ignore_ascii_case(b"discard") {
             engine::with(|s| s.named.transaction(false, 0));
+            keys::acl_may_have_changed();
         }
         return;
+    }
+    if name.len() == 3 && name.eq_ignore_ascii_case(b"acl") {
+        keys::acl_may_have_changed();
     }
     if argc < 3 || (name.len() != 4 && name.len() != 5) {
         return;

@@ -119,6 +119,9 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
         .unwrap_or_default();
         if let Some(name) = user {
             let caller = Caller::named(&name);
+            if caller.all_keys(ctx) {
+                return Ok(true);
+            }
             for k in &names {
                 caller.check(ctx, k, Access::Delete)?;
             }
