@@ -59,6 +59,7 @@ redis_module! {
             ["lease-ttl", &config::LEASE_TTL, config::LEASE_TTL_DEFAULT, config::LEASE_TTL_MIN, config::LEASE_TTL_MAX, ConfigurationFlags::DEFAULT, None],
             ["purge-atomic-max", &config::PURGE_ATOMIC_MAX, config::PURGE_ATOMIC_MAX_DEFAULT, config::PURGE_ATOMIC_MAX_MIN, config::PURGE_ATOMIC_MAX_MAX, ConfigurationFlags::DEFAULT, None],
             ["purge-slice-us", &config::PURGE_SLICE_US, config::PURGE_SLICE_US_DEFAULT, config::PURGE_SLICE_US_MIN, config::PURGE_SLICE_US_MAX, ConfigurationFlags::DEFAULT, None],
+            ["cluster-timeout-ms", &config::CLUSTER_TIMEOUT_MS, config::CLUSTER_TIMEOUT_MS_DEFAULT, config::CLUSTER_TIMEOUT_MS_MIN, config::CLUSTER_TIMEOUT_MS_MAX, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
             ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::IMMUTABLE, None],

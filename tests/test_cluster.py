@@ -1,21 +1,39 @@
-"""Cluster mode: a key and its tag sets (and a version token and its value
-keys) must share a slot; a call that would span slots is a CROSSSLOT error
-and changes nothing. One node owning every slot is enough to check this."""
+"""Redis Cluster: 3 masters and 3 replicas on loopback, the module loaded in
+every node, created with `redis-cli --cluster create … --cluster-replicas 1`
+and driven through redis-py's RedisCluster, as users' clients do. Keys need
+no hash tags: a key's index entries live in the key's own slot; TAG.PURGE,
+TAG.CARD and TAG.MEMBERS sent to any master answer for the whole cluster."""
 
+from __future__ import annotations
+
+import os
 import random
+import shutil
+import signal
 import socket
+import subprocess
+import time
 
 import pytest
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
-from harness import error_text, wait_until
+import harness
+from harness import ServerFactory, error_text, wait_until
+
+REDIS_CLI = shutil.which("redis-cli")
+pytestmark = pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is needed to create a cluster")
+
+N_KEYS = 2000
 
 
-def cluster_port() -> int:
+def cluster_port(taken: set[int]) -> int:
     """A free port whose bus port (port + 10000) is free too."""
     rng = random.Random()
-    for _ in range(100):
+    for _ in range(200):
         port = rng.randint(20000, 45000)
+        if port in taken or port + 10000 in taken:
+            continue
         try:
             for p in (port, port + 10000):
                 with socket.socket() as sock:
@@ -26,47 +44,329 @@ def cluster_port() -> int:
     raise RuntimeError("no free port pair")
 
 
+def slot_of(key: bytes | str) -> int:
+    return harness_slot(key.encode() if isinstance(key, str) else key)
+
+
+def harness_slot(key: bytes) -> int:
+    s = key.find(b"{")
+    if s >= 0:
+        e = key.find(b"}", s + 1)
+        if e > s + 1:
+            key = key[s + 1:e]
+    crc = 0
+    for b in key:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc & 16383
+
+
+class Cluster:
+    def __init__(self, factory: ServerFactory, module_args=()):
+        self.factory = factory
+        self.nodes = []
+        taken: set[int] = set()
+        for i in range(6):
+            s = factory.new(module_args=module_args, name=f"node{i}", extra_args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--appendonly", "yes"])
+            s.port = cluster_port(taken)
+            taken |= {s.port, s.port + 10000}
+            s.start()
+            self.nodes.append(s)
+        out = subprocess.run(
+            [REDIS_CLI, "--cluster", "create",
+             *[f"127.0.0.1:{s.port}" for s in self.nodes],
+             "--cluster-replicas", "1", "--cluster-yes"],
+            capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        self.wait_ok()
+        self.rc = RedisCluster(host="127.0.0.1", port=self.nodes[0].port,
+                               decode_responses=False, socket_timeout=30)
+
+    def client(self, s) -> redis.Redis:
+        return s.client(socket_timeout=30)
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        def ok():
+            for s in self.nodes:
+                if s.proc is None or s.proc.poll() is not None:
+                    continue
+                c = self.client(s)
+                info = c.execute_command("CLUSTER", "INFO").decode()
+                if "cluster_state:ok" not in info or "cluster_known_nodes:6" not in info:
+                    return False
+                # Every node sees the same three masters and three replicas.
+                flags = [line.split(" ")[2].split(",")
+                         for line in c.execute_command("CLUSTER", "NODES").decode().splitlines()]
+                live = [f for f in flags if "fail" not in f and "fail?" not in f]
+                if (sum("master" in f for f in live) != 3
+                        or sum("slave" in f for f in live) != sum(
+                            1 for n in self.nodes if n.proc and n.proc.poll() is None) - 3):
+                    return False
+            return True
+        wait_until(ok, timeout, interval=0.1, what="every node sees cluster_state:ok")
+
+    def roles(self):
+        """(masters, replicas) servers, as the cluster sees them now."""
+        masters, replicas = [], []
+        for s in self.nodes:
+            role = self.client(s).execute_command("ROLE")[0]
+            (masters if role == b"master" else replicas).append(s)
+        return masters, replicas
+
+    def masters(self):
+        return self.roles()[0]
+
+    def node(self, s) -> ClusterNode:
+        n = self.rc.get_node(host="127.0.0.1", port=s.port)
+        assert n is not None
+        return n
+
+    def on(self, s, *args):
+        """A keyless command sent to one master, as a client pointed at it does."""
+        return self.rc.execute_command(*args, target_nodes=self.node(s))
+
+    def all_keys(self) -> set[bytes]:
+        out = set()
+        for m in self.masters():
+            out |= set(self.client(m).keys("*"))
+        return out
+
+    def fill(self, n: int = N_KEYS, tags=lambda i: (f"t{i % 5}", "all")) -> list[bytes]:
+        keys = []
+        pipe = self.rc.pipeline(transaction=False)
+        for i in range(n):
+            k = f"item:{i}".encode()
+            keys.append(k)
+            t = tags(i)
+            pipe.execute_command("TAG.SET", k, f"v{i}", "TAGS", len(t), *t)
+        assert all(r == b"OK" for r in pipe.execute())
+        return keys
+
+    def flush(self) -> None:
+        for m in self.masters():
+            self.client(m).flushall()
+
+    def sync_replicas(self) -> None:
+        for m in self.masters():
+            assert self.client(m).execute_command("WAIT", 1, 5000) >= 1
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    factory = ServerFactory(tmp_path_factory.mktemp("cluster"))
+    c = Cluster(factory)
+    yield c
+    factory.stop_all()
+
+
 @pytest.fixture
-def cluster(servers):
-    s = servers.new(extra_args=["--cluster-enabled", "yes",
-                                "--cluster-config-file", "nodes.conf"])
-    s.port = cluster_port()
-    s.start()
-    r = s.client()
-    r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-    wait_until(lambda: b"cluster_state:ok" in r.execute_command("CLUSTER", "INFO"), 10,
-               what="cluster state ok")
-    return r
+def cluster(shared):
+    shared.flush()
+    shared.rc = RedisCluster(host="127.0.0.1", port=shared.masters()[0].port,
+                             decode_responses=False, socket_timeout=30)
+    return shared
 
 
-def crossslot(r, *args):
-    with pytest.raises(redis.ResponseError) as e:
-        r.execute_command(*args)
-    return error_text(e.value)
+@pytest.fixture
+def fresh(tmp_path):
+    factory = ServerFactory(tmp_path)
+    c = Cluster(factory, module_args=["cluster-timeout-ms", "1000"])
+    yield c
+    for s in c.nodes:
+        if s.proc is not None and s.proc.poll() is None:
+            try:
+                os.kill(s.proc.pid, signal.SIGCONT)
+            except OSError:
+                pass
+    factory.stop_all()
 
 
-def test_same_slot_tags_work(cluster):
-    r = cluster
-    assert r.execute_command("TAG.SET", "{p42}:name", "lamp", "TAGS", 2, "{p42}", "{p42}:all") == b"OK"
-    assert r.execute_command("TAG.MEMBERS", "{p42}") == [b"{p42}:name"]
-    assert r.execute_command("TAG.PURGE", "{p42}") == 1
-    assert r.exists("{p42}:name") == 0
+def index_keys(c: Cluster, s) -> list[bytes]:
+    return [k for k in c.client(s).keys("tagcache:idx:*")]
 
 
-def test_cross_slot_tag_set_is_refused(cluster):
-    r = cluster
-    assert crossslot(r, "TAG.SET", "{a}k", "v", "TAGS", 1, "{b}").startswith("CROSSSLOT")
-    assert r.dbsize() == 0
-    r.execute_command("TAG.SET", "{a}k", "v", "TAGS", 1, "{a}")
-    assert crossslot(r, "TAG.ADD", "{a}k", "{b}").startswith("CROSSSLOT")
-    assert crossslot(r, "TAG.PURGE", "{a}", "{b}").startswith("CROSSSLOT")
-    assert r.exists("{a}k") == 1
-    assert r.execute_command("TAG.TAGS", "{a}k") == [b"{a}"]
+def assert_index_is_local(c: Cluster) -> None:
+    """Every index set lives in its members' slot, on the node that holds
+    them, and names only keys that exist there."""
+    for m in c.masters():
+        cl = c.client(m)
+        for k in index_keys(c, m):
+            slot = slot_of(k)
+            for member in cl.smembers(k):
+                assert slot_of(member) == slot, (k, member)
+                assert cl.exists(member) == 1, (k, member)
 
 
-def test_versions_share_a_slot(cluster):
-    r = cluster
-    assert r.execute_command("VER.SET", "{u1}", "{u1}:profile", "v") == b"OK"
-    assert r.execute_command("VER.GET", "{u1}", "{u1}:profile") == b"v"
-    assert crossslot(r, "VER.SET", "scope", "key", "v").startswith("CROSSSLOT")
-    assert r.exists("ver:scope") == 0
+def test_keys_need_no_hash_tags_and_index_lives_in_their_slot(cluster):
+    keys = cluster.fill()
+    masters = cluster.masters()
+    assert sum(len(index_keys(cluster, m)) for m in masters) > 0
+    assert_index_is_local(cluster)
+    # Nothing in the standalone layout.
+    for m in masters:
+        assert cluster.client(m).keys("tag:*") == []
+    for k in keys[:50]:
+        assert sorted(cluster.rc.execute_command("TAG.TAGS", k)) in (
+            sorted([f"t{int(k.split(b':')[1]) % 5}".encode(), b"all"]),)
+    node = cluster.client(masters[0])
+    got = node.command_getkeys("TAG.SET", "k", "v", "TAGS", 2, "a", "b")
+    assert [k.encode() if isinstance(k, str) else k for k in got] == [b"k"]
+
+
+def test_card_members_and_purge_answer_for_the_whole_cluster_from_each_master(cluster):
+    keys = cluster.fill()
+    masters = cluster.masters()
+    assert len(masters) == 3
+    for m in masters:
+        assert cluster.on(m, "TAG.CARD", "all") == N_KEYS
+        assert cluster.on(m, "TAG.CARD", "t1") == N_KEYS // 5
+        assert sorted(cluster.on(m, "TAG.MEMBERS", "t2")) == sorted(
+            k for i, k in enumerate(keys) if i % 5 == 2)
+    for i, m in enumerate(masters):
+        assert cluster.on(m, "TAG.PURGE", f"t{i}") == N_KEYS // 5
+        for k in keys[i::5]:
+            assert cluster.rc.exists(k) == 0
+    assert cluster.on(masters[0], "TAG.CARD", "all") == N_KEYS - 3 * N_KEYS // 5
+    assert cluster.on(masters[1], "TAG.PURGE", "t3", "t4", "all") == N_KEYS - 3 * N_KEYS // 5
+    assert cluster.all_keys() == set()
+    assert cluster.on(masters[2], "TAG.PURGE", "all") == 0
+
+
+def test_large_sliced_purge_spans_every_master(cluster):
+    masters = cluster.masters()
+    for m in masters:
+        cluster.client(m).config_set("tagcache.purge-atomic-max", 100)
+    try:
+        cluster.fill(3000, tags=lambda i: ("big",))
+        assert cluster.on(masters[1], "TAG.PURGE", "big") == 3000
+        assert cluster.all_keys() == set()
+        cluster.fill(600, tags=lambda i: ("big",))
+        assert cluster.on(masters[2], "TAG.PURGE", "big", "ASYNC") == 600
+        wait_until(lambda: cluster.all_keys() == set(), 20, what="ASYNC purge done everywhere")
+    finally:
+        for m in masters:
+            cluster.client(m).config_set("tagcache.purge-atomic-max", 10000)
+
+
+def test_client_written_sets_are_honoured_for_their_own_slot(cluster):
+    rc = cluster.rc
+    rc.set("{u}a", "1")
+    rc.set("{u}b", "2")
+    rc.set("other", "3")
+    assert rc.sadd("tag:{u}x", "{u}a", "{u}b", "other") == 3
+    masters = cluster.masters()
+    port = rc.get_node_from_key("tag:{u}x").port
+    owner = [m for m in masters if m.port == port][0]
+    elsewhere = [m for m in masters if m is not owner][0]
+    assert cluster.on(elsewhere, "TAG.CARD", "{u}x") == 2
+    assert cluster.on(elsewhere, "TAG.PURGE", "{u}x") == 2
+    assert rc.exists("{u}a", "{u}b") == 0
+    # A member of another slot is left alone, as the client's own script
+    # could not reach it either.
+    assert rc.get("other") == b"3"
+
+
+def test_rules_reach_every_master_and_fire_cluster_wide(cluster):
+    masters = cluster.masters()
+    assert cluster.on(masters[0], "TAG.LINK", "product:", "p:") == b"OK"
+    for m in masters:
+        wait_until(lambda m=m: cluster.on(m, "TAG.LINKS") == [[b"product:", b"p:"]], 1,
+                   what="the rule on every master within a second")
+    keys = cluster.fill(300, tags=lambda i: (f"p:{i % 3}",))
+    cluster.rc.set("product:1", "changed")
+    wait_until(lambda: all(cluster.rc.exists(k) == 0 for k in keys[1::3]), 5,
+               what="keys tagged p:1 purged on every master")
+    assert all(cluster.rc.exists(k) == 1 for k in keys[0::3])
+    assert cluster.on(masters[2], "TAG.UNLINK", "product:") == 1
+    for m in masters:
+        wait_until(lambda m=m: cluster.on(m, "TAG.LINKS") == [], 1, what="rule removed everywhere")
+
+
+def test_replicas_equal_their_masters_after_a_mixed_workload(cluster):
+    rc = cluster.rc
+    keys = cluster.fill(800)
+    for k in keys[:100]:
+        rc.delete(k)
+    for k in keys[100:200]:
+        rc.set(k, "plain")
+    for k in keys[200:250]:
+        rc.execute_command("TAG.ADD", k, "extra")
+    masters = cluster.masters()
+    cluster.on(masters[0], "TAG.PURGE", "t3")
+    cluster.sync_replicas()
+    _, replicas = cluster.roles()
+    for r in replicas:
+        rcl = cluster.client(r)
+        info = rcl.info("replication")
+        master = [m for m in masters if m.port == info["master_port"]][0]
+        wait_until(lambda: cluster.client(master).execute_command("DEBUG", "DIGEST")
+                   == rcl.execute_command("DEBUG", "DIGEST"), 10, what="replica digest")
+    assert_index_is_local(cluster)
+
+
+def test_reshard_moves_index_with_keys(fresh):
+    keys = fresh.fill()
+    masters = fresh.masters()
+    src, dst = masters[0], masters[1]
+    src_id = fresh.client(src).execute_command("CLUSTER", "MYID").decode()
+    dst_id = fresh.client(dst).execute_command("CLUSTER", "MYID").decode()
+    out = subprocess.run(
+        [REDIS_CLI, "--cluster", "reshard", f"127.0.0.1:{src.port}",
+         "--cluster-from", src_id, "--cluster-to", dst_id,
+         "--cluster-slots", "300", "--cluster-yes"],
+        capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    fresh.wait_ok()
+    assert_index_is_local(fresh)
+    rc = RedisCluster(host="127.0.0.1", port=dst.port, decode_responses=False, socket_timeout=30)
+    fresh.rc = rc
+    assert fresh.on(dst, "TAG.CARD", "all") == N_KEYS
+    for k in keys[:100]:
+        assert sorted(rc.execute_command("TAG.TAGS", k)) == sorted(
+            [f"t{int(k.split(b':')[1]) % 5}".encode(), b"all"])
+    assert fresh.on(src, "TAG.PURGE", "all") == N_KEYS
+    assert fresh.all_keys() == set()
+
+
+def test_failover_then_purge(fresh):
+    keys = fresh.fill()
+    fresh.sync_replicas()
+    masters, replicas = fresh.roles()
+    promoted = replicas[0]
+    assert fresh.client(promoted).execute_command("CLUSTER", "FAILOVER") == b"OK"
+    wait_until(lambda: fresh.client(promoted).execute_command("ROLE")[0] == b"master", 30,
+               what="replica promoted")
+    fresh.wait_ok()
+    rc = RedisCluster(host="127.0.0.1", port=promoted.port, decode_responses=False,
+                      socket_timeout=30)
+    fresh.rc = rc
+    assert fresh.on(promoted, "TAG.CARD", "all") == len(keys)
+    assert fresh.on(promoted, "TAG.PURGE", "all") == len(keys)
+    assert fresh.all_keys() == set()
+
+
+def test_a_silent_master_times_out_then_the_same_purge_finishes(fresh):
+    keys = fresh.fill()
+    masters = fresh.masters()
+    asker, silent = masters[0], masters[2]
+    on_silent = [k for k in keys if fresh.rc.get_node_from_key(k).port == silent.port]
+    assert on_silent
+    os.kill(silent.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(redis.ResponseError) as e:
+            fresh.on(asker, "TAG.PURGE", "all")
+        assert time.monotonic() - t0 < 5
+        assert error_text(e.value) == (
+            "ERR 1 of 3 masters did not answer within cluster-timeout-ms (1000)")
+        for m in masters[:2]:
+            assert [k for k in fresh.client(m).keys("item:*")] == []
+    finally:
+        os.kill(silent.proc.pid, signal.SIGCONT)
+    fresh.wait_ok()
+    assert fresh.on(asker, "TAG.PURGE", "all") in (0, len(on_silent))
+    assert fresh.all_keys() == set()

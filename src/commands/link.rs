@@ -3,8 +3,9 @@
 //! `tag-prefix + rest`), whoever changes the key.
 //!
 //! Rules are kept in the hash `tagcache:links` of the database they apply
-//! to, so they persist and replicate with the data. A rule records the user
-//! who created it: its purges have that user's permissions.
+//! to, so they persist and replicate with the data (in a cluster, a copy on
+//! every master: `server::rules`). A rule records the user who created it:
+//! its purges have that user's permissions.
 
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{Access, Kind, Plan, Write};
@@ -13,14 +14,16 @@ use crate::engine::stats;
 use crate::server::apply::{self, Cause};
 use crate::server::config;
 use crate::server::keys::{self, argv, Caller};
-use crate::server::notify::LINKS_KEY;
 use crate::server::rebuild;
+use crate::server::{cluster, rules};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 
-fn links_plan(access: Access, write: Write<'_>) -> Plan<'_> {
+fn links_plan<'a>(keys: &[Vec<u8>], write: impl Fn(Vec<u8>) -> Write<'a>) -> Plan<'a> {
     let mut plan = Plan::default();
-    plan.check(LINKS_KEY, access, Kind::Hash);
-    plan.write(write);
+    for key in keys {
+        plan.check(key.clone(), Access::Write, Kind::Hash);
+        plan.write(write(key.clone()));
+    }
     plan
 }
 
@@ -28,7 +31,7 @@ fn apply_links(ctx: &Context, plan: &Plan) -> Result<i64> {
     apply::check(ctx, Caller::of(ctx).as_ref(), plan)?;
     let replies = apply::apply(ctx, plan, Cause::Command)?;
     rebuild::reload_rules(ctx, keys::selected_db(ctx), true);
-    Ok(replies.first().copied().unwrap_or(0))
+    Ok(replies.iter().sum::<i64>().min(1))
 }
 
 pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
@@ -46,19 +49,20 @@ pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             Error::Invalid("source-prefix must not cover the tag index keys".into()).into(),
         );
     }
-    let rule = Rule {
+    let owner = keys::user_name(ctx);
+    let value = Rule {
         tag_prefix: tag_prefix.to_vec(),
-        owner: keys::user_name(ctx),
-    };
-    let plan = links_plan(
-        Access::Write,
-        Write::HashSet {
-            key: LINKS_KEY.into(),
-            field: (*source).into(),
-            value: rule.encode().into(),
-        },
-    );
+        owner: owner.clone(),
+    }
+    .encode();
+    let plan = links_plan(&[rules::links_key(ctx)?], |key| Write::HashSet {
+        key: key.into(),
+        field: (*source).into(),
+        value: value.clone().into(),
+    });
     apply_links(ctx, &plan)?;
+    let owner = owner.unwrap_or_default();
+    cluster::share_rule(ctx, source, Some((tag_prefix, &owner)));
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -68,14 +72,13 @@ pub fn tag_unlink(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let [source] = argv.as_slice() else {
         return Err(Error::WrongArity("tag.unlink").into());
     };
-    let plan = links_plan(
-        Access::Write,
-        Write::HashDel {
-            key: LINKS_KEY.into(),
-            field: (*source).into(),
-        },
-    );
-    Ok(RedisValue::Integer(apply_links(ctx, &plan)?))
+    let plan = links_plan(&rules::links_keys(ctx), |key| Write::HashDel {
+        key: key.into(),
+        field: (*source).into(),
+    });
+    let removed = apply_links(ctx, &plan)?;
+    cluster::share_rule(ctx, source, None);
+    Ok(RedisValue::Integer(removed))
 }
 
 pub fn tag_links(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
@@ -83,11 +86,14 @@ pub fn tag_links(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if args.len() != 1 {
         return Err(Error::WrongArity("tag.links").into());
     }
-    if let Some(c) = Caller::of(ctx) {
-        c.check(ctx, LINKS_KEY, Access::Read)?;
+    let caller = Caller::of(ctx);
+    for key in rules::links_keys(ctx) {
+        if let Some(c) = &caller {
+            c.check(ctx, &key, Access::Read)?;
+        }
+        keys::ensure_kind(ctx, &key, Kind::Hash)?;
     }
-    keys::ensure_kind(ctx, LINKS_KEY, Kind::Hash)?;
-    let mut rules = rebuild::read_rules(ctx);
+    let mut rules = rules::read_rules(ctx);
     rules.sort();
     Ok(RedisValue::Array(
         rules

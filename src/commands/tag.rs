@@ -6,12 +6,14 @@
 
 use super::args::{self, Condition};
 use crate::engine::error::{Error, Result};
-use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix, TagSets};
+use crate::engine::plan::{self, Access, Expiry, Plan, Prefix};
+use crate::engine::purge::ReplyTo;
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
 use crate::server::events::{Event, Op};
 use crate::server::keys::{self, argv, Caller};
-use crate::server::{blocked, config};
+use crate::server::purge::{self, Here};
+use crate::server::{blocked, cluster, config};
 use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
 fn bulk_list(items: Vec<Vec<u8>>) -> RedisValue {
@@ -51,7 +53,7 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let a = args::parse_tag_set(&argv)?;
-    let p = Prefix(config::tag_prefix());
+    let p = config::layout();
     same_tag_set(&p, a.key, &a.tags)?;
     let now = keys::now_ms();
     let deadline = a.expiry.deadline(now, "tag.set")?;
@@ -116,12 +118,12 @@ pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     // Called by a client, they must be the key's tag sets, as TAG.SET would
     // name them: the ones it leaves and the ones it has after.
     if !keys::from_master(ctx) {
-        let p = Prefix(config::tag_prefix());
+        let p = config::layout();
         let db = keys::selected_db(ctx);
         let mut old: Vec<Vec<u8>> = engine::with(|s| s.index.tags(db, a.key))
             .unwrap_or_default()
             .iter()
-            .map(|t| p.set(t))
+            .flat_map(|t| p.sets_holding(t, a.key))
             .filter(|set| !a.add.contains(&set.as_slice()))
             .collect();
         let mut rem: Vec<Vec<u8>> = a.rem.iter().map(|s| s.to_vec()).collect();
@@ -161,7 +163,7 @@ fn tag_change(ctx: &Context, args: Vec<RedisString>, add: bool) -> RedisResult {
     let argv = argv(&args);
     let cmd = if add { "tag.add" } else { "tag.rem" };
     let (key, tags) = args::parse_key_tags(&argv, cmd)?;
-    let p = Prefix(config::tag_prefix());
+    let p = config::layout();
     if add {
         same_tag_set(&p, key, &tags)?;
     }
@@ -201,93 +203,44 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         .into_iter()
         .map(<[u8]>::to_vec)
         .collect();
-    let p = Prefix(config::tag_prefix());
-    let db = keys::selected_db(ctx);
     let caller = Caller::of(ctx);
     // Above `purge-atomic-max` keys, in slices, where the caller can wait:
     // the call checks the tag sets; each key is checked before any goes.
-    let max = config::purge_atomic_max();
     let can_wait = !ctx
         .get_flags()
         .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
-    let count = engine::with(|s| s.index.member_ids(db, &tags).len()).unwrap_or(0);
-    let count = i64::try_from(count).unwrap_or(i64::MAX);
-    if can_wait && (max == 0 || count > max) {
-        let mut sets = Plan::default();
-        for t in &tags {
-            sets.check(p.set(t), Access::Delete, Kind::Set);
-        }
-        apply::check(ctx, caller.as_ref(), &sets)?;
-        if let Some(n) = crate::server::purge::start(ctx, tags.clone(), !is_async) {
-            return Ok(if is_async {
-                RedisValue::Integer(n)
+    if config::slotted() {
+        return cluster::purge(ctx, tags, caller.as_ref(), can_wait, is_async);
+    }
+    let here = purge::here(
+        ctx,
+        &tags,
+        caller.as_ref(),
+        can_wait,
+        ReplyTo::Caller,
+        !is_async,
+    )?;
+    match here {
+        Here::Sliced { carried } if is_async => Ok(RedisValue::Integer(carried)),
+        Here::Sliced { .. } => Ok(RedisValue::NoReply),
+        Here::Done { deleted, carried } => {
+            apply::purged(
+                ctx,
+                &Event {
+                    op: Op::Purge,
+                    tags: &tags,
+                    scopes: &[],
+                    keys: deleted,
+                    source: None,
+                },
+            );
+            Ok(RedisValue::Integer(if is_async {
+                carried
             } else {
-                RedisValue::NoReply
-            });
+                deleted
+            }))
         }
     }
-    // As `planned`, for a plan that borrows the members it found: the plan
-    // that passed its check is the one applied.
-    for _ in 0..3 {
-        let (members, before) =
-            engine::with(|s| (plan::purge_members(&s.index, db, &tags), s.index.changes()))
-                .unwrap_or_default();
-        let plan =
-            engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Delete))
-                .unwrap_or_default();
-        apply::check(ctx, caller.as_ref(), &plan)?;
-        if engine::with(|s| s.index.changes()) != Some(before) {
-            continue;
-        }
-        let replies = apply::apply(ctx, &plan, Cause::Command)?;
-        let deleted = apply::deleted_count(&plan, &replies);
-        stats::bump(&stats::PURGES);
-        apply::purged(
-            ctx,
-            &Event {
-                op: Op::Purge,
-                tags: &tags,
-                scopes: &[],
-                keys: deleted,
-                source: None,
-            },
-        );
-        let carried = i64::try_from(members.len()).unwrap_or(i64::MAX);
-        return Ok(RedisValue::Integer(if is_async {
-            carried
-        } else {
-            deleted
-        }));
-    }
-    Err(Error::Internal("the index kept changing".into()).into())
-}
-
-/// The keys that carry `tag`, as the caller may learn them: a member it may
-/// read is listed only if it exists (reading it is allowed); a member it may
-/// not read is listed as the set names it, so the answer does not depend on
-/// whether that key exists.
-fn visible_members(ctx: &Context, tag: &[u8]) -> Result<Vec<Vec<u8>>> {
-    if tag.is_empty() {
-        return Err(Error::EmptyTag);
-    }
-    let set = Prefix(config::tag_prefix()).set(tag);
-    let caller = Caller::of(ctx);
-    if let Some(c) = &caller {
-        c.check(ctx, &set, Access::Read)?;
-    }
-    keys::ensure_kind(ctx, &set, Kind::Set)?;
-    let db = keys::selected_db(ctx);
-    let members = engine::with(|s| s.index.members(db, tag)).unwrap_or_default();
-    let mut out = Vec::with_capacity(members.len());
-    for m in members {
-        let readable = caller
-            .as_ref()
-            .is_none_or(|c| c.check(ctx, &m, Access::Read).is_ok());
-        if !readable || keys::exists(ctx, &m) {
-            out.push(m);
-        }
-    }
-    Ok(out)
 }
 
 fn one_arg<'a>(argv: &[&'a [u8]], cmd: &'static str) -> Result<&'a [u8]> {
@@ -301,14 +254,24 @@ pub fn tag_members(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let tag = one_arg(&argv, "tag.members")?;
-    Ok(bulk_list(visible_members(ctx, tag)?))
+    if config::slotted() {
+        return cluster::read(ctx, tag, cluster::Read::Members);
+    }
+    Ok(bulk_list(apply::visible_members(
+        ctx,
+        tag,
+        Caller::of(ctx).as_ref(),
+    )?))
 }
 
 pub fn tag_card(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(&args);
     let tag = one_arg(&argv, "tag.card")?;
-    let n = visible_members(ctx, tag)?.len();
+    if config::slotted() {
+        return cluster::read(ctx, tag, cluster::Read::Card);
+    }
+    let n = apply::visible_members(ctx, tag, Caller::of(ctx).as_ref())?.len();
     Ok(RedisValue::Integer(i64::try_from(n).unwrap_or(i64::MAX)))
 }
 
@@ -325,15 +288,17 @@ pub fn tag_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         return Ok(RedisValue::Array(Vec::new()));
     }
     let db = keys::selected_db(ctx);
-    let p = config::tag_prefix();
+    let p = config::layout();
     // Opening each tag set reclaims one that has expired (and untags the
     // key in the index) before the answer is read.
     for t in engine::with(|s| s.index.tags(db, key)).unwrap_or_default() {
-        keys::key_type(ctx, &Prefix(p).set(&t));
+        for set in p.sets_holding(&t, key) {
+            keys::key_type(ctx, &set);
+        }
     }
     let mut tags = engine::with(|s| s.index.tags(db, key)).unwrap_or_default();
     if let Some(c) = &caller {
-        tags.retain(|t| c.check(ctx, &Prefix(p).set(t), Access::Read).is_ok());
+        tags.retain(|t| c.check(ctx, &p.set_for(t, key), Access::Read).is_ok());
     }
     Ok(bulk_list(tags))
 }

@@ -8,7 +8,7 @@
 
 use super::args::{self, parse_i64};
 use crate::engine::error::{Error, Result};
-use crate::engine::plan::{self, Access, Expiry, Kind, Plan, Prefix};
+use crate::engine::plan::{self, Access, Expiry, Kind, Plan};
 use crate::engine::version::{self, value_key};
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
@@ -107,8 +107,7 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         None => next(None)?,
     };
     let vkey = value_key(version, a.key);
-    let prefix = config::tag_prefix();
-    let p = Prefix(prefix);
+    let p = config::layout();
     let db = keys::selected_db(ctx);
     let plan = engine::with(|s| {
         let mut plan = Plan::default();
@@ -170,8 +169,7 @@ pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         floor = floor.max(v);
         versions.push(v);
     }
-    let prefix = config::tag_prefix();
-    let p = Prefix(prefix);
+    let p = config::layout();
     let db = keys::selected_db(ctx);
     let plan = engine::with(|s| {
         let mut plan = Plan::default();

@@ -21,6 +21,24 @@ type HashMap<K, V> = StdMap<K, V, Hasher>;
 type HashSet<K> = std::collections::HashSet<K, Hasher>;
 
 pub type Db = i32;
+
+/// Which members of a tag one index set holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every member (a standalone server's one set per tag).
+    All,
+    /// The members in one cluster slot (a cluster's sets, one per slot).
+    Slot(u16),
+}
+
+impl Scope {
+    pub fn holds(&self, key: &[u8]) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Slot(s) => super::slot::slot(key) == *s,
+        }
+    }
+}
 type TagId = u32;
 type KeyId = u32;
 
@@ -489,6 +507,50 @@ impl Index {
         keys
     }
 
+    /// The set of `tag` that holds the members of `scope` is gone: they no
+    /// longer carry the tag. Returns them in a cluster's scope (`All` just
+    /// forgets them, as `forget_tag`).
+    pub fn drop_tag_in(&mut self, db: Db, tag: &[u8], scope: Scope) -> Vec<Vec<u8>> {
+        let Scope::Slot(s) = scope else {
+            self.forget_tag(db, tag);
+            return Vec::new();
+        };
+        let mut gone = self.members(db, tag);
+        gone.retain(|m| super::slot::slot(m) == s);
+        for m in &gone {
+            self.remove(db, m, tag);
+        }
+        gone
+    }
+
+    /// Makes the members of `tag` within `scope` exactly `members` (those
+    /// of other scopes are left out). Returns the keys that were members
+    /// and are no more.
+    pub fn set_members_in(
+        &mut self,
+        db: Db,
+        tag: &[u8],
+        scope: Scope,
+        members: &[Vec<u8>],
+    ) -> Vec<Vec<u8>> {
+        if scope == Scope::All {
+            self.set_members(db, tag, members);
+            return Vec::new();
+        }
+        let mut before = self.members(db, tag);
+        before.retain(|m| scope.holds(m));
+        for m in &before {
+            self.remove(db, m, tag);
+        }
+        for m in members {
+            if scope.holds(m) {
+                self.add(db, m, tag);
+            }
+        }
+        before.retain(|m| !self.has(db, m, tag));
+        before
+    }
+
     /// As `drop_tag`, when nobody needs the keys.
     pub fn forget_tag(&mut self, db: Db, tag: &[u8]) {
         self.changes += 1;
@@ -568,6 +630,25 @@ mod tests {
 
     fn v(items: &[&str]) -> Vec<Vec<u8>> {
         items.iter().map(|t| t.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_slot_scope_touches_only_its_own_keys() {
+        use crate::engine::slot::slot;
+        let mut ix = Index::default();
+        for k in ["{a}1", "{a}2", "{b}1"] {
+            ix.add(0, k.as_bytes(), b"t");
+        }
+        let a = Scope::Slot(slot(b"a"));
+        assert_eq!(sorted(ix.drop_tag_in(0, b"t", a)), v(&["{a}1", "{a}2"]));
+        assert_eq!(ix.members(0, b"t"), v(&["{b}1"]));
+        // Reread: members of other slots named in the set are left out.
+        let gone = ix.set_members_in(0, b"t", a, &v(&["{a}2", "{b}9"]));
+        assert!(gone.is_empty());
+        assert_eq!(sorted(ix.members(0, b"t")), v(&["{a}2", "{b}1"]));
+        let gone = ix.set_members_in(0, b"t", a, &[]);
+        assert_eq!(gone, v(&["{a}2"]));
+        assert_eq!(ix.members(0, b"t"), v(&["{b}1"]));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the plan; `server` applies it. Nothing here calls Redis, so `cargo test`
 //! reaches all of it.
 
+pub mod cluster;
 pub mod error;
 pub mod events;
 pub mod index;
@@ -57,6 +58,11 @@ pub enum Wake {
     Purged { client: Client, deleted: i64 },
     /// A sliced purge it waits for was refused (nothing deleted).
     Failed { client: Client, error: String },
+    /// A cluster-wide `TAG.MEMBERS` gathered its answer.
+    Members {
+        client: Client,
+        members: Vec<Vec<u8>>,
+    },
 }
 
 impl Wake {
@@ -66,7 +72,8 @@ impl Wake {
             | Wake::Lease { client, .. }
             | Wake::Timeout { client }
             | Wake::Purged { client, .. }
-            | Wake::Failed { client, .. } => *client,
+            | Wake::Failed { client, .. }
+            | Wake::Members { client, .. } => *client,
         }
     }
 }
@@ -130,6 +137,8 @@ pub struct State {
     pub waking: Vec<Wake>,
     /// Sliced purges in progress.
     pub purges: purge::Purges,
+    /// Cluster-wide commands this master waits on other masters for.
+    pub gathers: cluster::Gathers,
     /// Keys a client added to a tag set before they existed (`SADD tag:t k`
     /// then `SET k …`): their first write creates them, it replaces nothing.
     pub ghosts: std::collections::HashSet<(Db, Vec<u8>)>,

@@ -4,7 +4,8 @@
 //! mirrors each into the index; nothing it could have checked can fail half
 //! way. Plans borrow the command's arguments rather than copy them.
 
-use super::index::{Db, Index};
+use super::index::{Db, Index, Scope};
+use super::slot;
 use super::{State, Wake};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -115,6 +116,9 @@ pub struct Plan<'a> {
     /// A key the command declares for writing in its key specs: the server
     /// checked it against the caller's ACL before the command ran.
     pub declared: Option<&'a [u8]>,
+    /// Its keys were found in this node's index (a purge): in a cluster
+    /// they may span slots, all served here.
+    pub local: bool,
 }
 
 impl<'a> Plan<'a> {
@@ -215,17 +219,92 @@ impl Decimal {
     }
 }
 
-/// Names of tag sets: `<prefix><tag>`.
-pub struct Prefix<'a>(pub &'a [u8]);
+/// Where the index of a tag lives. On a standalone server: one set per tag,
+/// `<prefix><tag>`. In a cluster (`slotted`), one set per tag and slot,
+/// `tagcache:idx:{<n>}<tag>`, where `{<n>}` hashes to the slot of the keys
+/// it holds, so that it lives, migrates and fails over with them; a
+/// client-written `<prefix><tag>` set is still honoured for the members of
+/// its own slot.
+#[derive(Clone, Copy)]
+pub struct Prefix<'a> {
+    pub tags: &'a [u8],
+    pub slotted: bool,
+}
 
-impl Prefix<'_> {
+/// The per-slot index sets of a cluster.
+pub const SLOT_INDEX: &[u8] = b"tagcache:idx:";
+
+impl<'a> Prefix<'a> {
+    /// The client-layout set of a tag: `<prefix><tag>`.
     pub fn set(&self, tag: &[u8]) -> Vec<u8> {
-        [self.0, tag].concat()
+        [self.tags, tag].concat()
     }
 
-    /// The tag whose set `key` is, if it is under the prefix.
+    /// The set the module writes `key` into for `tag`.
+    pub fn set_for(&self, tag: &[u8], key: &[u8]) -> Vec<u8> {
+        if !self.slotted {
+            return self.set(tag);
+        }
+        let n = slot::name_in(slot::slot(key));
+        let mut out = Vec::with_capacity(SLOT_INDEX.len() + n.len() + 2 + tag.len());
+        out.extend_from_slice(SLOT_INDEX);
+        out.push(b'{');
+        out.extend_from_slice(n);
+        out.push(b'}');
+        out.extend_from_slice(tag);
+        out
+    }
+
+    /// Every set that may hold `key` for `tag`: the module's, and in a
+    /// cluster a client-written set of the same slot.
+    pub fn sets_holding(&self, tag: &[u8], key: &[u8]) -> Vec<Vec<u8>> {
+        let mine = self.set_for(tag, key);
+        if !self.slotted {
+            return vec![mine];
+        }
+        let legacy = self.set(tag);
+        if slot::slot(&legacy) == slot::slot(key) {
+            vec![mine, legacy]
+        } else {
+            vec![mine]
+        }
+    }
+
+    /// Every set of `tag` that holds members of `scope`.
+    pub fn scope_sets(&self, tag: &[u8], scope: Scope) -> Vec<Vec<u8>> {
+        match scope {
+            Scope::All => vec![self.set(tag)],
+            Scope::Slot(s) => {
+                let n = slot::name_in(s);
+                let mine = [SLOT_INDEX, b"{", n, b"}", tag].concat();
+                let legacy = self.set(tag);
+                if slot::slot(&legacy) == s {
+                    vec![mine, legacy]
+                } else {
+                    vec![mine]
+                }
+            }
+        }
+    }
+
+    /// The tag whose index `key` is, and which of its members it holds.
+    pub fn index_of<'k>(&self, key: &'k [u8]) -> Option<(&'k [u8], Scope)> {
+        if !self.slotted {
+            return key.strip_prefix(self.tags).map(|t| (t, Scope::All));
+        }
+        if let Some(rest) = key.strip_prefix(SLOT_INDEX) {
+            let rest = rest.strip_prefix(b"{")?;
+            let close = rest.iter().position(|&b| b == b'}')?;
+            let tag = rest.get(close + 1..)?;
+            return Some((tag, Scope::Slot(slot::slot(key))));
+        }
+        key.strip_prefix(self.tags)
+            .map(|t| (t, Scope::Slot(slot::slot(key))))
+    }
+
+    /// The tag whose index `key` is.
     pub fn tag_of<'k>(&self, key: &'k [u8]) -> Option<&'k [u8]> {
-        key.strip_prefix(self.0)
+        self.index_of(key).map(|(t, _)| t)
     }
 }
 
@@ -262,13 +341,15 @@ pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64)
         let old = ix.tags(db, key);
         let mut plan = Plan::default();
         for t in tags.iter().filter(|t| !old.iter().any(|o| o == *t)) {
-            plan.check(p.set(t), Access::Write, Kind::Set);
+            plan.check(p.set_for(t, key), Access::Write, Kind::Set);
         }
         for t in &old {
-            plan.write(Write::SetRem {
-                set: p.set(t).into(),
-                members: one(key),
-            });
+            for set in p.sets_holding(t, key) {
+                plan.write(Write::SetRem {
+                    set: set.into(),
+                    members: one(key),
+                });
+            }
         }
         plan.write(Write::Del { keys: one(key) });
         return plan;
@@ -276,10 +357,10 @@ pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64)
     let mut rem = Vec::new();
     ix.each_tag(db, key, |t| {
         if !tags.contains(&t) {
-            rem.push(p.set(t));
+            rem.extend(p.sets_holding(t, key));
         }
     });
-    let add = tags.iter().map(|t| p.set(t)).collect();
+    let add = tags.iter().map(|t| p.set_for(t, key)).collect();
     string_with_sets(key, value, expiry, add, rem)
 }
 
@@ -330,10 +411,12 @@ pub fn overwrite<'a>(
 ) {
     let tags = ix.tags(db, &key);
     for t in tags {
-        plan.write(Write::SetRem {
-            set: p.set(&t).into(),
-            members: vec![key.clone()],
-        });
+        for set in p.sets_holding(&t, &key) {
+            plan.write(Write::SetRem {
+                set: set.into(),
+                members: vec![key.clone()],
+            });
+        }
     }
     plan.write(Write::SetString {
         key,
@@ -358,18 +441,24 @@ pub fn tag_change<'a>(
     plan.check(key, Access::Write, Kind::Any);
     let mut changed = 0;
     for t in tags {
-        let set = p.set(t);
         if ix.has(db, key, t) == add {
-            plan.check(set, Access::Write, Kind::Set);
+            plan.check(p.set_for(t, key), Access::Write, Kind::Set);
             continue;
         }
         changed += 1;
-        let (set, members) = (set.into(), one(key));
-        plan.write(if add {
-            Write::SetAdd { set, members }
+        if add {
+            plan.write(Write::SetAdd {
+                set: p.set_for(t, key).into(),
+                members: one(key),
+            });
         } else {
-            Write::SetRem { set, members }
-        });
+            for set in p.sets_holding(t, key) {
+                plan.write(Write::SetRem {
+                    set: set.into(),
+                    members: one(key),
+                });
+            }
+        }
     }
     (plan, changed)
 }
@@ -412,28 +501,33 @@ pub fn purge<'a>(
     members: &'a [Vec<u8>],
     sets: TagSets,
 ) -> Plan<'a> {
-    let mut plan = Plan::default();
-    for t in tags {
-        plan.check(p.set(t), Access::Delete, Kind::Set);
+    let mut plan = Plan {
+        local: true,
+        ..Plan::default()
+    };
+    let own_sets = index_sets(ix, db, p, tags, members);
+    for set in &own_sets {
+        plan.check(set.clone(), Access::Delete, Kind::Set);
     }
     // The tag sets go first: their deletion untags their keys in the index
     // in one pass, before the keys themselves go.
-    if sets == TagSets::Delete && !tags.is_empty() {
+    if sets == TagSets::Delete && !own_sets.is_empty() {
         plan.write(Write::Unlink {
-            keys: tags.iter().map(|t| p.set(t).into()).collect(),
+            keys: own_sets.iter().map(|s| s.clone().into()).collect(),
         });
     }
     let mut others: BTreeMap<Vec<u8>, Vec<Bytes<'a>>> = BTreeMap::new();
     // A tag set deleted here may itself carry tags: it leaves their sets.
     if sets == TagSets::Delete {
-        for t in tags {
-            let set = p.set(t);
-            ix.each_tag(db, &set, |own| {
+        for set in &own_sets {
+            ix.each_tag(db, set, |own| {
                 if !tags.iter().any(|x| x.as_slice() == own) {
-                    others
-                        .entry(own.to_vec())
-                        .or_default()
-                        .push(Cow::Owned(set.clone()));
+                    for other in p.sets_holding(own, set) {
+                        others
+                            .entry(other)
+                            .or_default()
+                            .push(Cow::Owned(set.clone()));
+                    }
                 }
             });
         }
@@ -443,15 +537,17 @@ pub fn purge<'a>(
             if sets != TagSets::Remove && tags.iter().any(|x| x.as_slice() == t) {
                 return;
             }
-            match others.get_mut(t) {
-                Some(list) => list.push(Cow::Borrowed(m)),
-                None => drop(others.insert(t.to_vec(), vec![Cow::Borrowed(m.as_slice())])),
+            for other in p.sets_holding(t, m) {
+                match others.get_mut(&other) {
+                    Some(list) => list.push(Cow::Borrowed(m)),
+                    None => drop(others.insert(other, vec![Cow::Borrowed(m.as_slice())])),
+                }
             }
         });
     }
-    for (t, keys) in others {
+    for (set, keys) in others {
         plan.write(Write::SetRem {
-            set: p.set(&t).into(),
+            set: set.into(),
             members: keys,
         });
     }
@@ -464,11 +560,38 @@ pub fn purge<'a>(
     plan
 }
 
+/// The index sets of `tags`: on a standalone server one per tag; in a
+/// cluster, those that hold `members` (one per tag and slot, and the
+/// client-written sets of the same slots).
+pub fn index_sets(
+    ix: &Index,
+    db: Db,
+    p: &Prefix,
+    tags: &[Vec<u8>],
+    members: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
+    if !p.slotted {
+        return tags.iter().map(|t| p.set(t)).collect();
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for m in members {
+        for t in tags {
+            if ix.has(db, m, t) {
+                out.extend(p.sets_holding(t, m));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
 /// At the end of a large purge: the sets of its tags hold exactly the keys
 /// that carry the tags now (those tagged since the call arrived), written
 /// anew — the slices left the deleted keys in them.
 pub fn rebuild_sets(ix: &Index, db: Db, p: &Prefix, tags: &[Vec<u8>]) -> Plan<'static> {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        local: true,
+        ..Plan::default()
+    };
     plan.write(Write::Unlink {
         keys: tags.iter().map(|t| p.set(t).into()).collect(),
     });
@@ -509,8 +632,8 @@ impl State {
                 if !stated {
                     ix.forget_key(db, key);
                 }
-                if let Some(tag) = p.tag_of(key) {
-                    ix.forget_tag(db, tag);
+                if let Some((tag, scope)) = p.index_of(key) {
+                    ix.drop_tag_in(db, tag, scope);
                 }
             }
             Write::SetAdd { set, members } => {
@@ -530,8 +653,8 @@ impl State {
             Write::Del { keys } | Write::Unlink { keys } => {
                 for k in keys {
                     ix.forget_key(db, k);
-                    if let Some(tag) = p.tag_of(k) {
-                        ix.forget_tag(db, tag);
+                    if let Some((tag, scope)) = p.index_of(k) {
+                        ix.drop_tag_in(db, tag, scope);
                     }
                 }
             }
@@ -562,7 +685,66 @@ impl State {
 mod tests {
     use super::*;
 
-    const P: Prefix = Prefix(b"tag:");
+    const P: Prefix = Prefix {
+        tags: b"tag:",
+        slotted: false,
+    };
+
+    const C: Prefix = Prefix {
+        tags: b"tag:",
+        slotted: true,
+    };
+
+    #[test]
+    fn a_cluster_keeps_a_set_per_tag_and_slot() {
+        let set = C.set_for(b"t", b"product:42");
+        assert!(set.starts_with(b"tagcache:idx:{"));
+        assert!(set.ends_with(b"}t"));
+        assert_eq!(slot::slot(&set), slot::slot(b"product:42"));
+        assert_eq!(
+            C.index_of(&set),
+            Some((&b"t"[..], Scope::Slot(slot::slot(&set))))
+        );
+        // A client-written set is honoured for its own slot only.
+        let legacy = b"tag:{u}x";
+        assert_eq!(
+            C.index_of(legacy),
+            Some((&b"{u}x"[..], Scope::Slot(slot::slot(b"u"))))
+        );
+        assert_eq!(C.sets_holding(b"{u}x", b"{u}a").len(), 2);
+        assert_eq!(C.sets_holding(b"{u}x", b"other").len(), 1);
+        assert_eq!(
+            C.scope_sets(b"{u}x", Scope::Slot(slot::slot(b"u"))).len(),
+            2
+        );
+        // Standalone: one set per tag, as clients write it.
+        assert_eq!(P.set_for(b"t", b"product:42"), b"tag:t".to_vec());
+        assert_eq!(P.sets_holding(b"t", b"k"), vec![b"tag:t".to_vec()]);
+        assert_eq!(P.index_of(b"tag:t"), Some((&b"t"[..], Scope::All)));
+        assert_eq!(P.index_of(b"tagcache:idx:{1}t"), None);
+    }
+
+    #[test]
+    fn a_cluster_purge_names_each_slot_set_and_spans_slots() {
+        let mut ix = Index::default();
+        ix.add(0, b"{a}1", b"t");
+        ix.add(0, b"{b}1", b"t");
+        ix.add(0, b"{b}1", b"u");
+        let members = vec![b"{a}1".to_vec(), b"{b}1".to_vec()];
+        let plan = purge(&ix, 0, &C, &[b"t".to_vec()], &members, TagSets::Delete);
+        assert!(plan.local);
+        let Write::Unlink { keys } = &plan.writes[0] else {
+            panic!("the sets go first");
+        };
+        let mut want = vec![C.set_for(b"t", b"{a}1"), C.set_for(b"t", b"{b}1")];
+        want.sort();
+        assert_eq!(keys.iter().map(|k| k.to_vec()).collect::<Vec<_>>(), want);
+        assert!(plan
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::SetRem { set, .. }
+            if set.as_ref() == C.set_for(b"u", b"{b}1").as_slice())));
+    }
 
     fn keep() -> Expiry {
         Expiry {

@@ -16,6 +16,17 @@ pub enum Phase {
 }
 
 /// One sliced purge in progress.
+/// Who a purge's count goes to when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// Its caller (`waiter`), with one event.
+    Caller,
+    /// A cluster-wide purge this master gathers (`engine::cluster`).
+    Gather(u64),
+    /// Another master's cluster-wide purge: node id and its gather id.
+    Remote(Vec<u8>, u64),
+}
+
 pub struct Job {
     pub id: u64,
     pub db: Db,
@@ -35,6 +46,8 @@ pub struct Job {
     /// The caller, blocked until the end (`None` with `ASYNC`, or once it
     /// left).
     pub waiter: Option<Client>,
+    /// Who is told the count when it ends.
+    pub reply_to: ReplyTo,
     abandoned: bool,
     refused: bool,
 }
@@ -70,6 +83,7 @@ impl Job {
             pending,
             deleted: 0,
             waiter: None,
+            reply_to: ReplyTo::Caller,
             abandoned: false,
             refused: false,
         }

@@ -34,6 +34,30 @@ pub fn slot(key: &[u8]) -> u16 {
     crc16(hashed_part(key)) & 16383
 }
 
+/// A short name (decimal digits) that hashes to `slot`: `{name}` puts a
+/// key in that slot. The table is made once, when first asked.
+pub fn name_in(slot: u16) -> &'static [u8] {
+    static NAMES: std::sync::OnceLock<Vec<Box<[u8]>>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let mut names: Vec<Option<Box<[u8]>>> = vec![None; 16384];
+        let mut left = names.len();
+        let mut n: u32 = 0;
+        // Every slot is reached below 110,000 (checked by a unit test).
+        while left > 0 && n < 1_000_000 {
+            let s = n.to_string().into_bytes();
+            if let Some(e) = names.get_mut(usize::from(crc16(&s) & 16383)) {
+                if e.is_none() {
+                    *e = Some(s.into_boxed_slice());
+                    left -= 1;
+                }
+            }
+            n += 1;
+        }
+        names.into_iter().map(Option::unwrap_or_default).collect()
+    });
+    names.get(usize::from(slot)).map_or(&[], |b| b)
+}
+
 /// Whether all keys hash to one slot.
 pub fn same_slot<K: AsRef<[u8]>>(keys: &[K]) -> bool {
     let mut it = keys.iter().map(|k| slot(k.as_ref()));
@@ -57,6 +81,15 @@ mod tests {
         assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
         assert_eq!(slot(b"{}x"), crc16(b"{}x") & 16383);
+    }
+
+    #[test]
+    fn every_slot_has_a_name() {
+        for s in 0..16384u16 {
+            let n = name_in(s);
+            assert!(!n.is_empty());
+            assert_eq!(slot(&[b"x{", n, b"}y"].concat()), s);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use redis_module::{Context, RedisString};
 /// server itself, or the master link), and of the right type.
 pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> {
     let checks = plan.checks();
-    if keys::in_cluster(ctx) {
+    if keys::in_cluster(ctx) && !plan.local {
         let keys: Vec<&[u8]> = checks.iter().map(|c| c.0).collect();
         keys::ensure_same_slot(ctx, &keys)?;
     }
@@ -32,13 +32,14 @@ pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> 
         }
     }
     let db = keys::selected_db(ctx);
-    let prefix = config::tag_prefix();
+    let p = config::layout();
     for (key, _, kind) in &checks {
         // A tag set the index knows members of is a set: the index follows
-        // every change of a tag set's type as it happens.
+        // every change of a tag set's type as it happens. (A cluster's tag
+        // has several sets: each is opened.)
         let known_set = *kind == Kind::Set
-            && key
-                .strip_prefix(prefix)
+            && !p.slotted
+            && p.tag_of(key)
                 .is_some_and(|tag| engine::with(|s| s.index.has_members(db, tag)).unwrap_or(false));
         if !known_set {
             keys::ensure_kind(ctx, key, *kind)?;
@@ -70,7 +71,7 @@ pub fn apply_from(
     own: &[RedisString],
 ) -> Result<Vec<i64>> {
     let db = keys::selected_db(ctx);
-    let p = Prefix(config::tag_prefix());
+    let p = config::layout();
     let mode = if plan.as_apply {
         Mode::Local
     } else {
@@ -78,8 +79,9 @@ pub fn apply_from(
     };
     let mut replies = Vec::with_capacity(plan.writes.len());
     // The index mirrors every tag set exactly on a master that is not
-    // loading, so it can tell which set writes would change nothing.
-    let known = keys::may_write(ctx).then_some((db, &p));
+    // loading, so it can tell which set writes would change nothing (in a
+    // cluster a member may be held by either of two sets of its slot).
+    let known = (keys::may_write(ctx) && !p.slotted).then_some((db, &p));
     let _applying = Applying::begin();
     for w in &plan.writes {
         replies.push(write(ctx, w, mode, known, own)?);
@@ -135,20 +137,39 @@ fn write(
             [one] => keys::call2(ctx, mode, c"SREM", set, one)?,
             _ => call_list(ctx, mode, "SREM", set, members)?,
         },
-        Write::Del { keys } => match keys.split_first() {
-            Some((first, rest)) => call_list(ctx, mode, "DEL", first, rest)?,
-            None => 0,
-        },
-        Write::Unlink { keys } => match keys.split_first() {
-            Some((first, rest)) => call_list(ctx, mode, "UNLINK", first, rest)?,
-            None => 0,
-        },
+        Write::Del { keys } => delete(ctx, mode, "DEL", keys)?,
+        Write::Unlink { keys } => delete(ctx, mode, "UNLINK", keys)?,
         Write::HashSet { key, field, value } => {
             keys::call(ctx, mode, "HSET", &[key, field, value])?.int()
         }
         Write::HashDel { key, field } => keys::call(ctx, mode, "HDEL", &[key, field])?.int(),
     };
     Ok(reply)
+}
+
+/// `DEL`/`UNLINK` of `keys`: one call, or in a cluster one per slot (a
+/// call may not span slots there).
+fn delete(ctx: &Context, mode: Mode, cmd: &str, keys: &[Bytes]) -> Result<i64> {
+    if !config::slotted() {
+        return match keys.split_first() {
+            Some((first, rest)) => call_list(ctx, mode, cmd, first, rest),
+            None => Ok(0),
+        };
+    }
+    let mut by_slot: std::collections::BTreeMap<u16, Vec<Bytes>> = Default::default();
+    for k in keys {
+        by_slot
+            .entry(crate::engine::slot::slot(k))
+            .or_default()
+            .push(k.clone());
+    }
+    let mut n = 0;
+    for group in by_slot.values() {
+        if let Some((first, rest)) = group.split_first() {
+            n += call_list(ctx, mode, cmd, first, rest)?;
+        }
+    }
+    Ok(n)
 }
 
 fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Bytes]) -> Result<i64> {
@@ -199,7 +220,7 @@ pub fn settle(ctx: &Context) {
 }
 
 fn pay(ctx: &Context, owed: Owed) {
-    let p = Prefix(config::tag_prefix());
+    let p = config::layout();
     let db = match &owed {
         Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
         Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
@@ -213,25 +234,27 @@ fn pay(ctx: &Context, owed: Owed) {
             in_exec,
             ..
         } => {
-            let set = p.set(&tag);
+            let sets = p.sets_holding(&tag, &key);
             // Client code that rewrites a key and then adds it to its tag set
             // again (its SADD changed nothing: the key was still a member)
             // keeps it there.
-            let readded = engine::with(|s| s.named.claim(&set, &key, seq, in_exec))
-                .unwrap_or(false)
-                && keys::call(ctx, Mode::Local, "SISMEMBER", &[&set, &key])
-                    .is_ok_and(|r| r.int() == 1);
+            let readded = sets.iter().any(|set| {
+                engine::with(|s| s.named.claim(set, &key, seq, in_exec)).unwrap_or(false)
+                    && keys::call2(ctx, Mode::Local, c"SISMEMBER", set, &key) == Ok(1)
+            });
             if readded {
                 engine::with(|s| s.index.add(db, &key, &tag));
                 return;
             }
             stats::bump(&stats::INDEX_CLEANUPS);
             let _applying = Applying::begin();
-            keys::call(ctx, Mode::Replicated, "SREM", &[&set, &key]).map(drop)
+            sets.iter().try_for_each(|set| {
+                keys::call2(ctx, Mode::Replicated, c"SREM", set, &key).map(drop)
+            })
         }
         Owed::Retag { tag, key, .. } => {
             let _applying = Applying::begin();
-            keys::call(ctx, Mode::Replicated, "SADD", &[&p.set(&tag), &key]).map(drop)
+            keys::call2(ctx, Mode::Replicated, c"SADD", &p.set_for(&tag, &key), &key).map(drop)
         }
         Owed::Orphans { db, keys: orphans } => {
             let plan =
@@ -250,24 +273,27 @@ fn pay(ctx: &Context, owed: Owed) {
 /// permissions of each rule's owner. Keys the owner may not delete stay,
 /// tagged, and are counted. The source key is spared.
 fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-    let p = Prefix(config::tag_prefix());
+    let p = config::layout();
     let mut purged_tags = Vec::new();
     let mut deleted = 0;
     for (tag, owner) in tags {
+        // In a cluster the tag's keys live on every master.
+        super::cluster::purge_elsewhere(ctx, &tag, owner.as_deref());
         let caller = owner.as_deref().map(Caller::named);
         let may = |key: &[u8], access: Access| {
             caller
                 .as_ref()
                 .is_none_or(|c| c.check(ctx, key, access).is_ok())
         };
-        let set = p.set(&tag);
         let tags = vec![tag];
         let found = engine::with(|s| plan::purge_members(&s.index, db, &tags)).unwrap_or_default();
         if found.is_empty() {
             purged_tags.extend(tags);
             continue;
         }
-        if !may(&set, Access::Write) {
+        let sets =
+            engine::with(|s| plan::index_sets(&s.index, db, &p, &tags, &found)).unwrap_or_default();
+        if !sets.iter().all(|set| may(set, Access::Write)) {
             stats::add(&stats::RULE_KEYS_DENIED, found.len() as u64);
             continue;
         }
@@ -322,4 +348,37 @@ pub fn purged(ctx: &Context, ev: &Event) {
 /// (not of the tag sets themselves).
 pub fn deleted_count(plan: &Plan, replies: &[i64]) -> i64 {
     plan.counted.iter().filter_map(|&i| replies.get(i)).sum()
+}
+
+/// The keys that carry `tag`, as the caller may learn them: a member it may
+/// read is listed only if it exists (reading it is allowed); a member it may
+/// not read is listed as the set names it, so the answer does not depend on
+/// whether that key exists.
+pub fn visible_members(ctx: &Context, tag: &[u8], caller: Option<&Caller>) -> Result<Vec<Vec<u8>>> {
+    if tag.is_empty() {
+        return Err(crate::engine::error::Error::EmptyTag);
+    }
+    let p = config::layout();
+    let db = keys::selected_db(ctx);
+    let tags = [tag.to_vec()];
+    let (members, sets) = engine::with(|s| {
+        let members = s.index.members(db, tag);
+        let sets = plan::index_sets(&s.index, db, &p, &tags, &members);
+        (members, sets)
+    })
+    .unwrap_or_default();
+    for set in &sets {
+        if let Some(c) = caller {
+            c.check(ctx, set, Access::Read)?;
+        }
+        keys::ensure_kind(ctx, set, Kind::Set)?;
+    }
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let readable = caller.is_none_or(|c| c.check(ctx, &m, Access::Read).is_ok());
+        if !readable || keys::exists(ctx, &m) {
+            out.push(m);
+        }
+    }
+    Ok(out)
 }

@@ -104,6 +104,12 @@ unsafe extern "C" fn on_wake(
     let reply = match unsafe { data.cast::<Wake>().as_ref() } {
         None | Some(Wake::Timeout { .. }) => Ok(pair(None, None)),
         Some(Wake::Purged { deleted, .. }) => Ok(RedisValue::Integer(*deleted)),
+        Some(Wake::Members { members, .. }) => Ok(RedisValue::Array(
+            members
+                .iter()
+                .map(|m| RedisValue::StringBuffer(m.clone()))
+                .collect(),
+        )),
         // The text of an engine error: client bytes in it are escaped.
         Some(Wake::Failed { error, .. }) => {
             return context.reply(Err(redis_module::RedisError::String(error.clone()))) as c_int
@@ -130,13 +136,23 @@ unsafe extern "C" fn on_timeout(
         unsafe { raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx)) };
     // Only `CLIENT UNBLOCK` gets here (the module keeps the time itself);
     // Redis does not call this for a client already woken.
-    let purge = engine::with(|s| s.purges.forget_waiter(bc as Client)).unwrap_or(false);
-    if purge || engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
+    let gathered = engine::with(|s| s.gathers.forget_client(bc as Client)).flatten();
+    let purge = gathered == Some(true)
+        || engine::with(|s| s.purges.forget_waiter(bc as Client)).unwrap_or(false);
+    if purge
+        || gathered.is_some()
+        || engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false)
+    {
         release(bc);
     }
     if purge {
         return context.reply(Err(redis_module::RedisError::Str(
             "UNBLOCKED the purge carries on in the background",
+        ))) as c_int;
+    }
+    if gathered.is_some() {
+        return context.reply(Err(redis_module::RedisError::Str(
+            "UNBLOCKED client unblocked while the other masters answer",
         ))) as c_int;
     }
     context.reply(Ok(pair(None, None))) as c_int
@@ -172,7 +188,8 @@ fn on_wait_over(ctx: &Context, id: u64) {
 }
 
 unsafe extern "C" fn on_disconnect(_ctx: *mut raw::RedisModuleCtx, bc: Bc) {
-    if engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
+    let gathered = engine::with(|s| s.gathers.forget_client(bc as Client)).flatten();
+    if gathered.is_some() || engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
         release(bc);
     }
 }

@@ -7,6 +7,7 @@
 //! cluster (`{product:42}` lands on the slot of `tag:{product:42}`), but
 //! the ACL check applies to the derived keys, which the module checks itself.
 
+use super::config;
 use redis_module::{raw, Context};
 use std::ffi::{CStr, CString};
 
@@ -140,6 +141,7 @@ fn expiration(keep: bool) -> Arg {
 /// keeps every array alive until Redis has copied them.
 fn lay_out(
     args: &[Arg],
+    specs: i32,
     arena: &mut Vec<Vec<raw::RedisModuleCommandArg>>,
 ) -> *mut raw::RedisModuleCommandArg {
     let mut out: Vec<raw::RedisModuleCommandArg> = Vec::with_capacity(args.len() + 1);
@@ -147,12 +149,22 @@ fn lay_out(
         let subargs = if a.sub.is_empty() {
             std::ptr::null_mut()
         } else {
-            lay_out(&a.sub, arena)
+            lay_out(&a.sub, specs, arena)
+        };
+        // An argument whose key spec is not declared (tags in a cluster)
+        // is a plain string.
+        let (kind, key_spec) = if a.key_spec >= specs {
+            (
+                raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
+                -1,
+            )
+        } else {
+            (a.kind, a.key_spec)
         };
         out.push(raw::RedisModuleCommandArg {
             name: a.name.as_ptr(),
-            type_: a.kind,
-            key_spec_index: a.key_spec,
+            type_: kind,
+            key_spec_index: key_spec,
             token: a.token.map_or(std::ptr::null(), CStr::as_ptr),
             summary: std::ptr::null(),
             since: std::ptr::null(),
@@ -413,7 +425,7 @@ fn range(lastkey: i32) -> raw::RedisModuleCommandKeySpec__bindgen_ty_2 {
 
 /// The key specs, ending with the all-zero entry Redis expects. Every
 /// string they point to is static.
-fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
+fn specs(keys: &Keys, tags_are_keys: bool) -> Vec<raw::RedisModuleCommandKeySpec> {
     let one = |i: i32, f: KeySpecFlags| spec(f, at(i), false, range(0), false);
     let mut out = match keys {
         Keys::None => vec![],
@@ -446,6 +458,11 @@ fn specs(keys: &Keys) -> Vec<raw::RedisModuleCommandKeySpec> {
             ),
         ],
     };
+    // In a cluster tags are not keys: declared, even as "not a key", they
+    // would make cluster clients route by them (and refuse CROSSSLOT).
+    if !tags_are_keys {
+        out.retain(|s| s.flags & u64::from(raw::REDISMODULE_CMD_KEY_NOT_KEY) == 0);
+    }
     if !out.is_empty() {
         // SAFETY: the terminator is all zeroes, as Redis reads it (a
         // struct of integers, null pointers and unions of the same).
@@ -515,13 +532,17 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         let summary = CString::new(info.summary).map_err(|e| e.to_string())?;
         let complexity = CString::new(info.complexity).map_err(|e| e.to_string())?;
         let since = CString::new("1.0.0").map_err(|e| e.to_string())?;
-        let mut key_specs = specs(&info.keys);
+        let mut key_specs = specs(
+            &info.keys,
+            !(config::slotted() && info.name.starts_with("tag.")),
+        );
         let has_specs = !key_specs.is_empty();
+        let declared = i32::try_from(key_specs.len().saturating_sub(1)).unwrap_or(0);
         let mut arena = Vec::new();
         let args = if info.args.is_empty() {
             std::ptr::null_mut()
         } else {
-            lay_out(&info.args, &mut arena)
+            lay_out(&info.args, declared, &mut arena)
         };
         let raw_info = raw::RedisModuleCommandInfo {
             version: &VERSION,

@@ -1,6 +1,7 @@
 //! Module settings: each is a load argument `name value` and a runtime
 //! `CONFIG GET/SET tagcache.<name>`. Defaults and bounds live here.
 
+use crate::engine::plan::Prefix;
 use redis_module::configuration::ConfigurationContext;
 use redis_module::{ConfigurationValue, RedisError, RedisString};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -22,9 +23,12 @@ pub const PURGE_ATOMIC_MAX_MAX: i64 = 100_000_000;
 pub const PURGE_SLICE_US_DEFAULT: i64 = 1000;
 pub const PURGE_SLICE_US_MIN: i64 = 100;
 pub const PURGE_SLICE_US_MAX: i64 = 100_000;
+pub const CLUSTER_TIMEOUT_MS_DEFAULT: i64 = 5000;
+pub const CLUSTER_TIMEOUT_MS_MIN: i64 = 10;
+pub const CLUSTER_TIMEOUT_MS_MAX: i64 = 3_600_000;
 
 /// Every setting name, as accepted at load time.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     "tag-prefix",
     "ver-prefix",
     "events-channel",
@@ -33,6 +37,7 @@ pub const NAMES: [&str; 8] = [
     "lease-ttl",
     "purge-atomic-max",
     "purge-slice-us",
+    "cluster-timeout-ms",
 ];
 
 /// A string setting, optionally refusing the empty string.
@@ -85,6 +90,7 @@ pub static STREAM_MAXLEN: AtomicI64 = AtomicI64::new(STREAM_MAXLEN_DEFAULT);
 pub static LEASE_TTL: AtomicI64 = AtomicI64::new(LEASE_TTL_DEFAULT);
 pub static PURGE_ATOMIC_MAX: AtomicI64 = AtomicI64::new(PURGE_ATOMIC_MAX_DEFAULT);
 pub static PURGE_SLICE_US: AtomicI64 = AtomicI64::new(PURGE_SLICE_US_DEFAULT);
+pub static CLUSTER_TIMEOUT_MS: AtomicI64 = AtomicI64::new(CLUSTER_TIMEOUT_MS_DEFAULT);
 
 /// Purges of more keys than this run in slices (0: always).
 pub fn purge_atomic_max() -> i64 {
@@ -94,6 +100,10 @@ pub fn purge_atomic_max() -> i64 {
 /// How long one slice of a purge may hold the server, in microseconds.
 pub fn purge_slice_us() -> i64 {
     PURGE_SLICE_US.load(Ordering::Relaxed)
+}
+
+pub fn cluster_timeout_ms() -> i64 {
+    CLUSTER_TIMEOUT_MS.load(Ordering::Relaxed)
 }
 
 /// The prefixes, fixed once the load arguments are applied: they are
@@ -119,6 +129,26 @@ pub fn tag_prefix() -> &'static [u8] {
 
 pub fn ver_prefix() -> &'static [u8] {
     &prefixes().1
+}
+
+/// Whether the server runs in a cluster: fixed at load (`cluster-enabled`
+/// cannot change while it runs).
+static SLOTTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_slotted(on: bool) {
+    SLOTTED.store(on, Ordering::Relaxed);
+}
+
+pub fn slotted() -> bool {
+    SLOTTED.load(Ordering::Relaxed)
+}
+
+/// Where the index lives: see `Prefix`.
+pub fn layout() -> Prefix<'static> {
+    Prefix {
+        tags: tag_prefix(),
+        slotted: slotted(),
+    }
 }
 
 pub fn stream_maxlen() -> i64 {
@@ -184,6 +214,15 @@ pub fn parse_load_args(args: &[&[u8]]) -> Result<Vec<LoadArg>, String> {
                 known,
                 check_int(known, &value, PURGE_SLICE_US_MIN, PURGE_SLICE_US_MAX)?,
             ),
+            "cluster-timeout-ms" => LoadArg::Int(
+                known,
+                check_int(
+                    known,
+                    &value,
+                    CLUSTER_TIMEOUT_MS_MIN,
+                    CLUSTER_TIMEOUT_MS_MAX,
+                )?,
+            ),
             "tag-prefix" | "ver-prefix" if value.is_empty() => {
                 return Err(format!("argument '{name}' must not be empty"));
             }
@@ -200,6 +239,7 @@ pub fn apply(args: Vec<LoadArg>) {
             LoadArg::Int("events-stream-maxlen", n) => STREAM_MAXLEN.store(n, Ordering::Relaxed),
             LoadArg::Int("purge-atomic-max", n) => PURGE_ATOMIC_MAX.store(n, Ordering::Relaxed),
             LoadArg::Int("purge-slice-us", n) => PURGE_SLICE_US.store(n, Ordering::Relaxed),
+            LoadArg::Int("cluster-timeout-ms", n) => CLUSTER_TIMEOUT_MS.store(n, Ordering::Relaxed),
             LoadArg::Int(_, n) => LEASE_TTL.store(n, Ordering::Relaxed),
             LoadArg::Text(name, v) => {
                 let target = match name {

@@ -273,8 +273,18 @@ pub fn ensure_kind(ctx: &Context, key: &[u8], kind: Kind) -> Result<()> {
     }
 }
 
+/// The members of a set, read through the key API: in a cluster a command
+/// call on a slot being imported would be redirected, and a set that
+/// arrives with a migration is read at exactly that moment.
 pub fn smembers(ctx: &Context, key: &[u8]) -> Result<Vec<Vec<u8>>> {
-    Ok(call(ctx, Mode::Local, "SMEMBERS", &[key])?.into_bytes_list())
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let k = ctx.open_key(&name);
+    if k.key_type() != KeyType::Set {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    redis_module::ScanKeyCursor::new(k).for_each(|_, member, _| out.push(member.to_vec()));
+    Ok(out)
 }
 
 /// A user whose ACL a command's keys are checked against: the caller of a
@@ -327,6 +337,12 @@ impl Caller {
             user,
             name: Some(rs),
         }
+    }
+
+    /// The user's name (kept even if the user no longer exists, so that
+    /// whoever checks by it later is refused as well).
+    pub fn name(&self) -> Option<Vec<u8>> {
+        self.name.as_ref().map(|n| n.as_slice().to_vec())
     }
 
     /// Whether the user may read, write and delete every key: its ACL keys

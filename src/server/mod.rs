@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod blocked;
+pub mod cluster;
 pub mod cmdinfo;
 pub mod config;
 pub mod events;
@@ -12,6 +13,7 @@ pub mod keys;
 pub mod notify;
 pub mod purge;
 pub mod rebuild;
+pub mod rules;
 
 use redis_module::{Context, RedisResult, RedisString, Status};
 
@@ -48,7 +50,20 @@ pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
             return Status::Err;
         }
     }
+    let cluster = ctx
+        .get_flags()
+        .intersects(redis_module::ContextFlags::CLUSTER);
+    config::set_slotted(cluster);
+    if cluster {
+        let p = config::tag_prefix();
+        let idx = crate::engine::plan::SLOT_INDEX;
+        if p.starts_with(idx) || idx.starts_with(p) {
+            ctx.log_warning("tagcache: refusing to load: in a cluster, tag-prefix must not overlap tagcache:idx:");
+            return Status::Err;
+        }
+    }
     info::register(ctx);
+    cluster::register(ctx);
     notify::register_filter(ctx);
     if !notify::subscribe_keyspace(ctx) {
         ctx.log_warning("tagcache: refusing to load: could not subscribe to keyspace events");

@@ -13,13 +13,13 @@ use super::apply;
 use super::config;
 use super::keys::{self, Applying, InNotification, Mode};
 use super::rebuild;
-use crate::engine::index::Db;
+use super::rules;
+use crate::engine::index::{Db, Scope};
+use crate::engine::plan::Prefix;
 use crate::engine::{self, Wake};
 use redis_module::{raw, Context, ContextFlags, KeyType, RedisString};
 use std::cell::Cell;
 use std::os::raw::c_int;
-
-pub const LINKS_KEY: &[u8] = b"tagcache:links";
 
 /// Bound on keys remembered as tagged before they exist.
 const GHOSTS_MAX: usize = 100_000;
@@ -46,6 +46,12 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     let slice = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) });
     // Every command of every client passes here: decide on the name first.
     let name = slice(0);
+    MOVING.with(|m| {
+        m.set(
+            (name.len() == 7 && name.eq_ignore_ascii_case(b"migrate"))
+                || (name.len() == 14 && name.eq_ignore_ascii_case(b"restore-asking")),
+        )
+    });
     if argc == 1 {
         if name.eq_ignore_ascii_case(b"multi") {
             engine::with(|s| {
@@ -64,8 +70,8 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     if argc < 3 || (name.len() != 4 && name.len() != 5) {
         return;
     }
-    let prefix = config::tag_prefix();
-    let under = |k: &[u8]| k.starts_with(prefix);
+    let p = config::layout();
+    let under = |k: &[u8]| p.index_of(k).is_some();
     let mut sets: Vec<(&[u8], Vec<Vec<u8>>)> = Vec::new();
     if (name.eq_ignore_ascii_case(b"sadd") || name.eq_ignore_ascii_case(b"srem")) && under(slice(1))
     {
@@ -159,11 +165,14 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         return;
     }
     let db = keys::selected_db(ctx);
-    let prefix = config::tag_prefix();
-    let tag = key.strip_prefix(prefix);
+    let p = config::layout();
+    let index = p.index_of(key);
     // Most keys of a busy server are neither tagged nor watched by a rule or
     // a lease: leave them after one lookup.
-    if tag.is_none() && key != LINKS_KEY && !matches!(event, b"rename_from" | b"rename_to") {
+    if index.is_none()
+        && !rules::is_links_key(key)
+        && !matches!(event, b"rename_from" | b"rename_to")
+    {
         let quiet =
             engine::with(|s| !s.index.is_tagged(db, key) && !s.has_rules(db) && !s.watching());
         if quiet.unwrap_or(true) {
@@ -175,16 +184,28 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         return;
     }
     let _in = InNotification::begin();
-    if key == LINKS_KEY && is_change(event) {
+    if rules::is_links_key(key) && is_change(event) {
         // A client's plain write: its rules act for nobody (a replica takes
         // its master's word).
         let vouch = flags.intersects(ContextFlags::SLAVE);
         rebuild::reload_rules(ctx, db, vouch);
     }
-    if let Some(tag) = tag {
-        tag_set_changed(ctx, db, tag, key, event);
+    if let Some((tag, scope)) = index {
+        tag_set_changed(ctx, db, &p, (tag, scope), key, event);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
+    if index.is_none() && p.slotted && MOVING.with(Cell::get) {
+        let wakes = engine::with(|s| {
+            if removes(event) {
+                s.index.forget_key(db, key);
+                s.key_deleted(db, key)
+            } else {
+                s.key_written(db, key)
+            }
+        });
+        apply_wakes(ctx, wakes.unwrap_or_default());
+        return;
+    }
     let in_exec = flags.intersects(ContextFlags::MULTI);
     let wakes =
         engine::with(|s| key_changed(s, db, key, event, master, in_exec)).unwrap_or_default();
@@ -250,14 +271,24 @@ fn key_changed(
 }
 
 /// The key as a tag set: the index learns its members.
-fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &[u8]) {
+fn tag_set_changed(
+    ctx: &Context,
+    db: Db,
+    p: &Prefix,
+    (tag, scope): (&[u8], Scope),
+    set: &[u8],
+    event: &[u8],
+) {
     match event {
         b"sadd" | b"srem" => match engine::with(|s| s.named.take(set)).flatten() {
             Some(named) => {
-                for m in named {
-                    let member = keys::call(ctx, Mode::Local, "SISMEMBER", &[set, &m])
-                        .map(|r| r.int() == 1)
-                        .unwrap_or(false);
+                // A cluster's set holds the members of its own slot only:
+                // others named in it are left alone.
+                for m in named.into_iter().filter(|m| scope.holds(m)) {
+                    let member = p
+                        .sets_holding(tag, &m)
+                        .iter()
+                        .any(|s| keys::call2(ctx, Mode::Local, c"SISMEMBER", s, &m) == Ok(1));
                     let ghost = member && !keys::exists(ctx, &m);
                     engine::with(|s| {
                         if member {
@@ -274,9 +305,9 @@ fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &[u8]) 
                     });
                 }
             }
-            None => reconcile(ctx, db, tag, set),
+            None => drop(reconcile(ctx, db, p, tag, scope)),
         },
-        e if removes(e) || e == b"rename_from" => {
+        e if (removes(e) || e == b"rename_from") && scope == Scope::All => {
             let evicted = e == b"evicted";
             engine::with(|s| {
                 let keys = s.index.drop_tag(db, tag);
@@ -285,20 +316,30 @@ fn tag_set_changed(ctx: &Context, db: Db, tag: &[u8], set: &[u8], event: &[u8]) 
                 }
             });
         }
-        e if is_change(e) => reconcile(ctx, db, tag, set),
+        e if removes(e) || e == b"rename_from" => {
+            // Another set of the slot may still hold some of its members.
+            let keys = reconcile(ctx, db, p, tag, scope);
+            if e == b"evicted" && !keys.is_empty() {
+                engine::with(|s| s.owed.push_back(engine::Owed::Orphans { db, keys }));
+            }
+        }
+        e if is_change(e) => drop(reconcile(ctx, db, p, tag, scope)),
         _ => {}
     }
 }
 
-/// Reads the whole set (it was rewritten wholesale: a `*STORE`, a rename or
-/// copy into the prefix, a restore).
-fn reconcile(ctx: &Context, db: Db, tag: &[u8], set: &[u8]) {
-    let members = if keys::key_type(ctx, set) == KeyType::Set {
-        keys::smembers(ctx, set).unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    engine::with(|s| s.index.set_members(db, tag, &members));
+/// Reads the sets of `tag` within `scope` again (one was rewritten
+/// wholesale: a `*STORE`, a rename or copy into the index, a restore; or,
+/// in a cluster, one of two sets of a slot went). Returns the keys that no
+/// longer carry the tag.
+fn reconcile(ctx: &Context, db: Db, p: &Prefix, tag: &[u8], scope: Scope) -> Vec<Vec<u8>> {
+    let mut members = Vec::new();
+    for set in p.scope_sets(tag, scope) {
+        if keys::key_type(ctx, &set) == KeyType::Set {
+            members.extend(keys::smembers(ctx, &set).unwrap_or_default());
+        }
+    }
+    engine::with(|s| s.index.set_members_in(db, tag, scope, &members)).unwrap_or_default()
 }
 
 fn apply_wakes(ctx: &Context, wakes: Vec<Wake>) {
@@ -309,6 +350,10 @@ fn apply_wakes(ctx: &Context, wakes: Vec<Wake>) {
 
 thread_local! {
     static TIMER_ARMED: Cell<bool> = const { Cell::new(false) };
+    /// The command running moves keys between cluster nodes (`MIGRATE` on
+    /// the node they leave, `RESTORE-ASKING` on the one they reach): their
+    /// index sets move with them, so the keys keep their tags.
+    static MOVING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Arranges for the owed writes to be paid soon: in a post-notification job

@@ -9,13 +9,15 @@
 
 use super::apply::{self, Cause};
 use super::blocked;
+use super::cluster;
 use super::config;
 use super::events::{Event, Op};
 use super::keys::{self, Caller};
+use crate::engine::cluster::Gathered;
 use crate::engine::error::Error;
-use crate::engine::plan::{self, Access, Prefix, TagSets};
-use crate::engine::purge::Phase;
-use crate::engine::{self, stats, Wake};
+use crate::engine::plan::{self, Access, Kind, Plan, TagSets};
+use crate::engine::purge::{Phase, ReplyTo};
+use crate::engine::{self, stats, Client, Wake};
 use redis_module::Context;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
@@ -27,28 +29,102 @@ thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Starts a sliced purge of the keys that carry `tags` now, with the
-/// caller's permissions. `block`: the caller waits for the count. Returns
-/// how many keys carried the tags, or `None` when the caller cannot be
-/// blocked.
-pub fn start(ctx: &Context, tags: Vec<Vec<u8>>, block: bool) -> Option<i64> {
+/// How a purge on this node went.
+pub enum Here {
+    /// Done at once: keys deleted, and keys that carried the tags.
+    Done { deleted: i64, carried: i64 },
+    /// Going on in slices; its end goes where it was told.
+    Sliced { carried: i64 },
+}
+
+/// Purges `tags` on this node with `caller`'s permissions: in one atomic
+/// step up to `purge-atomic-max` keys, or where `may_slice` is false; else
+/// in slices, whose count goes to `reply_to` (and to the calling client,
+/// blocked until then, with `block`). Publishes no event: whoever asked
+/// does.
+pub fn here(
+    ctx: &Context,
+    tags: &[Vec<u8>],
+    caller: Option<&Caller>,
+    may_slice: bool,
+    reply_to: ReplyTo,
+    block: bool,
+) -> Result<Here, Error> {
+    let p = config::layout();
     let db = keys::selected_db(ctx);
-    let waiter = if block {
-        Some(blocked::block_for_purge(ctx)?)
-    } else {
-        None
-    };
-    let user = keys::user_name(ctx);
+    let max = config::purge_atomic_max();
+    let count = engine::with(|s| s.index.member_ids(db, tags).len()).unwrap_or(0);
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    if may_slice && (max == 0 || count > max) {
+        let mut sets = Plan {
+            local: true,
+            ..Plan::default()
+        };
+        // A cluster's tag has a set per slot of its keys.
+        let members = match p.slotted {
+            true => engine::with(|s| plan::purge_members(&s.index, db, tags)).unwrap_or_default(),
+            false => Vec::new(),
+        };
+        let names = engine::with(|s| plan::index_sets(&s.index, db, &p, tags, &members))
+            .unwrap_or_default();
+        for set in names {
+            sets.check(set, Access::Delete, Kind::Set);
+        }
+        apply::check(ctx, caller, &sets)?;
+        let waiter = if block {
+            blocked::block_for_purge(ctx)
+        } else {
+            None
+        };
+        if waiter.is_some() || !block {
+            let user = caller.and_then(Caller::name);
+            let carried = start(ctx, tags.to_vec(), user, reply_to, waiter);
+            return Ok(Here::Sliced { carried });
+        }
+    }
+    // As `planned`, for a plan that borrows the members it found: the plan
+    // that passed its check is the one applied.
+    for _ in 0..3 {
+        let (members, before) =
+            engine::with(|s| (plan::purge_members(&s.index, db, tags), s.index.changes()))
+                .unwrap_or_default();
+        let plan = engine::with(|s| plan::purge(&s.index, db, &p, tags, &members, TagSets::Delete))
+            .unwrap_or_default();
+        apply::check(ctx, caller, &plan)?;
+        if engine::with(|s| s.index.changes()) != Some(before) {
+            continue;
+        }
+        let replies = apply::apply(ctx, &plan, Cause::Command)?;
+        stats::bump(&stats::PURGES);
+        return Ok(Here::Done {
+            deleted: apply::deleted_count(&plan, &replies),
+            carried: i64::try_from(members.len()).unwrap_or(i64::MAX),
+        });
+    }
+    Err(Error::Internal("the index kept changing".into()))
+}
+
+/// Starts a sliced purge of the keys that carry `tags` now, with `user`'s
+/// permissions. Returns how many keys carried the tags.
+fn start(
+    ctx: &Context,
+    tags: Vec<Vec<u8>>,
+    user: Option<Vec<u8>>,
+    reply_to: ReplyTo,
+    waiter: Option<Client>,
+) -> i64 {
+    let db = keys::selected_db(ctx);
     let n = engine::with(|s| {
         let (id, n) = s.purges.start(&mut s.index, db, tags, user);
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
+            job.reply_to = reply_to;
         }
         n
     })
     .unwrap_or(0);
     later(ctx);
-    Some(i64::try_from(n).unwrap_or(i64::MAX))
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn later(ctx: &Context) {
@@ -140,9 +216,16 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
     if batch.is_empty() {
         return Ok(false);
     }
-    let p = Prefix(config::tag_prefix());
-    let plan = engine::with(|s| plan::purge(&s.index, db, &p, &tags, &batch, TagSets::Keep))
-        .unwrap_or_default();
+    let p = config::layout();
+    // In a cluster the keys' sets are many (one per slot), so each slice
+    // takes its keys out of them rather than rewriting them at the end.
+    let sets = if p.slotted {
+        TagSets::Remove
+    } else {
+        TagSets::Keep
+    };
+    let plan =
+        engine::with(|s| plan::purge(&s.index, db, &p, &tags, &batch, sets)).unwrap_or_default();
     let deleted = match apply::apply(ctx, &plan, Cause::Command) {
         Ok(replies) => apply::deleted_count(&plan, &replies),
         Err(e) => {
@@ -161,13 +244,20 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
 /// A check failed: nothing was deleted; the caller gets the error.
 fn fail(ctx: &Context, id: u64, e: Error) {
     // Ended at the next `finish`, which publishes nothing for it.
-    let waiter = engine::with(|s| {
-        s.purges.get(id).and_then(|j| {
-            j.refuse();
-            j.waiter.take()
-        })
+    let (waiter, reply_to) = engine::with(|s| {
+        s.purges
+            .get(id)
+            .map(|j| {
+                j.refuse();
+                (j.waiter.take(), j.reply_to.clone())
+            })
+            .unwrap_or((None, ReplyTo::Caller))
     })
-    .flatten();
+    .unwrap_or((None, ReplyTo::Caller));
+    if reply_to != ReplyTo::Caller {
+        cluster::answer(ctx, &reply_to, Err(e.to_string()));
+        return;
+    }
     match waiter {
         Some(client) => blocked::wake(
             ctx,
@@ -184,11 +274,15 @@ fn fail(ctx: &Context, id: u64, e: Error) {
 /// caller that waits.
 fn finish(ctx: &Context) {
     let done = engine::with(|s| s.purges.take_done(&mut s.index)).unwrap_or_default();
-    let p = Prefix(config::tag_prefix());
+    let p = config::layout();
     for job in done.into_iter().filter(|j| !j.refused()) {
+        if job.reply_to != ReplyTo::Caller {
+            cluster::answer(ctx, &job.reply_to, Ok(Gathered::Count(job.deleted)));
+            continue;
+        }
         let home = keys::selected_db(ctx);
         keys::select_db(ctx, job.db);
-        if !job.abandoned() {
+        if !job.abandoned() && !p.slotted {
             let plan = engine::with(|s| plan::rebuild_sets(&s.index, job.db, &p, &job.tags))
                 .unwrap_or_default();
             if let Err(e) = apply::apply(ctx, &plan, Cause::Rule) {

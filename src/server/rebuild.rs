@@ -6,10 +6,10 @@
 
 use super::config;
 use super::keys::{self, Mode, Reply};
-use super::notify::LINKS_KEY;
 use crate::engine::index::Db;
+use crate::engine::plan::SLOT_INDEX;
 use crate::engine::{self, Owed};
-use redis_module::{Context, KeyType};
+use redis_module::Context;
 
 /// Escapes glob characters so the prefix matches literally in SCAN MATCH.
 pub fn glob_literal(prefix: &[u8]) -> Vec<u8> {
@@ -34,14 +34,14 @@ fn databases(ctx: &Context) -> Db {
         .unwrap_or(16)
 }
 
-/// Every set under the tag prefix in the selected database.
-fn tag_sets(ctx: &Context) -> Vec<Vec<u8>> {
-    let pattern = glob_literal(config::tag_prefix());
+/// Every key of `kind` under `prefix` in the selected database.
+pub fn keys_under(ctx: &Context, prefix: &[u8], kind: &[u8]) -> Vec<Vec<u8>> {
+    let pattern = glob_literal(prefix);
     let mut cursor = b"0".to_vec();
     let mut out = Vec::new();
     loop {
         let args: [&[u8]; 7] = [
-            &cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", b"set",
+            &cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", kind,
         ];
         let Ok(Reply::Array(mut parts)) = keys::call(ctx, Mode::Local, "SCAN", &args) else {
             return out;
@@ -59,39 +59,34 @@ fn tag_sets(ctx: &Context) -> Vec<Vec<u8>> {
 pub fn reload_rules(ctx: &Context, db: Db, vouch: bool) {
     let home = keys::selected_db(ctx);
     keys::select_db(ctx, db);
-    let pairs = read_rules(ctx);
+    let pairs = super::rules::read_rules(ctx);
     keys::select_db(ctx, home);
     engine::with(|s| s.set_rules(db, pairs, vouch));
 }
 
-/// The (source prefix, encoded rule) pairs of the selected database.
-pub fn read_rules(ctx: &Context) -> Vec<(Vec<u8>, Vec<u8>)> {
-    if keys::key_type(ctx, LINKS_KEY) != KeyType::Hash {
-        return Vec::new();
-    }
-    let Ok(reply) = keys::call(ctx, Mode::Local, "HGETALL", &[LINKS_KEY]) else {
-        return Vec::new();
-    };
-    let flat = reply.into_bytes_list();
-    flat.chunks_exact(2)
-        .filter_map(|p| match p {
-            [field, value] => Some((field.clone(), value.clone())),
-            _ => None,
-        })
-        .collect()
-}
-
 pub fn rebuild(ctx: &Context) {
     engine::with(|s| s.flush(None));
-    let prefix = config::tag_prefix();
+    let p = config::layout();
     let home = keys::selected_db(ctx);
     let writes = keys::may_write(ctx);
     for db in 0..databases(ctx) {
         keys::select_db(ctx, db);
         reload_rules(ctx, db, true);
-        for set in tag_sets(ctx) {
-            let tag = set.get(prefix.len()..).unwrap_or_default().to_vec();
+        let mut sets = keys_under(ctx, p.tags, b"set");
+        if p.slotted {
+            sets.extend(keys_under(ctx, SLOT_INDEX, b"set"));
+        }
+        for set in sets {
+            let Some((tag, scope)) = p.index_of(&set) else {
+                continue;
+            };
+            let tag = tag.to_vec();
             for member in keys::smembers(ctx, &set).unwrap_or_default() {
+                // A cluster's set holds its own slot's keys: others named
+                // in it are left alone.
+                if !scope.holds(&member) {
+                    continue;
+                }
                 let live = keys::exists(ctx, &member);
                 engine::with(|s| {
                     if live {

@@ -1,0 +1,230 @@
+//! A cluster-wide command: the master that receives `TAG.PURGE`,
+//! `TAG.CARD` or `TAG.MEMBERS` answers for every master. It asks the others
+//! over the cluster bus, does its own part, and gathers the answers here
+//! while its caller waits; the answer goes out when every master has
+//! answered, or an error when `cluster-timeout-ms` runs out first.
+//! Also the messages' wire form. Plain Rust, no Redis calls.
+
+use super::Client;
+use std::collections::HashMap;
+
+/// Message types on the cluster bus (one byte each).
+pub mod kind {
+    /// `id user async tag...`: purge these tags here, reply `PURGED`.
+    pub const PURGE: u8 = 1;
+    /// `id count|error`.
+    pub const PURGED: u8 = 2;
+    /// `id user tag`: count the tag's keys here, reply `COUNTED`.
+    pub const CARD: u8 = 3;
+    pub const COUNTED: u8 = 4;
+    /// `id user tag`: list the tag's keys here, reply `LISTED`.
+    pub const MEMBERS: u8 = 5;
+    pub const LISTED: u8 = 6;
+    /// `source-prefix tag-prefix|"" owner`: a rule made or removed
+    /// (empty tag prefix) on another master.
+    pub const LINK: u8 = 7;
+}
+
+/// Fields as a message: each a 4-byte little-endian length, then bytes.
+pub fn encode<B: AsRef<[u8]>>(fields: &[B]) -> Vec<u8> {
+    let len: usize = fields.iter().map(|f| 4 + f.as_ref().len()).sum();
+    let mut out = Vec::with_capacity(len);
+    for f in fields {
+        let f = f.as_ref();
+        out.extend_from_slice(&u32::try_from(f.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(f.get(..u32::MAX as usize).unwrap_or(f));
+    }
+    out
+}
+
+/// The fields of a message; `None` if it is not well formed.
+pub fn decode(mut msg: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while !msg.is_empty() {
+        let (len, rest) = msg.split_first_chunk::<4>()?;
+        let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;
+        let field = rest.get(..len)?;
+        out.push(field.to_vec());
+        msg = rest.get(len..)?;
+    }
+    Some(out)
+}
+
+/// What the gathered answers add up to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gathered {
+    Count(i64),
+    Members(Vec<Vec<u8>>),
+}
+
+/// One cluster-wide command in progress on the master that received it.
+#[derive(Debug)]
+pub struct Gather {
+    /// The caller, blocked until the answer (`None`: it left, or `ASYNC`
+    /// already replied).
+    pub client: Option<Client>,
+    pub tags: Vec<Vec<u8>>,
+    /// Masters asked, counting this one.
+    pub masters: usize,
+    /// Masters yet to answer (node ids), and whether this one has.
+    pub waiting: Vec<Vec<u8>>,
+    pub local_done: bool,
+    pub sum: Gathered,
+    /// The first error a master answered.
+    pub error: Option<String>,
+    /// A purge: one event when it ends.
+    pub purge: bool,
+}
+
+impl Gather {
+    pub fn done(&self) -> bool {
+        self.local_done && self.waiting.is_empty()
+    }
+
+    fn add(&mut self, answer: Result<Gathered, String>) {
+        match (answer, &mut self.sum) {
+            (Ok(Gathered::Count(n)), Gathered::Count(sum)) => *sum = sum.saturating_add(n),
+            (Ok(Gathered::Members(m)), Gathered::Members(all)) => all.extend(m),
+            (Ok(_), _) => {}
+            (Err(e), _) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Gathers {
+    last_id: u64,
+    pub open: HashMap<u64, Gather>,
+}
+
+impl Gathers {
+    /// Opens a gather waiting for `others` and this master. Returns its id.
+    pub fn open(
+        &mut self,
+        client: Option<Client>,
+        tags: Vec<Vec<u8>>,
+        others: Vec<Vec<u8>>,
+        sum: Gathered,
+        purge: bool,
+    ) -> u64 {
+        self.last_id += 1;
+        self.open.insert(
+            self.last_id,
+            Gather {
+                client,
+                tags,
+                masters: others.len() + 1,
+                waiting: others,
+                local_done: false,
+                sum,
+                error: None,
+                purge,
+            },
+        );
+        self.last_id
+    }
+
+    /// An answer: from `node`, or this master's own (`None`). Returns the
+    /// gather if that was the last answer it waited for.
+    pub fn answer(
+        &mut self,
+        id: u64,
+        node: Option<&[u8]>,
+        answer: Result<Gathered, String>,
+    ) -> Option<Gather> {
+        let g = self.open.get_mut(&id)?;
+        match node {
+            None if !g.local_done => g.local_done = true,
+            Some(n) => {
+                let before = g.waiting.len();
+                g.waiting.retain(|w| w.as_slice() != n);
+                if g.waiting.len() == before {
+                    return None;
+                }
+            }
+            None => return None,
+        }
+        g.add(answer);
+        if g.done() {
+            return self.open.remove(&id);
+        }
+        None
+    }
+
+    /// Time is up: the gather ends now, if it has not.
+    pub fn expire(&mut self, id: u64) -> Option<Gather> {
+        self.open.remove(&id)
+    }
+
+    /// The caller left: the gather goes on without it. `Some(purge)` if
+    /// it was waiting on one.
+    pub fn forget_client(&mut self, client: Client) -> Option<bool> {
+        let mut found = None;
+        for g in self.open.values_mut() {
+            if g.client == Some(client) {
+                g.client = None;
+                found = Some(g.purge);
+            }
+        }
+        found
+    }
+}
+
+// Unit tests only: compiled out of the module (`cfg(test)`), they never
+// see client input or keyspace data, so `unwrap` here is a test assertion.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_round_trip() {
+        let fields: Vec<&[u8]> = vec![b"1", b"", b"tag\0\r\n\xff"];
+        assert_eq!(
+            decode(&encode(&fields)).unwrap(),
+            fields.iter().map(|f| f.to_vec()).collect::<Vec<_>>()
+        );
+        assert_eq!(decode(b"").unwrap(), Vec::<Vec<u8>>::new());
+        assert!(decode(b"\x05\0\0\0ab").is_none());
+        assert!(decode(b"\x01\0").is_none());
+    }
+
+    #[test]
+    fn gather_ends_with_the_last_answer() {
+        let mut g = Gathers::default();
+        let id = g.open(
+            Some(7),
+            vec![],
+            vec![b"a".to_vec(), b"b".to_vec()],
+            Gathered::Count(0),
+            true,
+        );
+        assert!(g.answer(id, Some(b"a"), Ok(Gathered::Count(2))).is_none());
+        // A repeated or unknown answer counts nothing.
+        assert!(g.answer(id, Some(b"a"), Ok(Gathered::Count(2))).is_none());
+        assert!(g.answer(id, Some(b"z"), Ok(Gathered::Count(2))).is_none());
+        assert!(g.answer(id, None, Ok(Gathered::Count(1))).is_none());
+        let done = g.answer(id, Some(b"b"), Err("ERR x".into())).unwrap();
+        assert_eq!(done.sum, Gathered::Count(3));
+        assert_eq!(done.error.as_deref(), Some("ERR x"));
+        assert!(g.open.is_empty());
+    }
+
+    #[test]
+    fn expired_gather_ignores_late_answers() {
+        let mut g = Gathers::default();
+        let id = g.open(
+            None,
+            vec![],
+            vec![b"a".to_vec()],
+            Gathered::Members(vec![]),
+            false,
+        );
+        let late = g.expire(id).unwrap();
+        assert_eq!(late.waiting, vec![b"a".to_vec()]);
+        assert!(g
+            .answer(id, Some(b"a"), Ok(Gathered::Members(vec![])))
+            .is_none());
+    }
+}

@@ -1,0 +1,534 @@
+//! Redis Cluster: `TAG.PURGE`, `TAG.CARD` and `TAG.MEMBERS` answer for the
+//! whole cluster. The master that receives one asks every other master over
+//! the cluster bus, does its own part, and replies once all have answered
+//! (its caller blocked inside the server meanwhile), or with an error when
+//! `cluster-timeout-ms` runs out first. Rules made on one master are sent
+//! to the others. Messages are handled from a timer, as any other work the
+//! server did not start with a command.
+
+use super::apply;
+use super::blocked;
+use super::config;
+use super::events::{Event, Op};
+use super::keys::{self, Caller};
+use super::purge::{self, Here};
+use crate::engine::cluster::{decode, encode, kind, Gather, Gathered};
+use crate::engine::error::Error;
+use crate::engine::purge::ReplyTo;
+use crate::engine::{self, Wake};
+use redis_module::{raw, Context, RedisResult, RedisValue};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::os::raw::{c_char, c_uchar};
+use std::time::Duration;
+
+const NODE_ID_LEN: usize = raw::REDISMODULE_NODE_ID_LEN as usize;
+
+/// A message from another master, kept until the timer handles it.
+struct Inbound {
+    from: Vec<u8>,
+    kind: u8,
+    fields: Vec<Vec<u8>>,
+}
+
+thread_local! {
+    static INBOX: RefCell<VecDeque<Inbound>> = const { RefCell::new(VecDeque::new()) };
+    static ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Listens for the module's messages (a cluster only).
+pub fn register(ctx: &Context) {
+    if !config::slotted() {
+        return;
+    }
+    // SAFETY: called from init with the module's context; `on_message`
+    // matches the receiver signature.
+    unsafe {
+        if let Some(f) = raw::RedisModule_RegisterClusterMessageReceiver {
+            for k in kind::PURGE..=kind::LINK {
+                f(ctx.ctx, k, Some(on_message));
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn on_message(
+    ctx: *mut raw::RedisModuleCtx,
+    sender: *const c_char,
+    kind: u8,
+    payload: *const c_uchar,
+    len: u32,
+) {
+    if sender.is_null() || (payload.is_null() && len > 0) {
+        return;
+    }
+    // SAFETY: Redis passes the sender's 40-byte node id and `len` bytes of
+    // payload, valid for the duration of the callback.
+    let (from, payload) = unsafe {
+        (
+            std::slice::from_raw_parts(sender.cast::<u8>(), NODE_ID_LEN).to_vec(),
+            match len {
+                0 => &[][..],
+                n => std::slice::from_raw_parts(payload, n as usize),
+            },
+        )
+    };
+    let Some(fields) = decode(payload) else {
+        return;
+    };
+    INBOX.with_borrow_mut(|q| q.push_back(Inbound { from, kind, fields }));
+    if !ARMED.with(|a| a.replace(true)) {
+        Context::new(ctx).create_timer(Duration::ZERO, on_inbox, ());
+    }
+}
+
+fn on_inbox(ctx: &Context, (): ()) {
+    ARMED.with(|a| a.set(false));
+    // Bounded: messages that arrive meanwhile wait for the next turn.
+    for _ in 0..INBOX.with_borrow(VecDeque::len) {
+        let Some(m) = INBOX.with_borrow_mut(VecDeque::pop_front) else {
+            break;
+        };
+        handle(ctx, m);
+    }
+}
+
+fn handle(ctx: &Context, m: Inbound) {
+    let f = &m.fields;
+    let id = f
+        .first()
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok());
+    // Asked as a master by a node whose view of the cluster is behind (a
+    // replica just attached, or one just demoted): its data is its
+    // master's, who answers for it.
+    if matches!(m.kind, kind::PURGE | kind::CARD | kind::MEMBERS) && !keys::may_write(ctx) {
+        let nothing: Vec<Vec<u8>> = match m.kind {
+            kind::MEMBERS => vec![b"ok".to_vec()],
+            _ => vec![b"ok".to_vec(), b"0".to_vec()],
+        };
+        let back = match m.kind {
+            kind::PURGE => kind::PURGED,
+            kind::CARD => kind::COUNTED,
+            _ => kind::LISTED,
+        };
+        let mut fields = vec![f.first().cloned().unwrap_or_default()];
+        fields.extend(nothing);
+        send(ctx, &m.from, back, &fields);
+        return;
+    }
+    match (m.kind, id) {
+        (kind::PURGE, Some(id)) => {
+            let (user, is_async, tags) = match f.as_slice() {
+                [_, user, a, tags @ ..] => (user, a.as_slice() == b"1", tags.to_vec()),
+                _ => return,
+            };
+            let caller = (!user.is_empty()).then(|| Caller::named(user));
+            let reply_to = ReplyTo::Remote(m.from.clone(), id);
+            let here = purge::here(ctx, &tags, caller.as_ref(), true, reply_to.clone(), false);
+            match here {
+                Ok(Here::Done { deleted, carried }) => {
+                    let n = if is_async { carried } else { deleted };
+                    answer(ctx, &reply_to, Ok(Gathered::Count(n)));
+                }
+                Ok(Here::Sliced { carried }) if is_async => {
+                    // The count goes now; the purge's own end tells no one.
+                    engine::with(|s| {
+                        for j in &mut s.purges.jobs {
+                            if j.reply_to == reply_to {
+                                j.reply_to = ReplyTo::Caller;
+                            }
+                        }
+                    });
+                    answer(ctx, &reply_to, Ok(Gathered::Count(carried)));
+                }
+                Ok(Here::Sliced { .. }) => {}
+                Err(e) => answer(ctx, &reply_to, Err(e.to_string())),
+            }
+        }
+        (kind::CARD | kind::MEMBERS, Some(id)) => {
+            let [_, user, tag] = f.as_slice() else {
+                return;
+            };
+            let caller = (!user.is_empty()).then(|| Caller::named(user));
+            let found = apply::visible_members(ctx, tag, caller.as_ref());
+            let reply: Vec<Vec<u8>> = match (found, m.kind) {
+                (Ok(members), kind::CARD) => vec![b"ok".to_vec(), members.len().to_string().into()],
+                (Ok(members), _) => std::iter::once(b"ok".to_vec()).chain(members).collect(),
+                (Err(e), _) => vec![b"err".to_vec(), e.to_string().into_bytes()],
+            };
+            let back = if m.kind == kind::CARD {
+                kind::COUNTED
+            } else {
+                kind::LISTED
+            };
+            let mut fields = vec![id.to_string().into_bytes()];
+            fields.extend(reply);
+            send(ctx, &m.from, back, &fields);
+        }
+        (kind::PURGED | kind::COUNTED | kind::LISTED, Some(id)) => {
+            let got = match f.get(1..).unwrap_or_default() {
+                [status, rest @ ..] if status.as_slice() == b"ok" => Ok(match m.kind {
+                    kind::LISTED => Gathered::Members(rest.to_vec()),
+                    _ => Gathered::Count(
+                        rest.first()
+                            .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+                            .unwrap_or(0),
+                    ),
+                }),
+                [_, error, ..] => Err(String::from_utf8_lossy(error).into_owned()),
+                _ => return,
+            };
+            let done = engine::with(|s| s.gathers.answer(id, Some(&m.from), got)).flatten();
+            if let Some(g) = done {
+                finish(ctx, g);
+            }
+        }
+        (kind::LINK, _) => {
+            if let [source, tag_prefix, owner] = f.as_slice() {
+                let rule =
+                    (!tag_prefix.is_empty()).then_some((tag_prefix.as_slice(), owner.as_slice()));
+                if let Err(e) = super::rules::store_here(ctx, source, rule) {
+                    ctx.log_warning(&format!("tagcache: a rule from another master: {e}"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The ids of the other masters (not those known to have failed: their
+/// replicas take over, and answer as masters).
+pub fn other_masters(ctx: &Context) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    // SAFETY: module API calls with the running context; the list is read
+    // within its length (ids of NODE_ID_LEN bytes each) and freed here.
+    unsafe {
+        let (Some(list), Some(info), Some(free)) = (
+            raw::RedisModule_GetClusterNodesList,
+            raw::RedisModule_GetClusterNodeInfo,
+            raw::RedisModule_FreeClusterNodesList,
+        ) else {
+            return out;
+        };
+        let me = raw::RedisModule_GetMyClusterID
+            .map(|f| f())
+            .filter(|p| !p.is_null())
+            .map(|p| std::slice::from_raw_parts(p.cast::<u8>(), NODE_ID_LEN).to_vec());
+        let mut n = 0usize;
+        let ids = list(ctx.ctx, &mut n);
+        if ids.is_null() {
+            return out;
+        }
+        for i in 0..n {
+            let id = *ids.add(i);
+            if id.is_null() {
+                continue;
+            }
+            // The list's ids are not NUL-terminated; the calls that take
+            // an id measure it with strlen.
+            let id = std::slice::from_raw_parts(id.cast::<u8>(), NODE_ID_LEN).to_vec();
+            if me.as_ref() == Some(&id) {
+                continue;
+            }
+            let cid = terminated(&id);
+            let mut flags = 0;
+            let ok = info(
+                ctx.ctx,
+                cid.as_ptr().cast(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                &mut flags,
+            );
+            let flags = flags as u32;
+            if ok == raw::REDISMODULE_OK as i32
+                && flags & raw::REDISMODULE_NODE_MASTER != 0
+                && flags & (raw::REDISMODULE_NODE_MYSELF | raw::REDISMODULE_NODE_FAIL) == 0
+            {
+                out.push(id);
+            }
+        }
+        free(ids);
+    }
+    out
+}
+
+fn send<B: AsRef<[u8]>>(ctx: &Context, node: &[u8], kind: u8, fields: &[B]) {
+    let msg = encode(fields);
+    let (Ok(len), true) = (u32::try_from(msg.len()), node.len() == NODE_ID_LEN) else {
+        ctx.log_warning("tagcache: a cluster message too large to send");
+        return;
+    };
+    let id = terminated(node);
+    // SAFETY: `id` is a NUL-terminated 40-byte node id, as the call reads
+    // it; `msg` is `len` live bytes.
+    unsafe {
+        if let Some(f) = raw::RedisModule_SendClusterMessage {
+            f(ctx.ctx, id.as_ptr().cast(), kind, msg.as_ptr().cast(), len);
+        }
+    }
+}
+
+/// A node id as the module API reads one: NUL-terminated.
+fn terminated(id: &[u8]) -> [u8; NODE_ID_LEN + 1] {
+    let mut out = [0u8; NODE_ID_LEN + 1];
+    if let Some(dst) = out.get_mut(..id.len().min(NODE_ID_LEN)) {
+        dst.copy_from_slice(id.get(..dst.len()).unwrap_or_default());
+    }
+    out
+}
+
+/// Sends `fields` to every other master; returns their ids.
+fn ask_all<B: AsRef<[u8]>>(ctx: &Context, kind: u8, fields: &[B]) -> Vec<Vec<u8>> {
+    let others = other_masters(ctx);
+    for node in &others {
+        send(ctx, node, kind, fields);
+    }
+    others
+}
+
+/// A purge's part on this master is done: its count goes to the gather it
+/// belongs to, here or on the master that asked.
+pub fn answer(ctx: &Context, reply_to: &ReplyTo, got: Result<Gathered, String>) {
+    match reply_to {
+        ReplyTo::Caller => {}
+        ReplyTo::Gather(id) => {
+            let done = engine::with(|s| s.gathers.answer(*id, None, got)).flatten();
+            if let Some(g) = done {
+                finish(ctx, g);
+            }
+        }
+        ReplyTo::Remote(node, id) => {
+            let fields: Vec<Vec<u8>> = match got {
+                Ok(Gathered::Count(n)) => vec![b"ok".to_vec(), n.to_string().into_bytes()],
+                Ok(Gathered::Members(m)) => std::iter::once(b"ok".to_vec()).chain(m).collect(),
+                Err(e) => vec![b"err".to_vec(), e.into_bytes()],
+            };
+            let mut all = vec![id.to_string().into_bytes()];
+            all.extend(fields);
+            send(ctx, node, kind::PURGED, &all);
+        }
+    }
+}
+
+/// Every master answered (or time ran out): the caller gets the total, and
+/// a purge publishes its one event.
+fn finish(ctx: &Context, g: Gather) {
+    let error = g.error.clone().or_else(|| {
+        let silent = g.waiting.len() + usize::from(!g.local_done);
+        (silent > 0).then(|| {
+            format!(
+                "ERR {silent} of {} masters did not answer within cluster-timeout-ms ({})",
+                g.masters,
+                config::cluster_timeout_ms()
+            )
+        })
+    });
+    if g.purge {
+        let Gathered::Count(n) = g.sum else { return };
+        apply::purged(
+            ctx,
+            &Event {
+                op: Op::Purge,
+                tags: &g.tags,
+                scopes: &[],
+                keys: n,
+                source: None,
+            },
+        );
+    }
+    let Some(client) = g.client else {
+        return;
+    };
+    let wake = match (error, g.sum) {
+        (Some(error), _) => Wake::Failed { client, error },
+        (None, Gathered::Count(deleted)) => Wake::Purged { client, deleted },
+        (None, Gathered::Members(members)) => Wake::Members { client, members },
+    };
+    blocked::wake(ctx, vec![wake]);
+}
+
+fn on_timeout(ctx: &Context, id: u64) {
+    if let Some(g) = engine::with(|s| s.gathers.expire(id)).flatten() {
+        finish(ctx, g);
+    }
+}
+
+fn arm_timeout(ctx: &Context, id: u64) {
+    let ms = u64::try_from(config::cluster_timeout_ms()).unwrap_or(5000);
+    ctx.create_timer(Duration::from_millis(ms), on_timeout, id);
+}
+
+fn user_field(caller: Option<&Caller>) -> Vec<u8> {
+    caller.and_then(Caller::name).unwrap_or_default()
+}
+
+/// `TAG.PURGE` in a cluster: this master's keys and every other master's.
+pub fn purge(
+    ctx: &Context,
+    tags: Vec<Vec<u8>>,
+    caller: Option<&Caller>,
+    can_wait: bool,
+    is_async: bool,
+) -> RedisResult {
+    let others = other_masters(ctx);
+    if others.is_empty() {
+        return match purge::here(ctx, &tags, caller, can_wait, ReplyTo::Caller, !is_async)? {
+            Here::Sliced { carried } if is_async => Ok(RedisValue::Integer(carried)),
+            Here::Sliced { .. } => Ok(RedisValue::NoReply),
+            Here::Done { deleted, carried } => {
+                apply::purged(
+                    ctx,
+                    &Event {
+                        op: Op::Purge,
+                        tags: &tags,
+                        scopes: &[],
+                        keys: deleted,
+                        source: None,
+                    },
+                );
+                Ok(RedisValue::Integer(if is_async {
+                    carried
+                } else {
+                    deleted
+                }))
+            }
+        };
+    }
+    if !can_wait {
+        return Err(Error::Invalid(
+            "a purge of a cluster waits for the other masters: not inside MULTI or a script".into(),
+        )
+        .into());
+    }
+    let Some(client) = blocked::block_for_purge(ctx) else {
+        return Err(Error::Internal("cannot wait for the other masters".into()).into());
+    };
+    let id = engine::with(|s| {
+        s.gathers.open(
+            Some(client),
+            tags.clone(),
+            others.clone(),
+            Gathered::Count(0),
+            true,
+        )
+    })
+    .unwrap_or(0);
+    let mut fields = vec![
+        id.to_string().into_bytes(),
+        user_field(caller),
+        if is_async {
+            b"1".to_vec()
+        } else {
+            b"0".to_vec()
+        },
+    ];
+    fields.extend(tags.iter().cloned());
+    for node in &others {
+        send(ctx, node, kind::PURGE, &fields);
+    }
+    arm_timeout(ctx, id);
+    let reply_to = ReplyTo::Gather(id);
+    match purge::here(ctx, &tags, caller, true, reply_to.clone(), false) {
+        Ok(Here::Done { deleted, carried }) => {
+            let n = if is_async { carried } else { deleted };
+            answer(ctx, &reply_to, Ok(Gathered::Count(n)));
+        }
+        Ok(Here::Sliced { carried }) if is_async => {
+            engine::with(|s| {
+                for j in &mut s.purges.jobs {
+                    if j.reply_to == reply_to {
+                        j.reply_to = ReplyTo::Caller;
+                    }
+                }
+            });
+            answer(ctx, &reply_to, Ok(Gathered::Count(carried)));
+        }
+        Ok(Here::Sliced { .. }) => {}
+        Err(e) => answer(ctx, &reply_to, Err(e.to_string())),
+    }
+    Ok(RedisValue::NoReply)
+}
+
+/// What a cluster-wide read gathers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    Card,
+    Members,
+}
+
+/// `TAG.CARD` / `TAG.MEMBERS` in a cluster: every master's keys.
+pub fn read(ctx: &Context, tag: &[u8], what: Read) -> RedisResult {
+    let caller = Caller::of(ctx);
+    let mine = apply::visible_members(ctx, tag, caller.as_ref())?;
+    let others = other_masters(ctx);
+    let can_wait = !ctx.get_flags().intersects(
+        redis_module::ContextFlags::MULTI
+            | redis_module::ContextFlags::LUA
+            | redis_module::ContextFlags::DENY_BLOCKING,
+    );
+    if others.is_empty() || !can_wait {
+        if !others.is_empty() {
+            return Err(Error::Invalid(
+                "a read of a cluster waits for the other masters: not inside MULTI or a script"
+                    .into(),
+            )
+            .into());
+        }
+        return Ok(match what {
+            Read::Card => RedisValue::Integer(i64::try_from(mine.len()).unwrap_or(i64::MAX)),
+            Read::Members => {
+                RedisValue::Array(mine.into_iter().map(RedisValue::StringBuffer).collect())
+            }
+        });
+    }
+    let Some(client) = blocked::block_for_purge(ctx) else {
+        return Err(Error::Internal("cannot wait for the other masters".into()).into());
+    };
+    let (sum, kind) = match what {
+        Read::Card => (Gathered::Count(0), kind::CARD),
+        Read::Members => (Gathered::Members(Vec::new()), kind::MEMBERS),
+    };
+    let id = engine::with(|s| {
+        s.gathers
+            .open(Some(client), vec![tag.to_vec()], others.clone(), sum, false)
+    })
+    .unwrap_or(0);
+    let fields = [
+        id.to_string().into_bytes(),
+        user_field(caller.as_ref()),
+        tag.to_vec(),
+    ];
+    for node in &others {
+        send(ctx, node, kind, &fields);
+    }
+    arm_timeout(ctx, id);
+    let got = match what {
+        Read::Card => Gathered::Count(i64::try_from(mine.len()).unwrap_or(i64::MAX)),
+        Read::Members => Gathered::Members(mine),
+    };
+    let done = engine::with(|s| s.gathers.answer(id, None, Ok(got))).flatten();
+    if let Some(g) = done {
+        finish(ctx, g);
+    }
+    Ok(RedisValue::NoReply)
+}
+
+/// A rule made (`Some`) or removed here: the other masters make it too.
+pub fn share_rule(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) {
+    if !config::slotted() {
+        return;
+    }
+    let (tag_prefix, owner) = rule.unwrap_or((b"", b""));
+    ask_all(ctx, kind::LINK, &[source, tag_prefix, owner]);
+}
+
+/// A rule fired here: the other masters purge the tag too, with the rule
+/// owner's permissions. Nobody waits for their counts (gather 0 is none).
+pub fn purge_elsewhere(ctx: &Context, tag: &[u8], owner: Option<&[u8]>) {
+    if !config::slotted() {
+        return;
+    }
+    let fields: [&[u8]; 4] = [b"0", owner.unwrap_or_default(), b"0", tag];
+    ask_all(ctx, kind::PURGE, &fields);
+}

@@ -1,0 +1,118 @@
+//! Where rules are kept: the hash `tagcache:links` of the database they
+//! apply to. In a cluster every master keeps its own copy (each hash must
+//! live in a slot its master owns): `tagcache:links{<n>}`, with `{<n>}` one
+//! of its slots, and a master holds the union of the copies it has (a
+//! resharding may bring it another master's).
+
+use super::apply::{self, Cause};
+use super::config;
+use super::keys::{self, Mode, Reply};
+use super::rebuild;
+use crate::engine::error::{Error, Result};
+use crate::engine::plan::{Access, Kind, Plan, Write};
+use crate::engine::rules::Rule;
+use crate::engine::slot;
+use redis_module::{Context, KeyType};
+
+pub const LINKS_KEY: &[u8] = b"tagcache:links";
+const CLUSTER_LINKS: &[u8] = b"tagcache:links{";
+
+pub fn is_links_key(key: &[u8]) -> bool {
+    key == LINKS_KEY || (config::slotted() && key.starts_with(CLUSTER_LINKS))
+}
+
+/// The hash this master writes its rules to.
+pub fn links_key(ctx: &Context) -> Result<Vec<u8>> {
+    if !config::slotted() {
+        return Ok(LINKS_KEY.to_vec());
+    }
+    let first = first_owned_slot(ctx)
+        .ok_or_else(|| Error::Invalid("this master serves no slot to keep rules in".into()))?;
+    Ok([CLUSTER_LINKS, slot::name_in(first), b"}"].concat())
+}
+
+/// The first slot this master serves, from `CLUSTER NODES` (its own line,
+/// flagged `myself`, ends with its slot ranges).
+fn first_owned_slot(ctx: &Context) -> Option<u16> {
+    let Ok(Reply::Bytes(text)) = keys::call(ctx, Mode::Local, "CLUSTER", &[b"NODES"]) else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().find(|l| {
+        l.split(' ')
+            .nth(2)
+            .is_some_and(|f| f.split(',').any(|x| x == "myself"))
+    })?;
+    line.split(' ')
+        .skip(8)
+        .filter_map(|range| range.split('-').next()?.parse::<u16>().ok())
+        .min()
+}
+
+/// Every rules hash of the selected database.
+pub fn links_keys(ctx: &Context) -> Vec<Vec<u8>> {
+    if !config::slotted() {
+        return vec![LINKS_KEY.to_vec()];
+    }
+    let mut out = rebuild::keys_under(ctx, CLUSTER_LINKS, b"hash");
+    out.retain(|k| k.ends_with(b"}"));
+    out
+}
+
+/// Makes (`Some`) or removes the rule for `source` on this master, as the
+/// module (the caller was checked where the call arrived). Returns how
+/// many rules it removed.
+pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) -> Result<i64> {
+    let mut plan = Plan::default();
+    match rule {
+        Some((tag_prefix, owner)) => {
+            let key = links_key(ctx)?;
+            let value = Rule {
+                tag_prefix: tag_prefix.to_vec(),
+                owner: (!owner.is_empty()).then(|| owner.to_vec()),
+            }
+            .encode();
+            plan.check(key.clone(), Access::Write, Kind::Hash);
+            plan.write(Write::HashSet {
+                key: key.into(),
+                field: source.to_vec().into(),
+                value: value.into(),
+            });
+        }
+        None => {
+            for key in links_keys(ctx) {
+                plan.check(key.clone(), Access::Write, Kind::Hash);
+                plan.write(Write::HashDel {
+                    key: key.into(),
+                    field: source.to_vec().into(),
+                });
+            }
+        }
+    }
+    apply::check(ctx, None, &plan)?;
+    let replies = apply::apply(ctx, &plan, Cause::Command)?;
+    rebuild::reload_rules(ctx, keys::selected_db(ctx), true);
+    Ok(match rule {
+        Some(_) => 0,
+        None => replies.iter().sum::<i64>().min(1),
+    })
+}
+
+/// The (source prefix, encoded rule) pairs of the selected database.
+pub fn read_rules(ctx: &Context) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for key in links_keys(ctx) {
+        if keys::key_type(ctx, &key) != KeyType::Hash {
+            continue;
+        }
+        let Ok(reply) = keys::call(ctx, Mode::Local, "HGETALL", &[&key]) else {
+            continue;
+        };
+        let flat = reply.into_bytes_list();
+        out.extend(flat.chunks_exact(2).filter_map(|p| match p {
+            [field, value] => Some((field.clone(), value.clone())),
+            _ => None,
+        }));
+    }
+    out
+}
