@@ -515,8 +515,24 @@ impl Index {
             self.forget_tag(db, tag);
             return Vec::new();
         };
+        self.drop_tag_in_slots(db, tag, &[s])
+    }
+
+    /// As `drop_tag_in`, for the sets of several slots in one pass.
+    pub fn drop_tag_in_slots(&mut self, db: Db, tag: &[u8], slots: &[u16]) -> Vec<Vec<u8>> {
+        let mut chosen = [0u64; 16384 / 64];
+        for &s in slots {
+            if let Some(w) = chosen.get_mut(usize::from(s / 64)) {
+                *w |= 1 << (s % 64);
+            }
+        }
         let mut gone = self.members(db, tag);
-        gone.retain(|m| super::slot::slot(m) == s);
+        gone.retain(|m| {
+            let s = super::slot::slot(m);
+            chosen
+                .get(usize::from(s / 64))
+                .is_some_and(|w| w & (1 << (s % 64)) != 0)
+        });
         for m in &gone {
             self.remove(db, m, tag);
         }

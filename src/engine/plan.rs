@@ -651,11 +651,19 @@ impl State {
                 }
             }
             Write::Del { keys } | Write::Unlink { keys } => {
+                // A cluster's purge deletes a set per slot of the same tag:
+                // their members are dropped in one pass per tag.
+                let mut slots: BTreeMap<&[u8], Vec<u16>> = BTreeMap::new();
                 for k in keys {
                     ix.forget_key(db, k);
-                    if let Some((tag, scope)) = p.index_of(k) {
-                        ix.drop_tag_in(db, tag, scope);
+                    match p.index_of(k) {
+                        Some((tag, Scope::All)) => ix.forget_tag(db, tag),
+                        Some((tag, Scope::Slot(s))) => slots.entry(tag).or_default().push(s),
+                        None => {}
                     }
+                }
+                for (tag, list) in slots {
+                    ix.drop_tag_in_slots(db, tag, &list);
                 }
             }
             Write::HashSet { .. } | Write::HashDel { .. } => {}

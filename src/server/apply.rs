@@ -9,7 +9,7 @@ use super::config;
 use super::events::{self, Event, Op};
 use super::keys::{self, Applying, Caller, Mode};
 use crate::engine::error::Result;
-use crate::engine::index::Db;
+use crate::engine::index::{Db, Scope};
 use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, TagSets, Write};
 use crate::engine::{self, stats, Owed};
 use redis_module::{Context, RedisString};
@@ -38,9 +38,20 @@ pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> 
         // every change of a tag set's type as it happens. (A cluster's tag
         // has several sets: each is opened.)
         let known_set = *kind == Kind::Set
-            && !p.slotted
-            && p.tag_of(key)
-                .is_some_and(|tag| engine::with(|s| s.index.has_members(db, tag)).unwrap_or(false));
+            && match p.index_of(key) {
+                Some((tag, Scope::All)) => {
+                    engine::with(|s| s.index.has_members(db, tag)).unwrap_or(false)
+                }
+                // In a cluster: the module's set of the slot of a key the
+                // index says carries the tag, where no client-written set
+                // shares the slot (so that set is what holds it).
+                Some((tag, Scope::Slot(slot))) => plan.declared.is_some_and(|k| {
+                    crate::engine::slot::slot(k) == slot
+                        && crate::engine::slot::slot(&p.set(tag)) != slot
+                        && engine::with(|s| s.index.has(db, k, tag)).unwrap_or(false)
+                }),
+                None => false,
+            };
         if !known_set {
             keys::ensure_kind(ctx, key, *kind)?;
         }
@@ -79,9 +90,11 @@ pub fn apply_from(
     };
     let mut replies = Vec::with_capacity(plan.writes.len());
     // The index mirrors every tag set exactly on a master that is not
-    // loading, so it can tell which set writes would change nothing (in a
-    // cluster a member may be held by either of two sets of its slot).
-    let known = (keys::may_write(ctx) && !p.slotted).then_some((db, &p));
+    // loading, so it can tell which set writes would change nothing. (In a
+    // cluster a member may be held by a client-written set of its slot
+    // rather than the module's: it carries the tag either way, as with one
+    // set on a standalone server.)
+    let known = keys::may_write(ctx).then_some((db, &p));
     let _applying = Applying::begin();
     for w in &plan.writes {
         replies.push(write(ctx, w, mode, known, own)?);
