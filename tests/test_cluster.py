@@ -101,6 +101,10 @@ class Cluster:
                 # Every node sees the same three masters and three replicas.
                 flags = [line.split(" ")[2].split(",")
                          for line in c.execute_command("CLUSTER", "NODES").decode().splitlines()]
+                lines = c.execute_command("CLUSTER", "NODES").decode().splitlines()
+                # Every link up: module messages need one.
+                if any(line.split(" ")[7] != "connected" for line in lines):
+                    return False
                 live = [f for f in flags if "fail" not in f and "fail?" not in f]
                 if (sum("master" in f for f in live) != 3
                         or sum("slave" in f for f in live) != sum(
@@ -370,3 +374,80 @@ def test_a_silent_master_times_out_then_the_same_purge_finishes(fresh):
     fresh.wait_ok()
     assert fresh.on(asker, "TAG.PURGE", "all") in (0, len(on_silent))
     assert fresh.all_keys() == set()
+
+
+def test_a_replica_refuses_cluster_wide_reads(cluster):
+    cluster.fill(100)
+    _, replicas = cluster.roles()
+    with pytest.raises(redis.ResponseError) as e:
+        cluster.client(replicas[0]).execute_command("TAG.CARD", "all")
+    assert error_text(e.value) == (
+        "ERR in a cluster this is answered by a master, for every master")
+
+
+def test_a_purge_refused_where_it_arrives_is_sent_nowhere(cluster):
+    masters = cluster.masters()
+    origin = masters[0]
+    rc = cluster.rc
+    keys = [f"ok:{i}".encode() for i in range(300)]
+    for k in keys:
+        assert rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "mixed") == b"OK"
+    # A key on the master the call reaches that the user may not delete.
+    secret = next(f"secret:{i}".encode() for i in range(10000)
+                  if rc.get_node_from_key(f"secret:{i}").port == origin.port)
+    assert rc.execute_command("TAG.SET", secret, "s", "TAGS", 1, "mixed") == b"OK"
+    for m in masters:
+        cluster.client(m).execute_command(
+            "ACL", "SETUSER", "u", "reset", "on", ">pw", "~ok:*", "~tagcache:*", "+@all")
+    u = origin.client(username="u", password="pw")
+    with pytest.raises(redis.ResponseError) as e:
+        u.execute_command("TAG.PURGE", "mixed")
+    assert error_text(e.value).startswith("NOPERM"), error_text(e.value)
+    # Nothing went anywhere: the other masters were never asked.
+    for k in keys + [secret]:
+        assert rc.exists(k) == 1
+    assert cluster.on(masters[1], "TAG.CARD", "mixed") == 301
+
+
+def test_a_rule_purge_on_other_masters_fires_no_further_rules(cluster):
+    masters = cluster.masters()
+    rc = cluster.rc
+    assert cluster.on(masters[0], "TAG.LINK", "product:", "product:") == b"OK"
+    for m in masters:
+        wait_until(lambda m=m: cluster.on(m, "TAG.LINKS") == [[b"product:", b"product:"]], 1,
+                   what="the rule on every master")
+    # product:43 carries tag product:42 and product:42 carries product:43:
+    # writing product:42 purges product:43, and that deletion must not
+    # purge product:42 (a rule's purge fires no rule).
+    rc.execute_command("TAG.SET", "product:43", "b", "TAGS", 1, "product:42")
+    rc.execute_command("TAG.SET", "product:42", "a", "TAGS", 1, "product:43")
+    rc.set("product:42", "changed")
+    wait_until(lambda: rc.exists("product:43") == 0, 5, what="product:43 purged")
+    time.sleep(0.5)
+    assert rc.get("product:42") == b"changed"
+    assert cluster.on(masters[1], "TAG.UNLINK", "product:") == 1
+
+
+def test_an_async_purge_publishes_one_event(cluster):
+    masters = cluster.masters()
+    for m in masters:
+        cluster.client(m).config_set("tagcache.purge-atomic-max", 10)
+    try:
+        cluster.fill(300, tags=lambda i: ("ev",))
+        sub = cluster.client(masters[0])
+        ps = sub.pubsub()
+        ps.subscribe("tagcache:events")
+        assert ps.get_message(timeout=2)["type"] == "subscribe"
+        assert cluster.on(masters[0], "TAG.PURGE", "ev", "ASYNC") == 300
+        wait_until(lambda: cluster.all_keys() == set(), 20, what="ASYNC purge done")
+        events = []
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            msg = ps.get_message(timeout=0.2)
+            if msg and msg["type"] == "message":
+                events.append(msg["data"])
+        assert len(events) == 1, events
+        ps.close()
+    finally:
+        for m in masters:
+            cluster.client(m).config_set("tagcache.purge-atomic-max", 10000)

@@ -19,7 +19,11 @@ use crate::server::{cluster, rules};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 
 fn links_plan<'a>(keys: &[Vec<u8>], write: impl Fn(Vec<u8>) -> Write<'a>) -> Plan<'a> {
-    let mut plan = Plan::default();
+    // In a cluster a master may hold copies in several of its slots.
+    let mut plan = Plan {
+        local: true,
+        ..Plan::default()
+    };
     for key in keys {
         plan.check(key.clone(), Access::Write, Kind::Hash);
         plan.write(write(key.clone()));

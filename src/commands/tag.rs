@@ -219,6 +219,7 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
         can_wait,
         ReplyTo::Caller,
         !is_async,
+        Cause::Command,
     )?;
     match here {
         Here::Sliced { carried } if is_async => Ok(RedisValue::Integer(carried)),

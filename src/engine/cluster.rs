@@ -100,6 +100,11 @@ pub struct Gathers {
 }
 
 impl Gathers {
+    /// Ids start after `seed`.
+    pub fn seed(&mut self, seed: u64) {
+        self.last_id = self.last_id.max(seed);
+    }
+
     /// Opens a gather waiting for `others` and this master. Returns its id.
     pub fn open(
         &mut self,
@@ -133,8 +138,19 @@ impl Gathers {
         id: u64,
         node: Option<&[u8]>,
         answer: Result<Gathered, String>,
+        purge: bool,
     ) -> Option<Gather> {
         let g = self.open.get_mut(&id)?;
+        // An answer of another kind is not for this gather.
+        let fits = matches!(
+            (&answer, &g.sum),
+            (Ok(Gathered::Count(_)), Gathered::Count(_))
+                | (Ok(Gathered::Members(_)), Gathered::Members(_))
+                | (Err(_), _)
+        );
+        if !fits || (node.is_some() && g.purge != purge) {
+            return None;
+        }
         match node {
             None if !g.local_done => g.local_done = true,
             Some(n) => {
@@ -200,12 +216,24 @@ mod tests {
             Gathered::Count(0),
             true,
         );
-        assert!(g.answer(id, Some(b"a"), Ok(Gathered::Count(2))).is_none());
-        // A repeated or unknown answer counts nothing.
-        assert!(g.answer(id, Some(b"a"), Ok(Gathered::Count(2))).is_none());
-        assert!(g.answer(id, Some(b"z"), Ok(Gathered::Count(2))).is_none());
-        assert!(g.answer(id, None, Ok(Gathered::Count(1))).is_none());
-        let done = g.answer(id, Some(b"b"), Err("ERR x".into())).unwrap();
+        assert!(g
+            .answer(id, Some(b"a"), Ok(Gathered::Count(2)), true)
+            .is_none());
+        // A repeated or unknown answer, or one of another kind, counts nothing.
+        assert!(g
+            .answer(id, Some(b"a"), Ok(Gathered::Count(2)), true)
+            .is_none());
+        assert!(g
+            .answer(id, Some(b"z"), Ok(Gathered::Count(2)), true)
+            .is_none());
+        assert!(g
+            .answer(id, Some(b"b"), Ok(Gathered::Count(9)), false)
+            .is_none());
+        assert!(g
+            .answer(id, Some(b"b"), Ok(Gathered::Members(vec![])), true)
+            .is_none());
+        assert!(g.answer(id, None, Ok(Gathered::Count(1)), true).is_none());
+        let done = g.answer(id, Some(b"b"), Err("ERR x".into()), true).unwrap();
         assert_eq!(done.sum, Gathered::Count(3));
         assert_eq!(done.error.as_deref(), Some("ERR x"));
         assert!(g.open.is_empty());
@@ -224,7 +252,7 @@ mod tests {
         let late = g.expire(id).unwrap();
         assert_eq!(late.waiting, vec![b"a".to_vec()]);
         assert!(g
-            .answer(id, Some(b"a"), Ok(Gathered::Members(vec![])))
+            .answer(id, Some(b"a"), Ok(Gathered::Members(vec![])), false)
             .is_none());
     }
 }

@@ -1,5 +1,5 @@
 //! One error type for every command. Each message starts with the code a
-//! Redis client expects (`ERR`, `WRONGTYPE`, `NOPERM`, `CROSSSLOT`), because
+//! Redis client expects (`ERR`, `WRONGTYPE`, `NOPERM`, `CROSSSLOT`, `TRYAGAIN`), because
 //! the text is sent to the client exactly as written.
 
 use redis_module::RedisError;
@@ -23,6 +23,8 @@ pub enum Error {
     Invalid(String),
     /// A version past the largest 64-bit integer.
     Overflow,
+    /// A cluster in motion: the same call is to be made again.
+    TryAgain(&'static str),
     Internal(String),
 }
 
@@ -54,6 +56,7 @@ impl fmt::Display for Error {
             Error::Lease(why) => write!(f, "ERR invalid lease token: {why}"),
             Error::Invalid(msg) => write!(f, "ERR {msg}"),
             Error::Overflow => write!(f, "ERR increment or decrement would overflow"),
+            Error::TryAgain(why) => write!(f, "TRYAGAIN {why}"),
             Error::Internal(msg) => write!(f, "ERR internal error: {msg}"),
         }
     }
@@ -124,13 +127,14 @@ mod tests {
             Error::Lease("unknown"),
             Error::Invalid("x".into()),
             Error::Overflow,
+            Error::TryAgain("x"),
             Error::Internal("x".into()),
         ];
         for e in all {
             let s = e.to_string();
             let code = s.split(' ').next().unwrap_or_default();
             assert!(
-                ["ERR", "WRONGTYPE", "NOPERM", "CROSSSLOT"].contains(&code),
+                ["ERR", "WRONGTYPE", "NOPERM", "CROSSSLOT", "TRYAGAIN"].contains(&code),
                 "{s}"
             );
         }

@@ -25,6 +25,8 @@ pub enum ReplyTo {
     Gather(u64),
     /// Another master's cluster-wide purge: node id and its gather id.
     Remote(Vec<u8>, u64),
+    /// Nobody: its count was already given (`ASYNC` in a cluster).
+    Nobody,
 }
 
 pub struct Job {
@@ -48,6 +50,8 @@ pub struct Job {
     pub waiter: Option<Client>,
     /// Who is told the count when it ends.
     pub reply_to: ReplyTo,
+    /// Started by a rule: its deletions fire no further rules.
+    pub by_rule: bool,
     abandoned: bool,
     refused: bool,
 }
@@ -84,6 +88,7 @@ impl Job {
             deleted: 0,
             waiter: None,
             reply_to: ReplyTo::Caller,
+            by_rule: false,
             abandoned: false,
             refused: false,
         }

@@ -7,6 +7,7 @@
 //! server did not start with a command.
 
 use super::apply;
+use super::apply::Cause;
 use super::blocked;
 use super::config;
 use super::events::{Event, Op};
@@ -31,9 +32,45 @@ struct Inbound {
     fields: Vec<Vec<u8>>,
 }
 
+/// A message waiting for a link: node, kind, bytes, tries so far.
+type Pending = (Vec<u8>, u8, Vec<u8>, u64);
+
 thread_local! {
     static INBOX: RefCell<VecDeque<Inbound>> = const { RefCell::new(VecDeque::new()) };
     static ARMED: Cell<bool> = const { Cell::new(false) };
+    static RESEND: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    static RESEND_ARMED: Cell<bool> = const { Cell::new(false) };
+}
+
+const MIGRATING: &str = "a slot of a master is being migrated: purge again when it is done";
+
+/// Whether a slot of this master is being migrated or imported (its line
+/// of `CLUSTER NODES` names it `[slot->-node]` or `[slot-<-node]`): keys
+/// and their index sets are then on two nodes, and a purge would miss some.
+fn migrating(ctx: &Context) -> bool {
+    let Ok(keys::Reply::Bytes(text)) = keys::call(ctx, keys::Mode::Local, "CLUSTER", &[b"NODES"])
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(2)
+                .is_some_and(|f| f.split(',').any(|x| x == "myself"))
+        })
+        .any(|l| l.contains("->-") || l.contains("-<-"))
+}
+
+/// A sliced purge whose count was already given: its end tells no one.
+fn silence(reply_to: &ReplyTo) {
+    engine::with(|s| {
+        for j in &mut s.purges.jobs {
+            if j.reply_to == *reply_to {
+                j.reply_to = ReplyTo::Nobody;
+            }
+        }
+    });
 }
 
 /// Listens for the module's messages (a cluster only).
@@ -41,6 +78,10 @@ pub fn register(ctx: &Context) {
     if !config::slotted() {
         return;
     }
+    // Gather ids start apart at every start, so that an answer to a call
+    // made before a restart is not taken for one made after.
+    let seed = u64::try_from(keys::now_ms()).unwrap_or(0) << 16;
+    engine::with(|s| s.gathers.seed(seed));
     // SAFETY: called from init with the module's context; `on_message`
     // matches the receiver signature.
     unsafe {
@@ -99,32 +140,59 @@ fn handle(ctx: &Context, m: Inbound) {
         .first()
         .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok());
     // Asked as a master by a node whose view of the cluster is behind (a
-    // replica just attached, or one just demoted): its data is its
-    // master's, who answers for it.
-    if matches!(m.kind, kind::PURGE | kind::CARD | kind::MEMBERS) && !keys::may_write(ctx) {
-        let nothing: Vec<Vec<u8>> = match m.kind {
-            kind::MEMBERS => vec![b"ok".to_vec()],
-            _ => vec![b"ok".to_vec(), b"0".to_vec()],
-        };
+    // replica just attached, or one just demoted), or while one of its
+    // slots moves: no answer it could give is whole, so it says so, and
+    // the call is to be made again.
+    let refusal = if !keys::may_write(ctx) {
+        Some(Error::TryAgain(
+            "a replica was asked as a master while the cluster changes",
+        ))
+    } else if m.kind == kind::PURGE && migrating(ctx) {
+        Some(Error::TryAgain(MIGRATING))
+    } else {
+        None
+    };
+    if let (Some(why), true) = (
+        refusal,
+        matches!(m.kind, kind::PURGE | kind::CARD | kind::MEMBERS),
+    ) {
         let back = match m.kind {
             kind::PURGE => kind::PURGED,
             kind::CARD => kind::COUNTED,
             _ => kind::LISTED,
         };
-        let mut fields = vec![f.first().cloned().unwrap_or_default()];
-        fields.extend(nothing);
+        let fields = [
+            f.first().cloned().unwrap_or_default(),
+            b"err".to_vec(),
+            why.to_string().into_bytes(),
+        ];
         send(ctx, &m.from, back, &fields);
         return;
     }
     match (m.kind, id) {
         (kind::PURGE, Some(id)) => {
-            let (user, is_async, tags) = match f.as_slice() {
-                [_, user, a, tags @ ..] => (user, a.as_slice() == b"1", tags.to_vec()),
+            let (user, how, tags) = match f.as_slice() {
+                [_, user, how, tags @ ..] => (user, how.as_slice(), tags.to_vec()),
                 _ => return,
+            };
+            let is_async = how == b"1";
+            // A rule's purge: its deletions fire no further rules.
+            let cause = if how == b"r" {
+                Cause::Rule
+            } else {
+                Cause::Command
             };
             let caller = (!user.is_empty()).then(|| Caller::named(user));
             let reply_to = ReplyTo::Remote(m.from.clone(), id);
-            let here = purge::here(ctx, &tags, caller.as_ref(), true, reply_to.clone(), false);
+            let here = purge::here(
+                ctx,
+                &tags,
+                caller.as_ref(),
+                true,
+                reply_to.clone(),
+                false,
+                cause,
+            );
             match here {
                 Ok(Here::Done { deleted, carried }) => {
                     let n = if is_async { carried } else { deleted };
@@ -132,13 +200,7 @@ fn handle(ctx: &Context, m: Inbound) {
                 }
                 Ok(Here::Sliced { carried }) if is_async => {
                     // The count goes now; the purge's own end tells no one.
-                    engine::with(|s| {
-                        for j in &mut s.purges.jobs {
-                            if j.reply_to == reply_to {
-                                j.reply_to = ReplyTo::Caller;
-                            }
-                        }
-                    });
+                    silence(&reply_to);
                     answer(ctx, &reply_to, Ok(Gathered::Count(carried)));
                 }
                 Ok(Here::Sliced { .. }) => {}
@@ -178,7 +240,8 @@ fn handle(ctx: &Context, m: Inbound) {
                 [_, error, ..] => Err(String::from_utf8_lossy(error).into_owned()),
                 _ => return,
             };
-            let done = engine::with(|s| s.gathers.answer(id, Some(&m.from), got)).flatten();
+            let purge = m.kind == kind::PURGED;
+            let done = engine::with(|s| s.gathers.answer(id, Some(&m.from), got, purge)).flatten();
             if let Some(g) = done {
                 finish(ctx, g);
             }
@@ -255,17 +318,54 @@ pub fn other_masters(ctx: &Context) -> Vec<Vec<u8>> {
 
 fn send<B: AsRef<[u8]>>(ctx: &Context, node: &[u8], kind: u8, fields: &[B]) {
     let msg = encode(fields);
-    let (Ok(len), true) = (u32::try_from(msg.len()), node.len() == NODE_ID_LEN) else {
+    if u32::try_from(msg.len()).is_err() || node.len() != NODE_ID_LEN {
         ctx.log_warning("tagcache: a cluster message too large to send");
         return;
+    }
+    if !send_now(ctx, node, kind, &msg) {
+        // No link to that node at this moment (it is being made or made
+        // again): the message waits for one, for as long as a caller would.
+        RESEND.with_borrow_mut(|q| q.push((node.to_vec(), kind, msg, 0)));
+        arm_resend(ctx);
+    }
+}
+
+fn send_now(ctx: &Context, node: &[u8], kind: u8, msg: &[u8]) -> bool {
+    let Ok(len) = u32::try_from(msg.len()) else {
+        return false;
     };
     let id = terminated(node);
     // SAFETY: `id` is a NUL-terminated 40-byte node id, as the call reads
     // it; `msg` is `len` live bytes.
     unsafe {
-        if let Some(f) = raw::RedisModule_SendClusterMessage {
-            f(ctx.ctx, id.as_ptr().cast(), kind, msg.as_ptr().cast(), len);
+        raw::RedisModule_SendClusterMessage.is_some_and(|f| {
+            f(ctx.ctx, id.as_ptr().cast(), kind, msg.as_ptr().cast(), len)
+                == raw::REDISMODULE_OK as i32
+        })
+    }
+}
+
+const RESEND_MS: u64 = 50;
+
+fn arm_resend(ctx: &Context) {
+    if !RESEND_ARMED.with(|a| a.replace(true)) {
+        ctx.create_timer(Duration::from_millis(RESEND_MS), on_resend, ());
+    }
+}
+
+fn on_resend(ctx: &Context, (): ()) {
+    RESEND_ARMED.with(|a| a.set(false));
+    let tries = u64::try_from(config::cluster_timeout_ms()).unwrap_or(5000) / RESEND_MS + 1;
+    let waiting = RESEND.with_borrow_mut(std::mem::take);
+    let mut left = Vec::new();
+    for (node, kind, msg, n) in waiting {
+        if !send_now(ctx, &node, kind, &msg) && n + 1 < tries {
+            left.push((node, kind, msg, n + 1));
         }
+    }
+    if !left.is_empty() {
+        RESEND.with_borrow_mut(|q| q.extend(left));
+        arm_resend(ctx);
     }
 }
 
@@ -291,9 +391,9 @@ fn ask_all<B: AsRef<[u8]>>(ctx: &Context, kind: u8, fields: &[B]) -> Vec<Vec<u8>
 /// belongs to, here or on the master that asked.
 pub fn answer(ctx: &Context, reply_to: &ReplyTo, got: Result<Gathered, String>) {
     match reply_to {
-        ReplyTo::Caller => {}
+        ReplyTo::Caller | ReplyTo::Nobody => {}
         ReplyTo::Gather(id) => {
-            let done = engine::with(|s| s.gathers.answer(*id, None, got)).flatten();
+            let done = engine::with(|s| s.gathers.answer(*id, None, got, true)).flatten();
             if let Some(g) = done {
                 finish(ctx, g);
             }
@@ -373,7 +473,15 @@ pub fn purge(
 ) -> RedisResult {
     let others = other_masters(ctx);
     if others.is_empty() {
-        return match purge::here(ctx, &tags, caller, can_wait, ReplyTo::Caller, !is_async)? {
+        return match purge::here(
+            ctx,
+            &tags,
+            caller,
+            can_wait,
+            ReplyTo::Caller,
+            !is_async,
+            Cause::Command,
+        )? {
             Here::Sliced { carried } if is_async => Ok(RedisValue::Integer(carried)),
             Here::Sliced { .. } => Ok(RedisValue::NoReply),
             Here::Done { deleted, carried } => {
@@ -401,6 +509,9 @@ pub fn purge(
         )
         .into());
     }
+    if migrating(ctx) {
+        return Err(Error::TryAgain(MIGRATING).into());
+    }
     let Some(client) = blocked::block_for_purge(ctx) else {
         return Err(Error::Internal("cannot wait for the other masters".into()).into());
     };
@@ -414,6 +525,34 @@ pub fn purge(
         )
     })
     .unwrap_or(0);
+    // This master's part first: a call it refuses (NOPERM, WRONGTYPE)
+    // is sent nowhere else.
+    let reply_to = ReplyTo::Gather(id);
+    let local = match purge::here(
+        ctx,
+        &tags,
+        caller,
+        true,
+        reply_to.clone(),
+        false,
+        Cause::Command,
+    ) {
+        Ok(Here::Done { deleted, carried }) => Some(if is_async { carried } else { deleted }),
+        Ok(Here::Sliced { carried }) if is_async => {
+            silence(&reply_to);
+            Some(carried)
+        }
+        Ok(Here::Sliced { .. }) => None,
+        Err(e) => {
+            engine::with(|s| {
+                if let Some(g) = s.gathers.open.get_mut(&id) {
+                    g.waiting.clear();
+                }
+            });
+            answer(ctx, &reply_to, Err(e.to_string()));
+            return Ok(RedisValue::NoReply);
+        }
+    };
     let mut fields = vec![
         id.to_string().into_bytes(),
         user_field(caller),
@@ -428,24 +567,8 @@ pub fn purge(
         send(ctx, node, kind::PURGE, &fields);
     }
     arm_timeout(ctx, id);
-    let reply_to = ReplyTo::Gather(id);
-    match purge::here(ctx, &tags, caller, true, reply_to.clone(), false) {
-        Ok(Here::Done { deleted, carried }) => {
-            let n = if is_async { carried } else { deleted };
-            answer(ctx, &reply_to, Ok(Gathered::Count(n)));
-        }
-        Ok(Here::Sliced { carried }) if is_async => {
-            engine::with(|s| {
-                for j in &mut s.purges.jobs {
-                    if j.reply_to == reply_to {
-                        j.reply_to = ReplyTo::Caller;
-                    }
-                }
-            });
-            answer(ctx, &reply_to, Ok(Gathered::Count(carried)));
-        }
-        Ok(Here::Sliced { .. }) => {}
-        Err(e) => answer(ctx, &reply_to, Err(e.to_string())),
+    if let Some(n) = local {
+        answer(ctx, &reply_to, Ok(Gathered::Count(n)));
     }
     Ok(RedisValue::NoReply)
 }
@@ -459,6 +582,13 @@ pub enum Read {
 
 /// `TAG.CARD` / `TAG.MEMBERS` in a cluster: every master's keys.
 pub fn read(ctx: &Context, tag: &[u8], what: Read) -> RedisResult {
+    // A replica holds its master's keys: it would count them twice.
+    if !keys::may_write(ctx) {
+        return Err(Error::Invalid(
+            "in a cluster this is answered by a master, for every master".into(),
+        )
+        .into());
+    }
     let caller = Caller::of(ctx);
     let mine = apply::visible_members(ctx, tag, caller.as_ref())?;
     let others = other_masters(ctx);
@@ -507,7 +637,7 @@ pub fn read(ctx: &Context, tag: &[u8], what: Read) -> RedisResult {
         Read::Card => Gathered::Count(i64::try_from(mine.len()).unwrap_or(i64::MAX)),
         Read::Members => Gathered::Members(mine),
     };
-    let done = engine::with(|s| s.gathers.answer(id, None, Ok(got))).flatten();
+    let done = engine::with(|s| s.gathers.answer(id, None, Ok(got), false)).flatten();
     if let Some(g) = done {
         finish(ctx, g);
     }
@@ -529,6 +659,6 @@ pub fn purge_elsewhere(ctx: &Context, tag: &[u8], owner: Option<&[u8]>) {
     if !config::slotted() {
         return;
     }
-    let fields: [&[u8]; 4] = [b"0", owner.unwrap_or_default(), b"0", tag];
+    let fields: [&[u8]; 4] = [b"0", owner.unwrap_or_default(), b"r", tag];
     ask_all(ctx, kind::PURGE, &fields);
 }

@@ -354,6 +354,14 @@ impl Caller {
         let (Some(_), Some(name)) = (self.user, &self.name) else {
             return false;
         };
+        // Inside a transaction an ACL command queued before this one may
+        // have run already: keys are checked one by one there.
+        if ctx
+            .get_flags()
+            .intersects(redis_module::ContextFlags::MULTI)
+        {
+            return false;
+        }
         let name = name.as_slice();
         let epoch = ACL_EPOCH.with(Cell::get);
         let known = ALL_KEYS.with_borrow(|seen| {

@@ -383,6 +383,8 @@ unsafe extern "C" fn on_event_loop(
     if sub != raw::REDISMODULE_SUBEVENT_EVENTLOOP_BEFORE_SLEEP {
         return;
     }
+    // No command runs now: an expiry or eviction is not a migration.
+    MOVING.with(|m| m.set(false));
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
         apply::settle(&Context::new(ctx));
     }

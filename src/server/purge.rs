@@ -49,6 +49,7 @@ pub fn here(
     may_slice: bool,
     reply_to: ReplyTo,
     block: bool,
+    cause: Cause,
 ) -> Result<Here, Error> {
     let p = config::layout();
     let db = keys::selected_db(ctx);
@@ -79,6 +80,11 @@ pub fn here(
         if waiter.is_some() || !block {
             let user = caller.and_then(Caller::name);
             let carried = start(ctx, tags.to_vec(), user, reply_to, waiter);
+            engine::with(|s| {
+                if let Some(j) = s.purges.jobs.last_mut() {
+                    j.by_rule = cause == Cause::Rule;
+                }
+            });
             return Ok(Here::Sliced { carried });
         }
     }
@@ -94,7 +100,7 @@ pub fn here(
         if engine::with(|s| s.index.changes()) != Some(before) {
             continue;
         }
-        let replies = apply::apply(ctx, &plan, Cause::Command)?;
+        let replies = apply::apply(ctx, &plan, cause)?;
         stats::bump(&stats::PURGES);
         return Ok(Here::Done {
             deleted: apply::deleted_count(&plan, &replies),
@@ -176,11 +182,11 @@ fn slice(ctx: &Context) {
 /// One batch of one purge: checks or deletes. `Ok(false)` when this purge
 /// has nothing more to do now.
 fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
-    let Some((db, phase, user)) = engine::with(|s| {
+    let Some((db, phase, user, by_rule)) = engine::with(|s| {
         s.purges
             .get(id)
             .filter(|j| !j.done())
-            .map(|j| (j.db, j.phase, j.user.clone()))
+            .map(|j| (j.db, j.phase, j.user.clone(), j.by_rule))
     })
     .flatten() else {
         return Ok(false);
@@ -226,7 +232,8 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
     };
     let plan =
         engine::with(|s| plan::purge(&s.index, db, &p, &tags, &batch, sets)).unwrap_or_default();
-    let deleted = match apply::apply(ctx, &plan, Cause::Command) {
+    let cause = if by_rule { Cause::Rule } else { Cause::Command };
+    let deleted = match apply::apply(ctx, &plan, cause) {
         Ok(replies) => apply::deleted_count(&plan, &replies),
         Err(e) => {
             ctx.log_warning(&format!("tagcache: purge slice failed: {e}"));
@@ -254,7 +261,7 @@ fn fail(ctx: &Context, id: u64, e: Error) {
             .unwrap_or((None, ReplyTo::Caller))
     })
     .unwrap_or((None, ReplyTo::Caller));
-    if reply_to != ReplyTo::Caller {
+    if reply_to != ReplyTo::Caller && reply_to != ReplyTo::Nobody {
         cluster::answer(ctx, &reply_to, Err(e.to_string()));
         return;
     }
@@ -277,7 +284,9 @@ fn finish(ctx: &Context) {
     let p = config::layout();
     for job in done.into_iter().filter(|j| !j.refused()) {
         if job.reply_to != ReplyTo::Caller {
-            cluster::answer(ctx, &job.reply_to, Ok(Gathered::Count(job.deleted)));
+            if job.reply_to != ReplyTo::Nobody {
+                cluster::answer(ctx, &job.reply_to, Ok(Gathered::Count(job.deleted)));
+            }
             continue;
         }
         let home = keys::selected_db(ctx);

@@ -63,7 +63,10 @@ pub fn links_keys(ctx: &Context) -> Vec<Vec<u8>> {
 /// module (the caller was checked where the call arrived). Returns how
 /// many rules it removed.
 pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) -> Result<i64> {
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        local: true,
+        ..Plan::default()
+    };
     match rule {
         Some((tag_prefix, owner)) => {
             let key = links_key(ctx)?;
