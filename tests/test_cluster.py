@@ -451,3 +451,28 @@ def test_an_async_purge_publishes_one_event(cluster):
     finally:
         for m in masters:
             cluster.client(m).config_set("tagcache.purge-atomic-max", 10000)
+
+
+def test_a_purge_while_a_slot_moves_replies_tryagain_then_finishes(fresh):
+    keys = fresh.fill(600, tags=lambda i: ("mv",))
+    masters = fresh.masters()
+    a, b = masters[0], masters[1]
+    ca = fresh.client(a)
+    b_id = fresh.client(b).execute_command("CLUSTER", "MYID").decode()
+    slot = next(harness_slot(k) for k in keys if fresh.rc.get_node_from_key(k).port == a.port)
+    assert ca.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", b_id) == b"OK"
+    want = "TRYAGAIN a slot of a master is being migrated: purge again when it is done"
+    # Asked of the master whose slot moves: refused before anything goes.
+    with pytest.raises(redis.ResponseError) as e:
+        ca.execute_command("TAG.PURGE", "mv")
+    assert error_text(e.value) == want
+    assert all(fresh.rc.exists(k) == 1 for k in keys)
+    # Asked of another master: that master's part is refused, the call says so.
+    with pytest.raises(redis.ResponseError) as e:
+        fresh.client(b).execute_command("TAG.PURGE", "mv")
+    assert error_text(e.value) == want
+    on_a = [k for k in keys if fresh.rc.get_node_from_key(k).port == a.port]
+    assert all(ca.exists(k) == 1 for k in on_a)
+    assert ca.execute_command("CLUSTER", "SETSLOT", slot, "STABLE") == b"OK"
+    fresh.on(b, "TAG.PURGE", "mv")
+    assert fresh.all_keys() == set()

@@ -74,6 +74,9 @@ pub struct Gather {
     pub error: Option<String>,
     /// A purge: one event when it ends.
     pub purge: bool,
+    /// The request as sent (kind, bytes): sent again to masters that have
+    /// not answered, since the cluster bus may lose a message.
+    pub request: Option<(u8, Vec<u8>)>,
 }
 
 impl Gather {
@@ -126,6 +129,7 @@ impl Gathers {
                 sum,
                 error: None,
                 purge,
+                request: None,
             },
         );
         self.last_id

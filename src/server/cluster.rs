@@ -34,11 +34,16 @@ struct Inbound {
 
 /// A message waiting for a link: node, kind, bytes, tries so far.
 type Pending = (Vec<u8>, u8, Vec<u8>, u64);
+/// Purges asked of this master, by (node, gather id): the answer once given.
+type Seen = std::collections::HashMap<(Vec<u8>, u64), Option<Vec<Vec<u8>>>>;
 
 thread_local! {
     static INBOX: RefCell<VecDeque<Inbound>> = const { RefCell::new(VecDeque::new()) };
     static ARMED: Cell<bool> = const { Cell::new(false) };
     static RESEND: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// Purges asked of this master (node, gather id), and their answers
+    /// once given: a request that arrives again is not purged again.
+    static SEEN: RefCell<Seen> = RefCell::new(Seen::new());
     static RESEND_ARMED: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -47,7 +52,7 @@ const MIGRATING: &str = "a slot of a master is being migrated: purge again when 
 /// Whether a slot of this master is being migrated or imported (its line
 /// of `CLUSTER NODES` names it `[slot->-node]` or `[slot-<-node]`): keys
 /// and their index sets are then on two nodes, and a purge would miss some.
-fn migrating(ctx: &Context) -> bool {
+pub fn migrating(ctx: &Context) -> bool {
     let Ok(keys::Reply::Bytes(text)) = keys::call(ctx, keys::Mode::Local, "CLUSTER", &[b"NODES"])
     else {
         return false;
@@ -171,6 +176,24 @@ fn handle(ctx: &Context, m: Inbound) {
     }
     match (m.kind, id) {
         (kind::PURGE, Some(id)) => {
+            // A request sent again (its answer may have been lost): the
+            // purge runs once; a finished one answers again.
+            if id != 0 {
+                let key = (m.from.clone(), id);
+                match SEEN.with_borrow(|seen| seen.get(&key).cloned()) {
+                    Some(Some(fields)) => {
+                        send(ctx, &m.from, kind::PURGED, &fields);
+                        return;
+                    }
+                    Some(None) => return,
+                    None => SEEN.with_borrow_mut(|seen| {
+                        if seen.len() >= SEEN_MAX {
+                            seen.clear();
+                        }
+                        seen.insert(key, None);
+                    }),
+                }
+            }
             let (user, how, tags) = match f.as_slice() {
                 [_, user, how, tags @ ..] => (user, how.as_slice(), tags.to_vec()),
                 _ => return,
@@ -346,6 +369,43 @@ fn send_now(ctx: &Context, node: &[u8], kind: u8, msg: &[u8]) -> bool {
 }
 
 const RESEND_MS: u64 = 50;
+const SEEN_MAX: usize = 10_000;
+/// How often a master that has not answered is asked again.
+const NUDGE_MS: u64 = 250;
+
+/// Sends a gather's request again to the masters that have not answered,
+/// until they all have or its time is up.
+fn nudge(ctx: &Context, id: u64) {
+    let again = engine::with(|s| {
+        s.gathers
+            .open
+            .get(&id)
+            .and_then(|g| g.request.clone().map(|r| (r, g.waiting.clone())))
+    })
+    .flatten();
+    let Some(((kind, msg), waiting)) = again else {
+        return;
+    };
+    for node in &waiting {
+        send_now(ctx, node, kind, &msg);
+    }
+    ctx.create_timer(Duration::from_millis(NUDGE_MS), nudge, id);
+}
+
+/// Sends a gather's request to the other masters, and again to those that
+/// do not answer.
+fn ask<B: AsRef<[u8]>>(ctx: &Context, id: u64, others: &[Vec<u8>], kind: u8, fields: &[B]) {
+    for node in others {
+        send(ctx, node, kind, fields);
+    }
+    let msg = encode(fields);
+    engine::with(|s| {
+        if let Some(g) = s.gathers.open.get_mut(&id) {
+            g.request = Some((kind, msg));
+        }
+    });
+    ctx.create_timer(Duration::from_millis(NUDGE_MS), nudge, id);
+}
 
 fn arm_resend(ctx: &Context) {
     if !RESEND_ARMED.with(|a| a.replace(true)) {
@@ -406,6 +466,11 @@ pub fn answer(ctx: &Context, reply_to: &ReplyTo, got: Result<Gathered, String>) 
             };
             let mut all = vec![id.to_string().into_bytes()];
             all.extend(fields);
+            SEEN.with_borrow_mut(|seen| {
+                if let Some(slot) = seen.get_mut(&(node.clone(), *id)) {
+                    *slot = Some(all.clone());
+                }
+            });
             send(ctx, node, kind::PURGED, &all);
         }
     }
@@ -563,9 +628,7 @@ pub fn purge(
         },
     ];
     fields.extend(tags.iter().cloned());
-    for node in &others {
-        send(ctx, node, kind::PURGE, &fields);
-    }
+    ask(ctx, id, &others, kind::PURGE, &fields);
     arm_timeout(ctx, id);
     if let Some(n) = local {
         answer(ctx, &reply_to, Ok(Gathered::Count(n)));
@@ -629,9 +692,7 @@ pub fn read(ctx: &Context, tag: &[u8], what: Read) -> RedisResult {
         user_field(caller.as_ref()),
         tag.to_vec(),
     ];
-    for node in &others {
-        send(ctx, node, kind, &fields);
-    }
+    ask(ctx, id, &others, kind, &fields);
     arm_timeout(ctx, id);
     let got = match what {
         Read::Card => Gathered::Count(i64::try_from(mine.len()).unwrap_or(i64::MAX)),

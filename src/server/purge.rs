@@ -151,6 +151,17 @@ fn slice(ctx: &Context) {
         // A master turned replica: its own master decides from now on.
         engine::with(|s| s.purges.flushed(None));
     }
+    // In a cluster, while a slot of this master moves, its keys and their
+    // index sets are on two nodes: the purge waits for the move to end.
+    if config::slotted()
+        && engine::with(|s| !s.purges.jobs.is_empty()).unwrap_or(false)
+        && cluster::migrating(ctx)
+    {
+        if !ARMED.with(|a| a.replace(true)) {
+            ctx.create_timer(Duration::from_millis(10), on_timer, ());
+        }
+        return;
+    }
     let budget = Duration::from_micros(u64::try_from(config::purge_slice_us()).unwrap_or(1000));
     let started = Instant::now();
     let home = keys::selected_db(ctx);
