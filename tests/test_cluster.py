@@ -476,3 +476,41 @@ def test_a_purge_while_a_slot_moves_replies_tryagain_then_finishes(fresh):
     assert ca.execute_command("CLUSTER", "SETSLOT", slot, "STABLE") == b"OK"
     fresh.on(b, "TAG.PURGE", "mv")
     assert fresh.all_keys() == set()
+
+
+def test_rules_stay_with_a_master_whose_rules_slot_moves(fresh):
+    masters = fresh.masters()
+    a, b = masters[0], masters[1]
+    ca, cb = fresh.client(a), fresh.client(b)
+    assert fresh.on(a, "TAG.LINK", "product:", "p:") == b"OK"
+    for m in masters:
+        wait_until(lambda m=m: fresh.on(m, "TAG.LINKS") == [[b"product:", b"p:"]], 1,
+                   what="the rule on every master")
+    [copy] = ca.keys("tagcache:links*")
+    slot = harness_slot(copy)
+    a_id = ca.execute_command("CLUSTER", "MYID").decode()
+    b_id = cb.execute_command("CLUSTER", "MYID").decode()
+    # Move the one slot that holds a's copy of the rules, as a resharding does.
+    assert cb.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", a_id) == b"OK"
+    assert ca.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", b_id) == b"OK"
+    moving = ca.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    assert copy in moving
+    assert ca.execute_command("MIGRATE", "127.0.0.1", b.port, "", 0, 5000, "KEYS", *moving) == b"OK"
+    for m in masters:
+        fresh.client(m).execute_command("CLUSTER", "SETSLOT", slot, "NODE", b_id)
+    fresh.wait_ok()
+    # a wrote its rules again in a slot it keeps; b holds two copies, one rule.
+    wait_until(lambda: [k for k in ca.keys("tagcache:links*") if k != copy], 5,
+               what="a's rules written again")
+    assert fresh.on(a, "TAG.LINKS") == [[b"product:", b"p:"]]
+    assert fresh.on(b, "TAG.LINKS") == [[b"product:", b"p:"]]
+    # And they still fire, on every master.
+    fresh.rc = RedisCluster(host="127.0.0.1", port=b.port, decode_responses=False,
+                            socket_timeout=30)
+    on_a = next(f"product:{i}" for i in range(10000)
+                if fresh.rc.get_node_from_key(f"product:{i}").port == a.port)
+    n = on_a.split(":")[1]
+    keys = fresh.fill(300, tags=lambda i: (f"p:{n}",))
+    fresh.rc.set(on_a, "changed")
+    wait_until(lambda: all(fresh.rc.exists(k) == 0 for k in keys), 5,
+               what="keys tagged by the rule purged on every master")

@@ -99,6 +99,9 @@ pub fn tag_links(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     }
     let mut rules = rules::read_rules(ctx);
     rules.sort();
+    // A cluster master may hold the same rule in two copies (one arrived
+    // with a slot): it is one rule.
+    rules.dedup_by(|a, b| a.0 == b.0);
     Ok(RedisValue::Array(
         rules
             .into_iter()

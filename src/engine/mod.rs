@@ -107,6 +107,9 @@ pub enum Owed {
         source: Vec<u8>,
         tags: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     },
+    /// In a cluster, the hash holding this master's rules moved to another
+    /// master with its slot: the rules are written again in a slot it keeps.
+    Rehome { db: Db },
 }
 
 /// Everything that lives across commands. Owned by the main thread (Redis
@@ -364,7 +367,7 @@ impl State {
         match owed {
             Owed::Untag { db, tag, key, .. } => !self.index.has(*db, key, tag),
             Owed::Retag { db, tag, key } => self.index.has(*db, key, tag),
-            Owed::Orphans { .. } | Owed::Fire { .. } => true,
+            Owed::Orphans { .. } | Owed::Fire { .. } | Owed::Rehome { .. } => true,
         }
     }
 
@@ -417,7 +420,8 @@ impl State {
                 Owed::Untag { db, .. }
                 | Owed::Retag { db, .. }
                 | Owed::Orphans { db, .. }
-                | Owed::Fire { db, .. } => db,
+                | Owed::Fire { db, .. }
+                | Owed::Rehome { db } => db,
             };
             if *d == a {
                 *d = b;
@@ -433,7 +437,8 @@ fn owed_db(o: &Owed) -> Db {
         Owed::Untag { db, .. }
         | Owed::Retag { db, .. }
         | Owed::Orphans { db, .. }
-        | Owed::Fire { db, .. } => *db,
+        | Owed::Fire { db, .. }
+        | Owed::Rehome { db } => *db,
     }
 }
 

@@ -236,7 +236,7 @@ fn pay(ctx: &Context, owed: Owed) {
     let p = config::layout();
     let db = match &owed {
         Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
-        Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
+        Owed::Orphans { db, .. } | Owed::Fire { db, .. } | Owed::Rehome { db } => *db,
     };
     keys::select_db(ctx, db);
     let done = match owed {
@@ -276,6 +276,7 @@ fn pay(ctx: &Context, owed: Owed) {
             apply(ctx, &plan, Cause::Rule).map(drop)
         }
         Owed::Fire { db, source, tags } => fire(ctx, db, &source, tags),
+        Owed::Rehome { db } => super::rules::rehome(ctx, db),
     };
     if let Err(e) = done {
         ctx.log_warning(&format!("tagcache: index upkeep failed: {e}"));

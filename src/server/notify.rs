@@ -184,10 +184,15 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         return;
     }
     let _in = InNotification::begin();
-    if rules::is_links_key(key) && is_change(event) {
+    let moving = p.slotted && MOVING.with(Cell::get);
+    if rules::is_links_key(key) && moving && removes(event) {
+        // This master's copy of the rules left with its slot: it keeps
+        // them, and writes them again in a slot it keeps.
+        engine::with(|s| s.owed.push_back(engine::Owed::Rehome { db }));
+    } else if rules::is_links_key(key) && is_change(event) {
         // A client's plain write: its rules act for nobody (a replica takes
-        // its master's word).
-        let vouch = flags.intersects(ContextFlags::SLAVE);
+        // its master's word, and a migration brings another master's).
+        let vouch = flags.intersects(ContextFlags::SLAVE) || moving;
         rebuild::reload_rules(ctx, db, vouch);
     }
     if let Some((tag, scope)) = index {

@@ -31,8 +31,10 @@ pub fn links_key(ctx: &Context) -> Result<Vec<u8>> {
     Ok([CLUSTER_LINKS, slot::name_in(first), b"}"].concat())
 }
 
-/// The first slot this master serves, from `CLUSTER NODES` (its own line,
-/// flagged `myself`, ends with its slot ranges).
+/// The slot this master keeps its rules in, from `CLUSTER NODES` (its own
+/// line, flagged `myself`, ends with its slot ranges, and `[slot->-node]`
+/// for slots on the move): its last slot not on the move, since a
+/// resharding takes a master's slots from the first.
 fn first_owned_slot(ctx: &Context) -> Option<u16> {
     let Ok(Reply::Bytes(text)) = keys::call(ctx, Mode::Local, "CLUSTER", &[b"NODES"]) else {
         return None;
@@ -43,10 +45,48 @@ fn first_owned_slot(ctx: &Context) -> Option<u16> {
             .nth(2)
             .is_some_and(|f| f.split(',').any(|x| x == "myself"))
     })?;
-    line.split(' ')
-        .skip(8)
-        .filter_map(|range| range.split('-').next()?.parse::<u16>().ok())
-        .min()
+    let fields: Vec<&str> = line.split(' ').skip(8).collect();
+    let moving: Vec<u16> = fields
+        .iter()
+        .filter_map(|f| f.strip_prefix('[')?.split('-').next()?.parse().ok())
+        .collect();
+    fields
+        .iter()
+        .filter(|f| !f.starts_with('['))
+        .flat_map(|range| {
+            let mut ends = range.split('-').filter_map(|n| n.parse::<u16>().ok());
+            let first = ends.next();
+            let last = ends.next().or(first);
+            first.zip(last).map(|(a, b)| a..=b).into_iter().flatten()
+        })
+        .filter(|s| !moving.contains(s))
+        .max()
+}
+
+/// Writes this master's rules again, in a slot it keeps (its copy left
+/// with a slot that moved to another master).
+pub fn rehome(ctx: &Context, db: crate::engine::index::Db) -> Result<()> {
+    let rules = crate::engine::with(|s| s.vouched.get(&db).cloned()).flatten();
+    let Some(rules) = rules.filter(|r| !r.is_empty()) else {
+        return Ok(());
+    };
+    let key = links_key(ctx)?;
+    let mut plan = Plan {
+        local: true,
+        ..Plan::default()
+    };
+    plan.check(key.clone(), Access::Write, Kind::Hash);
+    for (source, value) in rules {
+        plan.write(Write::HashSet {
+            key: key.clone().into(),
+            field: source.into(),
+            value: value.into(),
+        });
+    }
+    apply::check(ctx, None, &plan)?;
+    apply::apply(ctx, &plan, Cause::Rule)?;
+    rebuild::reload_rules(ctx, db, true);
+    Ok(())
 }
 
 /// Every rules hash of the selected database.
