@@ -8,6 +8,7 @@ redis-py, and kills it by PID when done. Every wait is bounded.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -68,6 +69,26 @@ def free_port() -> int:
             _used_ports.add(port)
             return port
     raise RuntimeError("no free loopback port")
+
+
+def cluster_port(taken: set[int]) -> int:
+    """A free port below 55536 whose cluster bus port (port + 10000) is free
+    too; both are added to `taken`."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, 45000)
+        if port in taken or port + 10000 in taken or port in _used_ports:
+            continue
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        taken.update((port, port + 10000))
+        _used_ports.add(port)
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def ping_once(port: int, timeout: float = 1.0) -> bool:

@@ -7,10 +7,8 @@ TAG.CARD and TAG.MEMBERS sent to any master answer for the whole cluster."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
@@ -25,23 +23,6 @@ REDIS_CLI = shutil.which("redis-cli")
 pytestmark = pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is needed to create a cluster")
 
 N_KEYS = 2000
-
-
-def cluster_port(taken: set[int]) -> int:
-    """A free port whose bus port (port + 10000) is free too."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(20000, 45000)
-        if port in taken or port + 10000 in taken:
-            continue
-        try:
-            for p in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
 
 
 def slot_of(key: bytes | str) -> int:
@@ -72,8 +53,7 @@ class Cluster:
             s = factory.new(module_args=module_args, name=f"node{i}", extra_args=[
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--appendonly", "yes"])
-            s.port = cluster_port(taken)
-            taken |= {s.port, s.port + 10000}
+            s.port = harness.cluster_port(taken)
             s.start()
             self.nodes.append(s)
         out = subprocess.run(

@@ -2,8 +2,6 @@
 and a purge of keys spread over 3 masters against the same keys on one
 standalone server."""
 
-import random
-import socket
 import time
 
 import redis
@@ -28,28 +26,13 @@ def _wait(pred, seconds, what):
     raise Unavailable("timed out waiting for " + what)
 
 
-def _port(taken):
-    """A free port whose cluster bus port (port + 10000) is free too."""
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randint(20000, 45000)
-        if port in taken:
-            continue
-        try:
-            for p in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        taken.update((port, port + 10000))
-        return port
-    raise Unavailable("no free port pair for a cluster node")
-
-
 def _node(ctx, name, taken):
     srv = Server(ctx.server_bin, ctx.module_path, ctx.workdir, ctx.pin,
                  "%s-%d" % (name, len(ctx.extra_servers)), CLUSTER_ARGS)
-    srv.port = _port(taken)
+    try:
+        srv.port = harness.cluster_port(taken)
+    except RuntimeError as e:
+        raise Unavailable(str(e))
     ctx.extra_servers.append(srv)
     try:
         srv.start()

@@ -7,12 +7,10 @@
 use super::args::{self, Condition};
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Expiry, Plan, Prefix};
-use crate::engine::purge::ReplyTo;
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
-use crate::server::events::{Event, Op};
 use crate::server::keys::{self, argv, Caller};
-use crate::server::purge::{self, Here};
+use crate::server::purge;
 use crate::server::{blocked, cluster, config};
 use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
@@ -212,36 +210,7 @@ pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     if config::slotted() {
         return cluster::purge(ctx, tags, caller.as_ref(), can_wait, is_async);
     }
-    let here = purge::here(
-        ctx,
-        &tags,
-        caller.as_ref(),
-        can_wait,
-        ReplyTo::Caller,
-        !is_async,
-        Cause::Command,
-    )?;
-    match here {
-        Here::Sliced { carried } if is_async => Ok(RedisValue::Integer(carried)),
-        Here::Sliced { .. } => Ok(RedisValue::NoReply),
-        Here::Done { deleted, carried } => {
-            apply::purged(
-                ctx,
-                &Event {
-                    op: Op::Purge,
-                    tags: &tags,
-                    scopes: &[],
-                    keys: deleted,
-                    source: None,
-                },
-            );
-            Ok(RedisValue::Integer(if is_async {
-                carried
-            } else {
-                deleted
-            }))
-        }
-    }
+    purge::alone(ctx, &tags, caller.as_ref(), can_wait, is_async)
 }
 
 fn one_arg<'a>(argv: &[&'a [u8]], cmd: &'static str) -> Result<&'a [u8]> {

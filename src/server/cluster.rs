@@ -538,35 +538,7 @@ pub fn purge(
 ) -> RedisResult {
     let others = other_masters(ctx);
     if others.is_empty() {
-        return match purge::here(
-            ctx,
-            &tags,
-            caller,
-            can_wait,
-            ReplyTo::Caller,
-            !is_async,
-            Cause::Command,
-        )? {
-            Here::Sliced { carried } if is_async => Ok(RedisValue::Integer(carried)),
-            Here::Sliced { .. } => Ok(RedisValue::NoReply),
-            Here::Done { deleted, carried } => {
-                apply::purged(
-                    ctx,
-                    &Event {
-                        op: Op::Purge,
-                        tags: &tags,
-                        scopes: &[],
-                        keys: deleted,
-                        source: None,
-                    },
-                );
-                Ok(RedisValue::Integer(if is_async {
-                    carried
-                } else {
-                    deleted
-                }))
-            }
-        };
+        return purge::alone(ctx, &tags, caller, can_wait, is_async);
     }
     if !can_wait {
         return Err(Error::Invalid(

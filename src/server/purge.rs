@@ -18,7 +18,7 @@ use crate::engine::error::Error;
 use crate::engine::plan::{self, Access, Kind, Plan, TagSets};
 use crate::engine::purge::{Phase, ReplyTo};
 use crate::engine::{self, stats, Client, Wake};
-use redis_module::Context;
+use redis_module::{Context, RedisResult, RedisValue};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,44 @@ pub fn here(
         });
     }
     Err(Error::Internal("the index kept changing".into()))
+}
+
+/// `TAG.PURGE` answered by this server alone (standalone, or the only
+/// master of a cluster): the count, or the caller blocked until a sliced
+/// purge ends; one event.
+pub fn alone(
+    ctx: &Context,
+    tags: &[Vec<u8>],
+    caller: Option<&Caller>,
+    can_wait: bool,
+    is_async: bool,
+) -> RedisResult {
+    let here = here(
+        ctx,
+        tags,
+        caller,
+        can_wait,
+        ReplyTo::Caller,
+        !is_async,
+        Cause::Command,
+    )?;
+    Ok(match here {
+        Here::Sliced { carried } if is_async => RedisValue::Integer(carried),
+        Here::Sliced { .. } => RedisValue::NoReply,
+        Here::Done { deleted, carried } => {
+            apply::purged(
+                ctx,
+                &Event {
+                    op: Op::Purge,
+                    tags,
+                    scopes: &[],
+                    keys: deleted,
+                    source: None,
+                },
+            );
+            RedisValue::Integer(if is_async { carried } else { deleted })
+        }
+    })
 }
 
 /// Starts a sliced purge of the keys that carry `tags` now, with `user`'s
