@@ -25,7 +25,51 @@ type Alloc = std::alloc::System;
 const ALLOC: Alloc = std::alloc::System;
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
-    server::init(ctx, args)
+    server::init(ctx, args, register_commands)
+}
+
+/// The command table. Each command gets an entry of its own that hands its
+/// handler the arguments as the server holds them (`server::dispatch`),
+/// rather than the crate's entry, which retains and frees every argument
+/// of every call.
+macro_rules! command_table {
+    ($([$name:literal, $handler:path]),* $(,)?) => {
+        fn register_commands(ctx: &Context) -> Result<(), String> {
+            $(
+                {
+                    extern "C" fn entry(
+                        ctx: *mut redis_module::raw::RedisModuleCtx,
+                        argv: *mut *mut redis_module::raw::RedisModuleString,
+                        argc: std::os::raw::c_int,
+                    ) -> std::os::raw::c_int {
+                        server::dispatch(ctx, argv, argc, $handler)
+                    }
+                    server::create_command(ctx, $name, flags($name), Some(entry))?;
+                }
+            )*
+            Ok(())
+        }
+    };
+}
+
+command_table! {
+    ["tag.set", commands::tag_set],
+    ["tag.apply", commands::tag_apply],
+    ["tag.add", commands::tag_add],
+    ["tag.rem", commands::tag_rem],
+    ["tag.purge", commands::tag_purge],
+    ["tag.members", commands::tag_members],
+    ["tag.card", commands::tag_card],
+    ["tag.tags", commands::tag_tags],
+    ["tag.info", commands::tag_info],
+    ["tag.link", commands::tag_link],
+    ["tag.unlink", commands::tag_unlink],
+    ["tag.links", commands::tag_links],
+    ["tag.getl", commands::tag_getl],
+    ["ver.get", commands::ver_get],
+    ["ver.set", commands::ver_set],
+    ["ver.bump", commands::ver_bump],
+    ["ver.current", commands::ver_current],
 }
 
 redis_module! {
@@ -34,25 +78,7 @@ redis_module! {
     allocator: (Alloc, ALLOC),
     data_types: [],
     init: init,
-    commands: [
-        ["tag.set", commands::tag_set, flags("tag.set"), 0, 0, 0, ""],
-        ["tag.apply", commands::tag_apply, flags("tag.apply"), 0, 0, 0, ""],
-        ["tag.add", commands::tag_add, flags("tag.add"), 0, 0, 0, ""],
-        ["tag.rem", commands::tag_rem, flags("tag.rem"), 0, 0, 0, ""],
-        ["tag.purge", commands::tag_purge, flags("tag.purge"), 0, 0, 0, ""],
-        ["tag.members", commands::tag_members, flags("tag.members"), 0, 0, 0, ""],
-        ["tag.card", commands::tag_card, flags("tag.card"), 0, 0, 0, ""],
-        ["tag.tags", commands::tag_tags, flags("tag.tags"), 0, 0, 0, ""],
-        ["tag.info", commands::tag_info, flags("tag.info"), 0, 0, 0, ""],
-        ["tag.link", commands::tag_link, flags("tag.link"), 0, 0, 0, ""],
-        ["tag.unlink", commands::tag_unlink, flags("tag.unlink"), 0, 0, 0, ""],
-        ["tag.links", commands::tag_links, flags("tag.links"), 0, 0, 0, ""],
-        ["tag.getl", commands::tag_getl, flags("tag.getl"), 0, 0, 0, ""],
-        ["ver.get", commands::ver_get, flags("ver.get"), 0, 0, 0, ""],
-        ["ver.set", commands::ver_set, flags("ver.set"), 0, 0, 0, ""],
-        ["ver.bump", commands::ver_bump, flags("ver.bump"), 0, 0, 0, ""],
-        ["ver.current", commands::ver_current, flags("ver.current"), 0, 0, 0, ""],
-    ],
+    commands: [],
     configurations: [
         i64: [
             ["events-stream-maxlen", &config::STREAM_MAXLEN, config::STREAM_MAXLEN_DEFAULT, config::STREAM_MAXLEN_MIN, config::STREAM_MAXLEN_MAX, ConfigurationFlags::DEFAULT, None],

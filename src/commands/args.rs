@@ -47,7 +47,7 @@ pub struct TagSetArgs<'a> {
     pub condition: Condition,
     pub lease: Option<&'a [u8]>,
     /// Distinct tags, in the order first given.
-    pub tags: Vec<&'a [u8]>,
+    pub tags: Tags<'a>,
 }
 
 /// Parses a strict base-10 i64 the way Redis does (no sign `+`, no spaces).
@@ -100,8 +100,11 @@ fn is_expiry_word(word: &str) -> bool {
 }
 
 /// Keeps the first occurrence of each tag; rejects empty tags.
-pub fn distinct_tags<'a>(tags: &[&'a [u8]]) -> Result<Vec<&'a [u8]>> {
-    let mut out: Vec<&'a [u8]> = Vec::with_capacity(tags.len());
+/// A command's tags, distinct, in order (most commands name a few).
+pub type Tags<'a> = smallvec::SmallVec<[&'a [u8]; 4]>;
+
+pub fn distinct_tags<'a>(tags: &[&'a [u8]]) -> Result<Tags<'a>> {
+    let mut out: Tags<'a> = Tags::with_capacity(tags.len());
     for &t in tags {
         if t.is_empty() {
             return Err(Error::EmptyTag);
@@ -287,10 +290,7 @@ pub fn parse_getl<'a>(args: &[&'a [u8]]) -> Result<GetlArgs<'a>> {
 }
 
 /// `key tag [tag ...]` for TAG.ADD / TAG.REM.
-pub fn parse_key_tags<'a>(
-    args: &[&'a [u8]],
-    cmd: &'static str,
-) -> Result<(&'a [u8], Vec<&'a [u8]>)> {
+pub fn parse_key_tags<'a>(args: &[&'a [u8]], cmd: &'static str) -> Result<(&'a [u8], Tags<'a>)> {
     match args {
         [key, tags @ ..] if !tags.is_empty() => Ok((*key, distinct_tags(tags)?)),
         _ => Err(Error::WrongArity(cmd)),
@@ -414,7 +414,7 @@ mod tests {
     fn minimal_and_options() {
         let a = p("k v TAGS 2 a b").unwrap();
         assert_eq!(a.key, b"k");
-        assert_eq!(a.tags, vec![&b"a"[..], b"b"]);
+        assert_eq!(a.tags.as_slice(), [&b"a"[..], b"b"]);
         assert_eq!(a.expiry, Expiry::Persist);
         let a = p("k v ex 10 nx TAGS 1 a").unwrap();
         assert_eq!(a.expiry, Expiry::Relative(10_000));
@@ -470,6 +470,6 @@ mod tests {
     fn binary_tags() {
         let v: Vec<&[u8]> = vec![b"\x00k", b"\xff", b"TAGS", b"1", b"\x00\xff"];
         let a = parse_tag_set(&v).unwrap();
-        assert_eq!(a.tags, vec![&b"\x00\xff"[..]]);
+        assert_eq!(a.tags.as_slice(), [&b"\x00\xff"[..]]);
     }
 }

@@ -6,7 +6,7 @@ use crate::server::info::{fields, Field};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 
 /// `TAG.INFO`: a flat array of name, value pairs, as `MEMORY STATS` replies.
-pub fn tag_info(_ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_info(_ctx: &Context, args: &[RedisString]) -> RedisResult {
     if args.len() != 1 {
         return Err(Error::WrongArity("tag.info").into());
     }

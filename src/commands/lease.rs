@@ -9,9 +9,9 @@ use crate::server::config;
 use crate::server::keys::{self, argv, Caller};
 use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
-pub fn tag_getl(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_getl(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let a = args::parse_getl(&argv)?;
     if let Some(c) = Caller::of(ctx) {
         c.check(ctx, a.key, Access::Read)?;

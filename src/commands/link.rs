@@ -38,9 +38,9 @@ fn apply_links(ctx: &Context, plan: &Plan) -> Result<i64> {
     Ok(replies.iter().sum::<i64>().min(1))
 }
 
-pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_link(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let [source, tag_prefix] = argv.as_slice() else {
         return Err(Error::WrongArity("tag.link").into());
     };
@@ -70,9 +70,9 @@ pub fn tag_link(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
-pub fn tag_unlink(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_unlink(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let [source] = argv.as_slice() else {
         return Err(Error::WrongArity("tag.unlink").into());
     };
@@ -85,7 +85,7 @@ pub fn tag_unlink(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(RedisValue::Integer(removed))
 }
 
-pub fn tag_links(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_links(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     if args.len() != 1 {
         return Err(Error::WrongArity("tag.links").into());

@@ -18,7 +18,7 @@ use redis_module::{Context, RedisResult, RedisString};
 macro_rules! writes {
     ($($name:ident => $handler:path),* $(,)?) => {
         $(
-            pub fn $name(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+            pub fn $name(ctx: &Context, args: &[RedisString]) -> RedisResult {
                 write_command(ctx, args, $handler)
             }
         )*

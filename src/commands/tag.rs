@@ -47,9 +47,9 @@ fn same_tag_set(p: &Prefix, key: &[u8], tags: &[&[u8]]) -> Result<()> {
     Ok(())
 }
 
-pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let a = args::parse_tag_set(&argv)?;
     let p = config::layout();
     same_tag_set(&p, a.key, &a.tags)?;
@@ -94,16 +94,16 @@ pub fn tag_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
             return Ok(RedisValue::Null);
         }
     }
-    apply::apply_from(ctx, &plan, Cause::Command, &args)?;
+    apply::apply_from(ctx, &plan, Cause::Command, &keys::Own::new(args, &argv))?;
     stats::bump(&stats::TAG_WRITES);
     keys::reply_ok(ctx)
 }
 
 /// TAG.APPLY: the absolute form TAG.SET replicates as (also callable:
 /// every key it names is checked like TAG.SET's).
-pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_apply(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let a = args::parse_apply(&argv)?;
     let expiry = Expiry {
         deadline: a.deadline,
@@ -143,22 +143,22 @@ pub fn tag_apply(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     let owned = |l: &[&[u8]]| l.iter().map(|s| s.to_vec()).collect();
     let plan = plan::string_with_sets(a.key, a.value, expiry, owned(&a.add), owned(&a.rem));
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
-    apply::apply_from(ctx, &plan, Cause::Command, &args)?;
+    apply::apply_from(ctx, &plan, Cause::Command, &keys::Own::new(args, &argv))?;
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
-pub fn tag_add(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_add(ctx: &Context, args: &[RedisString]) -> RedisResult {
     tag_change(ctx, args, true)
 }
 
-pub fn tag_rem(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_rem(ctx: &Context, args: &[RedisString]) -> RedisResult {
     tag_change(ctx, args, false)
 }
 
 /// TAG.ADD (`add`) and TAG.REM: the reply is the number of tags changed.
-fn tag_change(ctx: &Context, args: Vec<RedisString>, add: bool) -> RedisResult {
+fn tag_change(ctx: &Context, args: &[RedisString], add: bool) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let cmd = if add { "tag.add" } else { "tag.rem" };
     let (key, tags) = args::parse_key_tags(&argv, cmd)?;
     let p = config::layout();
@@ -183,9 +183,9 @@ fn tag_change(ctx: &Context, args: Vec<RedisString>, add: bool) -> RedisResult {
     Ok(RedisValue::Integer(changed))
 }
 
-pub fn tag_purge(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_purge(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let mut argv = argv(&args);
+    let mut argv = argv(args);
     // A last argument ASYNC is the option, never a tag.
     let is_async = argv.len() > 1
         && argv
@@ -220,9 +220,9 @@ fn one_arg<'a>(argv: &[&'a [u8]], cmd: &'static str) -> Result<&'a [u8]> {
     }
 }
 
-pub fn tag_members(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_members(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let tag = one_arg(&argv, "tag.members")?;
     if config::slotted() {
         return cluster::read(ctx, tag, cluster::Read::Members);
@@ -234,9 +234,9 @@ pub fn tag_members(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     )?))
 }
 
-pub fn tag_card(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_card(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let tag = one_arg(&argv, "tag.card")?;
     if config::slotted() {
         return cluster::read(ctx, tag, cluster::Read::Card);
@@ -246,9 +246,9 @@ pub fn tag_card(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
 }
 
 /// The tags `key` carries whose index the caller may read.
-pub fn tag_tags(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn tag_tags(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let key = one_arg(&argv, "tag.tags")?;
     let caller = Caller::of(ctx);
     if let Some(c) = &caller {

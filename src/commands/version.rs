@@ -61,9 +61,9 @@ fn readable(ctx: &Context, caller: &Option<Caller>, key: &[u8]) -> Result<()> {
     }
 }
 
-pub fn ver_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn ver_get(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let [scope, key] = argv.as_slice() else {
         return Err(Error::WrongArity("ver.get").into());
     };
@@ -82,9 +82,9 @@ pub fn ver_get(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
 }
 
-pub fn ver_current(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn ver_current(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let [scope] = argv.as_slice() else {
         return Err(Error::WrongArity("ver.current").into());
     };
@@ -93,9 +93,9 @@ pub fn ver_current(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     Ok(current(ctx, &token)?.map_or(RedisValue::Null, RedisValue::Integer))
 }
 
-pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn ver_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     let a = args::parse_ver_set(&argv)?;
     let deadline = a.expiry.deadline(keys::now_ms(), "ver.set")?;
     let token = token_key(a.scope);
@@ -141,14 +141,14 @@ pub fn ver_set(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
     })
     .unwrap_or_default();
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
-    apply::apply_from(ctx, &plan, Cause::Command, &args)?;
+    apply::apply_from(ctx, &plan, Cause::Command, &keys::Own::new(args, &argv))?;
     HIGH_WATER.fetch_max(version, Ordering::Relaxed);
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
-pub fn ver_bump(ctx: &Context, args: Vec<RedisString>) -> RedisResult {
+pub fn ver_bump(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let argv = argv(&args);
+    let argv = argv(args);
     if argv.is_empty() {
         return Err(Error::WrongArity("ver.bump").into());
     }

@@ -7,10 +7,17 @@
 use super::index::{Db, Index, Scope};
 use super::slot;
 use super::{State, Wake};
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 pub type Bytes<'a> = Cow<'a, [u8]>;
+
+/// The members of a set write: most often one key, kept inline.
+pub type Members<'a> = SmallVec<[Bytes<'a>; 1]>;
+
+/// What a plan's keys need: access and type, per key.
+pub type Checks<'s> = SmallVec<[(&'s [u8], Access, Kind); 6]>;
 
 /// What a command does to a key, for the caller's ACL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,12 +57,12 @@ pub enum Write<'a> {
     /// `SADD set member...`.
     SetAdd {
         set: Bytes<'a>,
-        members: Vec<Bytes<'a>>,
+        members: Members<'a>,
     },
     /// `SREM set member...`.
     SetRem {
         set: Bytes<'a>,
-        members: Vec<Bytes<'a>>,
+        members: Members<'a>,
     },
     /// `DEL key...`.
     Del { keys: Vec<Bytes<'a>> },
@@ -74,7 +81,7 @@ pub enum Write<'a> {
 
 impl Write<'_> {
     /// The keys the write touches, with the access and type it needs.
-    fn needs<'s>(&'s self, out: &mut Vec<(&'s [u8], Access, Kind)>) {
+    fn needs<'s>(&'s self, out: &mut Checks<'s>) {
         match self {
             Write::SetString { key, .. } => out.push((key, Access::Write, Kind::Any)),
             Write::SetAdd { set, .. } | Write::SetRem { set, .. } => {
@@ -135,8 +142,8 @@ impl<'a> Plan<'a> {
     }
 
     /// Every key the plan touches, with the access and type it needs.
-    pub fn checks(&self) -> Vec<(&[u8], Access, Kind)> {
-        let mut out = Vec::with_capacity(self.writes.len() + self.extra.len());
+    pub fn checks(&self) -> Checks<'_> {
+        let mut out = SmallVec::with_capacity(self.writes.len() + self.extra.len());
         out.extend(
             self.extra
                 .iter()
@@ -151,7 +158,10 @@ impl<'a> Plan<'a> {
     /// The plan as `key value unix-ms|KEEPTTL|PERSIST numadd set...`, the
     /// arguments of one `TAG.APPLY`, if it was planned as one. `numbers` is
     /// room for the two numbers.
-    pub fn apply_form<'s>(&'s self, numbers: &'s mut [Decimal; 2]) -> Option<Vec<&'s [u8]>> {
+    pub fn apply_form<'s>(
+        &'s self,
+        numbers: &'s mut [Decimal; 2],
+    ) -> Option<SmallVec<[&'s [u8]; 10]>> {
         if !self.as_apply {
             return None;
         }
@@ -172,7 +182,7 @@ impl<'a> Plan<'a> {
             }
         }
         let (key, value, deadline, keep_ttl) = head?;
-        let mut out = Vec::with_capacity(3 + self.writes.len());
+        let mut out = SmallVec::with_capacity(3 + self.writes.len());
         out.push(key);
         out.push(value);
         out.push(match (deadline, keep_ttl) {
@@ -183,12 +193,12 @@ impl<'a> Plan<'a> {
         out.push(count.of(adds));
         for w in &self.writes {
             if let Write::SetAdd { set, .. } = w {
-                out.push(set);
+                out.push(set.as_ref());
             }
         }
         for w in &self.writes {
             if let Write::SetRem { set, .. } = w {
-                out.push(set);
+                out.push(set.as_ref());
             }
         }
         Some(out)
@@ -324,8 +334,8 @@ pub struct Fill<'a> {
     pub tags: &'a [&'a [u8]],
 }
 
-fn one(key: &[u8]) -> Vec<Bytes<'_>> {
-    vec![Cow::Borrowed(key)]
+fn one(key: &[u8]) -> Members<'_> {
+    smallvec::smallvec![Cow::Borrowed(key)]
 }
 
 /// TAG.SET: the value, then the tags that end and the tags that start. A
@@ -351,7 +361,9 @@ pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64)
                 });
             }
         }
-        plan.write(Write::Del { keys: one(key) });
+        plan.write(Write::Del {
+            keys: vec![Cow::Borrowed(key)],
+        });
         return plan;
     }
     let mut rem = Vec::new();
@@ -414,7 +426,7 @@ pub fn overwrite<'a>(
         for set in p.sets_holding(&t, &key) {
             plan.write(Write::SetRem {
                 set: set.into(),
-                members: vec![key.clone()],
+                members: smallvec::smallvec![key.clone()],
             });
         }
     }
@@ -548,7 +560,7 @@ pub fn purge<'a>(
     for (set, keys) in others {
         plan.write(Write::SetRem {
             set: set.into(),
-            members: keys,
+            members: keys.into(),
         });
     }
     for chunk in members.chunks(1024) {
@@ -600,7 +612,7 @@ pub fn rebuild_sets(ix: &Index, db: Db, p: &Prefix, tags: &[Vec<u8>]) -> Plan<'s
         if !members.is_empty() {
             plan.write(Write::SetAdd {
                 set: p.set(t).into(),
-                members,
+                members: members.into(),
             });
         }
     }
@@ -780,8 +792,8 @@ mod tests {
         let mut numbers = Default::default();
         let words = plan.apply_form(&mut numbers).unwrap();
         assert_eq!(
-            words,
-            vec![&b"k"[..], b"v", b"PERSIST", b"1", b"tag:new", b"tag:old"]
+            words.as_slice(),
+            [&b"k"[..], b"v", b"PERSIST", b"1", b"tag:new", b"tag:old"]
         );
     }
 
@@ -816,7 +828,7 @@ mod tests {
         assert!(plan
             .writes
             .iter()
-            .any(|w| matches!(w, Write::SetRem { set, members } if set.as_ref() == b"tag:b" && members == &vec![Cow::Borrowed(&b"k1"[..])])));
+            .any(|w| matches!(w, Write::SetRem { set, members } if set.as_ref() == b"tag:b" && members.as_slice() == [Cow::Borrowed(&b"k1"[..])])));
         for w in &plan.writes {
             s.mirror(0, &P, w, false, true);
         }

@@ -12,7 +12,7 @@ use crate::engine::error::Result;
 use crate::engine::index::{Db, Scope};
 use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, TagSets, Write};
 use crate::engine::{self, stats, Owed};
-use redis_module::{Context, RedisString};
+use redis_module::Context;
 
 /// Checks the whole plan before anything is written: every key in the
 /// command's slot (in a cluster), allowed to the caller (`None`: the
@@ -66,21 +66,19 @@ pub enum Cause {
     Rule,
 }
 
+/// Each write's integer reply, in order.
+pub type Replies = smallvec::SmallVec<[i64; 4]>;
+
 /// Makes the plan's writes in the selected database, in order; returns
 /// each write's integer reply (keys deleted, members added…). Each write is
 /// replicated as made, or the whole plan as its one `replicate_as` command.
-pub fn apply(ctx: &Context, plan: &Plan, cause: Cause) -> Result<Vec<i64>> {
-    apply_from(ctx, plan, cause, &[])
+pub fn apply(ctx: &Context, plan: &Plan, cause: Cause) -> Result<Replies> {
+    apply_from(ctx, plan, cause, &keys::Own::none())
 }
 
 /// As `apply`, for a plan that borrows from the command's arguments `own`:
 /// a value written is stored as the argument string itself, not a copy.
-pub fn apply_from(
-    ctx: &Context,
-    plan: &Plan,
-    cause: Cause,
-    own: &[RedisString],
-) -> Result<Vec<i64>> {
+pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> Result<Replies> {
     let db = keys::selected_db(ctx);
     let p = config::layout();
     let mode = if plan.as_apply {
@@ -88,7 +86,7 @@ pub fn apply_from(
     } else {
         Mode::Replicated
     };
-    let mut replies = Vec::with_capacity(plan.writes.len());
+    let mut replies = Replies::with_capacity(plan.writes.len());
     // The index mirrors every tag set exactly on a master that is not
     // loading, so it can tell which set writes would change nothing. (In a
     // cluster a member may be held by a client-written set of its slot
@@ -103,7 +101,7 @@ pub fn apply_from(
     }
     let mut numbers = Default::default();
     if let Some(args) = plan.apply_form(&mut numbers) {
-        keys::replicate(ctx, c"TAG.APPLY", &args);
+        keys::replicate_from(ctx, c"TAG.APPLY", &args, own);
     }
     Ok(replies)
 }
@@ -123,7 +121,7 @@ fn write(
     w: &Write,
     mode: Mode,
     known: Option<(Db, &Prefix)>,
-    own: &[RedisString],
+    own: &keys::Own,
 ) -> Result<i64> {
     let reply = match w {
         Write::SetString {

@@ -143,7 +143,7 @@ pub fn write_string(
     value: &[u8],
     deadline: Option<i64>,
     keep_ttl: bool,
-    own: &[RedisString],
+    own: &Own,
 ) -> Result<()> {
     let missing = || Error::Internal("key API unavailable".into());
     // SAFETY: reading function pointers of the module API.
@@ -206,6 +206,43 @@ pub fn write_string(
     Ok(())
 }
 
+/// The command's own argument strings, with where their bytes are: a
+/// plan borrows its keys and values from them, and a borrowed one is
+/// passed back to the server as the same string (no copy).
+pub struct Own<'a> {
+    strs: &'a [RedisString],
+    bytes: &'a [&'a [u8]],
+}
+
+impl<'a> Own<'a> {
+    /// The arguments after the command name (`args`), with their bytes as
+    /// `argv` read them.
+    pub fn new(args: &'a [RedisString], argv: &'a [&'a [u8]]) -> Own<'a> {
+        Own {
+            strs: args.get(1..).unwrap_or_default(),
+            bytes: argv,
+        }
+    }
+
+    /// No argument strings (a plan the module made itself).
+    pub fn none() -> Own<'static> {
+        Own {
+            strs: &[],
+            bytes: &[],
+        }
+    }
+
+    /// The argument `bytes` is, when it points into one (the plan borrows
+    /// them), whatever its content.
+    fn find(&self, bytes: &[u8]) -> Option<&'a RedisString> {
+        let i = self
+            .bytes
+            .iter()
+            .position(|b| std::ptr::eq(b.as_ptr(), bytes.as_ptr()) && b.len() == bytes.len())?;
+        self.strs.get(i)
+    }
+}
+
 /// A Redis string for some bytes: the command's own argument when the
 /// bytes are one (borrowed, no copy), else a new string.
 pub enum Str<'a> {
@@ -214,14 +251,8 @@ pub enum Str<'a> {
 }
 
 impl<'a> Str<'a> {
-    /// `own`: the command's arguments; `bytes` is one of them when it
-    /// points into it (the plan borrows them), whatever its content.
-    pub fn of(ctx: &Context, own: &'a [RedisString], bytes: &[u8]) -> Str<'a> {
-        let found = own.iter().find(|s| {
-            let b = s.as_slice();
-            std::ptr::eq(b.as_ptr(), bytes.as_ptr()) && b.len() == bytes.len()
-        });
-        match found {
+    pub fn of(ctx: &Context, own: &Own<'a>, bytes: &[u8]) -> Str<'a> {
+        match own.find(bytes) {
             Some(s) => Str::Own(s),
             None => Str::New(RedisString::create_from_slice(ctx.ctx, bytes)),
         }
@@ -290,11 +321,16 @@ pub fn smembers(ctx: &Context, key: &[u8]) -> Result<Vec<Vec<u8>>> {
 /// A user whose ACL a command's keys are checked against: the caller of a
 /// command, or the owner of a rule.
 pub struct Caller {
-    /// `None`: a user that does not exist (deleted while connected, or a
-    /// rule's owner since removed): it may touch nothing.
-    user: Option<std::ptr::NonNull<raw::RedisModuleUser>>,
+    /// Looked up when a key is first checked (most callers have every key
+    /// and never need it). `None`: a user that does not exist (deleted
+    /// while connected, or a rule's owner since removed): it may touch
+    /// nothing.
+    user: std::cell::OnceCell<Option<std::ptr::NonNull<raw::RedisModuleUser>>>,
     /// The user's name, to ask the server about the user as a whole.
     name: Option<RedisString>,
+    /// Called inside `MULTI`/`EXEC` (see `all_keys`); `None`: not known
+    /// when the Caller was made (a user by name).
+    in_multi: Option<bool>,
 }
 
 impl Caller {
@@ -308,35 +344,42 @@ impl Caller {
         ) {
             return None;
         }
-        // SAFETY: module API calls with the running context; the name is
-        // freed here, the user is owned by the Caller (freed in Drop).
+        // SAFETY: a module API call with the running context; the name
+        // returned is owned by the Caller.
         unsafe {
             let name = raw::RedisModule_GetCurrentUserName?(ctx.ctx);
             if name.is_null() {
                 return None;
             }
-            let user = raw::RedisModule_GetModuleUserFromUserName
-                .and_then(|f| std::ptr::NonNull::new(f(name)));
             Some(Caller {
-                user,
+                user: std::cell::OnceCell::new(),
                 name: Some(RedisString::from_redis_module_string(ctx.ctx, name)),
+                in_multi: Some(f.intersects(redis_module::ContextFlags::MULTI)),
             })
         }
     }
 
     /// The user called `name`, as it is now.
     pub fn named(name: &[u8]) -> Caller {
-        let rs = RedisString::create_from_slice(std::ptr::null_mut(), name);
-        // SAFETY: `rs` is a live string for the call; the returned user is
-        // owned by this Caller and freed in Drop.
-        let user = unsafe {
-            raw::RedisModule_GetModuleUserFromUserName
-                .and_then(|f| std::ptr::NonNull::new(f(rs.inner)))
-        };
         Caller {
-            user,
-            name: Some(rs),
+            user: std::cell::OnceCell::new(),
+            name: Some(RedisString::create_from_slice(std::ptr::null_mut(), name)),
+            in_multi: None,
         }
+    }
+
+    /// The server's user, looked up by name once per Caller (as it is at
+    /// the first check of a command, which runs without yielding).
+    fn user(&self) -> Option<std::ptr::NonNull<raw::RedisModuleUser>> {
+        *self.user.get_or_init(|| {
+            let name = self.name.as_ref()?;
+            // SAFETY: `name` is a live string for the call; the returned
+            // user is owned by this Caller and freed in Drop.
+            unsafe {
+                raw::RedisModule_GetModuleUserFromUserName
+                    .and_then(|f| std::ptr::NonNull::new(f(name.inner)))
+            }
+        })
     }
 
     /// The user's name (kept even if the user no longer exists, so that
@@ -351,15 +394,16 @@ impl Caller {
     /// hundreds of keys, so the answer is kept until an ACL may have changed
     /// (`acl_may_have_changed`).
     pub fn all_keys(&self, ctx: &Context) -> bool {
-        let (Some(_), Some(name)) = (self.user, &self.name) else {
+        let Some(name) = &self.name else {
             return false;
         };
         // Inside a transaction an ACL command queued before this one may
         // have run already: keys are checked one by one there.
-        if ctx
-            .get_flags()
-            .intersects(redis_module::ContextFlags::MULTI)
-        {
+        let in_multi = self.in_multi.unwrap_or_else(|| {
+            ctx.get_flags()
+                .intersects(redis_module::ContextFlags::MULTI)
+        });
+        if in_multi {
             return false;
         }
         let name = name.as_slice();
@@ -391,7 +435,7 @@ impl Caller {
 
     pub fn check(&self, ctx: &Context, key: &[u8], access: Access) -> Result<()> {
         let denied = || Error::NoPerm(key.to_vec());
-        let Some(user) = self.user else {
+        let Some(user) = self.user() else {
             return Err(denied());
         };
         let flags = match access {
@@ -416,7 +460,7 @@ impl Caller {
 
 impl Drop for Caller {
     fn drop(&mut self) {
-        if let Some(user) = self.user {
+        if let Some(Some(user)) = self.user.get().copied() {
             // SAFETY: the user was returned by GetModuleUserFromUserName and
             // is freed once, here.
             unsafe {
@@ -501,7 +545,7 @@ pub fn may_write(ctx: &Context) -> bool {
 }
 
 /// The arguments after the command name, as bytes.
-pub fn argv(args: &[RedisString]) -> Vec<&[u8]> {
+pub fn argv(args: &[RedisString]) -> smallvec::SmallVec<[&[u8]; 12]> {
     args.iter().skip(1).map(|a| a.as_slice()).collect()
 }
 
@@ -657,6 +701,54 @@ pub fn replicate(ctx: &Context, cmd: &CStr, args: &[&[u8]]) {
         10 => c"bbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9],
         11 => c"bbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10],
         12 => c"bbbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 a10 a11],
+    }
+}
+
+/// As `replicate`, passing the first two arguments (a write's key and
+/// value) as the command's own strings when they are: the server keeps a
+/// reference, not a copy (the value is most of the bytes of a write).
+pub fn replicate_from(ctx: &Context, cmd: &CStr, args: &[&[u8]], own: &Own) {
+    // SAFETY: a module API function pointer.
+    let Some(f) = (unsafe { raw::RedisModule_Replicate }) else {
+        return;
+    };
+    let (Some(rest), Some(k), Some(v)) = (
+        args.get(2..),
+        args.first().and_then(|a| own.find(a)),
+        args.get(1).and_then(|a| own.find(a)),
+    ) else {
+        return replicate(ctx, cmd, args);
+    };
+    macro_rules! arms {
+        ($($fmt:literal [$($i:ident)*]),* $(,)?) => {
+            match rest {
+                $(
+                    [$($i),*] => {
+                        // SAFETY: the format names the two strings, then one
+                        // (pointer, length) buffer per further argument,
+                        // each live until after the call.
+                        unsafe {
+                            f(ctx.ctx, cmd.as_ptr(), $fmt.as_ptr(), k.inner, v.inner,
+                              $($i.as_ptr(), $i.len()),*)
+                        };
+                    }
+                )*
+                _ => replicate(ctx, cmd, args),
+            }
+        };
+    }
+    arms! {
+        c"ss" [],
+        c"ssb" [a0],
+        c"ssbb" [a0 a1],
+        c"ssbbb" [a0 a1 a2],
+        c"ssbbbb" [a0 a1 a2 a3],
+        c"ssbbbbb" [a0 a1 a2 a3 a4],
+        c"ssbbbbbb" [a0 a1 a2 a3 a4 a5],
+        c"ssbbbbbbb" [a0 a1 a2 a3 a4 a5 a6],
+        c"ssbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7],
+        c"ssbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8],
+        c"ssbbbbbbbbbb" [a0 a1 a2 a3 a4 a5 a6 a7 a8 a9],
     }
 }
 

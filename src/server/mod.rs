@@ -15,7 +15,9 @@ pub mod purge;
 pub mod rebuild;
 pub mod rules;
 
-use redis_module::{Context, RedisResult, RedisString, Status};
+use redis_module::{raw, Context, RedisResult, RedisString, Status};
+use std::ffi::CString;
+use std::os::raw::c_int;
 
 /// Runs a module command that writes. The writes the keyspace owes the tag
 /// sets are paid before it acts (so it sees every earlier command's
@@ -23,8 +25,8 @@ use redis_module::{Context, RedisResult, RedisString, Status};
 /// rules its own writes fired); no early return inside `f` can skip them.
 pub fn write_command(
     ctx: &Context,
-    args: Vec<RedisString>,
-    f: fn(&Context, Vec<RedisString>) -> RedisResult,
+    args: &[RedisString],
+    f: fn(&Context, &[RedisString]) -> RedisResult,
 ) -> RedisResult {
     apply::settle(ctx);
     let reply = f(ctx, args);
@@ -32,10 +34,69 @@ pub fn write_command(
     reply
 }
 
+/// A module command's entry: runs `f` with the call's arguments borrowed
+/// (the server holds them for the whole call; a handler that keeps one
+/// longer retains it), then sends its reply.
+pub fn dispatch(
+    ctx: *mut raw::RedisModuleCtx,
+    argv: *mut *mut raw::RedisModuleString,
+    argc: c_int,
+    f: fn(&Context, &[RedisString]) -> RedisResult,
+) -> c_int {
+    let context = Context::new(ctx);
+    let n = usize::try_from(argc).unwrap_or(0);
+    let mut args: smallvec::SmallVec<[RedisString; 12]> = if argv.is_null() {
+        smallvec::SmallVec::new()
+    } else {
+        // SAFETY: the server passes `argc` live strings at `argv` for the
+        // duration of the call.
+        unsafe { std::slice::from_raw_parts(argv, n) }
+            .iter()
+            .map(|&s| RedisString::from_redis_module_string(ctx, s))
+            .collect()
+    };
+    let reply = f(&context, &args);
+    // SAFETY: the strings are borrowed, not owned: forgetting them leaves
+    // their reference counts as the server set them. (RedisString has no
+    // other resource to release.)
+    unsafe { args.set_len(0) };
+    context.reply(reply) as c_int
+}
+
+/// Registers one module command (its key specs, ACL categories and
+/// documentation are added by `cmdinfo::register`).
+pub fn create_command(
+    ctx: &Context,
+    name: &str,
+    flags: &str,
+    entry: raw::RedisModuleCmdFunc,
+) -> Result<(), String> {
+    let (Ok(cname), Ok(cflags)) = (CString::new(name), CString::new(flags)) else {
+        return Err(format!("bad command name {name}"));
+    };
+    // SAFETY: a module API call from init with the module's context; the
+    // strings are live for the call (the server copies them).
+    let ok = unsafe {
+        raw::RedisModule_CreateCommand.is_some_and(|f| {
+            f(ctx.ctx, cname.as_ptr(), entry, cflags.as_ptr(), 0, 0, 0)
+                == raw::REDISMODULE_OK as c_int
+        })
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("could not create command {name}"))
+    }
+}
+
 /// Module start-up: settings from the load arguments, command info,
 /// notifications and server events, then the index of whatever data the
 /// server already holds (`MODULE LOAD` into a running server).
-pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
+pub fn init(
+    ctx: &Context,
+    args: &[RedisString],
+    commands: fn(&Context) -> Result<(), String>,
+) -> Status {
     std::panic::set_hook(Box::new(|info| {
         redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
     }));
@@ -61,6 +122,10 @@ pub fn init(ctx: &Context, args: &[RedisString]) -> Status {
             ctx.log_warning("tagcache: refusing to load: in a cluster, tag-prefix must not overlap tagcache:idx:");
             return Status::Err;
         }
+    }
+    if let Err(why) = commands(ctx) {
+        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+        return Status::Err;
     }
     info::register(ctx);
     cluster::register(ctx);

@@ -44,39 +44,38 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     // SAFETY: indexes below `argc` are valid arguments of the command, alive
     // for the whole callback.
     let slice = |i: c_int| RedisString::string_as_slice(unsafe { arg(fctx, i) });
-    // Every command of every client passes here: decide on the name first.
+    // Every command of every client passes here: decide on the name's
+    // length first (GET, SET, DEL… leave after it).
     let name = slice(0);
-    MOVING.with(|m| {
-        m.set(
-            (name.len() == 7 && name.eq_ignore_ascii_case(b"migrate"))
-                || (name.len() == 14 && name.eq_ignore_ascii_case(b"restore-asking")),
-        )
-    });
-    if argc == 1 {
-        if name.eq_ignore_ascii_case(b"multi") {
+    let is = |word: &[u8]| name.eq_ignore_ascii_case(word);
+    if config::slotted() {
+        let moving =
+            (name.len() == 7 && is(b"migrate")) || (name.len() == 14 && is(b"restore-asking"));
+        MOVING.with(|m| m.set(moving));
+    }
+    match name.len() {
+        3 if is(b"acl") => return keys::acl_may_have_changed(),
+        4 if argc == 1 && is(b"exec") => return end_transaction(),
+        4 if argc >= 3 && (is(b"sadd") || is(b"srem")) => {}
+        5 if argc == 1 && is(b"multi") => {
             engine::with(|s| {
                 let seq = s.next_seq();
                 s.named.transaction(true, seq)
             });
-        } else if name.eq_ignore_ascii_case(b"exec") || name.eq_ignore_ascii_case(b"discard") {
-            engine::with(|s| s.named.transaction(false, 0));
-            keys::acl_may_have_changed();
+            return;
         }
-        return;
-    }
-    if name.len() == 3 && name.eq_ignore_ascii_case(b"acl") {
-        keys::acl_may_have_changed();
-    }
-    if argc < 3 || (name.len() != 4 && name.len() != 5) {
-        return;
+        5 if argc == 4 && is(b"smove") => {}
+        7 if argc == 1 && is(b"discard") => return end_transaction(),
+        _ => return,
     }
     let p = config::layout();
     let under = |k: &[u8]| p.index_of(k).is_some();
     let mut sets: Vec<(&[u8], Vec<Vec<u8>>)> = Vec::new();
-    if (name.eq_ignore_ascii_case(b"sadd") || name.eq_ignore_ascii_case(b"srem")) && under(slice(1))
-    {
-        sets.push((slice(1), (2..argc).map(|i| slice(i).to_vec()).collect()));
-    } else if name.eq_ignore_ascii_case(b"smove") && argc == 4 {
+    if name.len() == 4 {
+        if under(slice(1)) {
+            sets.push((slice(1), (2..argc).map(|i| slice(i).to_vec()).collect()));
+        }
+    } else {
         for set in [slice(1), slice(2)] {
             if under(set) {
                 sets.push((set, vec![slice(3).to_vec()]));
@@ -92,6 +91,11 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
             s.named.note(set, members.into_iter(), seq);
         }
     });
+}
+
+fn end_transaction() {
+    engine::with(|s| s.named.transaction(false, 0));
+    keys::acl_may_have_changed();
 }
 
 pub fn register_filter(ctx: &Context) {
