@@ -421,6 +421,18 @@ impl Index {
 
     /// The ids of the keys that carry any of `tags`, each once (for a
     /// sliced purge, which pins the database so that ids stay put).
+    /// At least the number of distinct keys that carry any of `tags` (the
+    /// sum of the tags' sizes), without visiting them.
+    pub fn member_count_bound(&self, db: Db, tags: &[Vec<u8>]) -> usize {
+        let Some(d) = self.dbs.get(&db) else {
+            return 0;
+        };
+        tags.iter()
+            .filter_map(|t| d.tag_ids.get(t.as_slice()).and_then(|&id| d.tag(id)))
+            .map(|t| t.members.len())
+            .sum()
+    }
+
     pub fn member_ids(&self, db: Db, tags: &[Vec<u8>]) -> Vec<u32> {
         let Some(d) = self.dbs.get(&db) else {
             return Vec::new();
@@ -646,6 +658,20 @@ mod tests {
 
     fn v(items: &[&str]) -> Vec<Vec<u8>> {
         items.iter().map(|t| t.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn member_count_bound_is_never_below_the_distinct_count() {
+        let mut ix = Index::default();
+        ix.add(0, b"k1", b"a");
+        ix.add(0, b"k1", b"b");
+        ix.add(0, b"k2", b"b");
+        let both = v(&["a", "b"]);
+        assert_eq!(ix.member_count_bound(0, &both), 3);
+        assert_eq!(ix.member_ids(0, &both).len(), 2);
+        assert_eq!(ix.member_count_bound(0, &v(&["b"])), 2);
+        assert_eq!(ix.member_count_bound(0, &v(&["none"])), 0);
+        assert_eq!(ix.member_count_bound(1, &both), 0);
     }
 
     #[test]

@@ -193,14 +193,16 @@ pub struct Purges {
 
 impl Purges {
     /// A purge of the keys that carry `tags` now (pins the database's ids).
+    /// Starts a purge of the keys `order` (`Index::member_ids` of `tags`,
+    /// just taken).
     pub fn start(
         &mut self,
         ix: &mut Index,
         db: Db,
         tags: Vec<Vec<u8>>,
         user: Option<Vec<u8>>,
+        order: Vec<u32>,
     ) -> (u64, usize) {
-        let order = ix.member_ids(db, &tags);
         let n = order.len();
         ix.pin(db, true);
         self.last_id += 1;
@@ -286,7 +288,9 @@ mod tests {
     fn checks_then_deletes_what_nobody_touched() {
         let mut ix = index(10);
         let mut p = Purges::default();
-        let (id, n) = p.start(&mut ix, 0, vec![b"t".to_vec()], Some(b"u".to_vec()));
+        let tags = vec![b"t".to_vec()];
+        let order = ix.member_ids(0, &tags);
+        let (id, n) = p.start(&mut ix, 0, tags, Some(b"u".to_vec()), order);
         assert_eq!(n, 10);
         p.touched(&ix, 0, b"k1");
         ix.add(0, b"late", b"t"); // first tagged after the call: not touched
@@ -309,7 +313,9 @@ mod tests {
     fn callers_and_flushes() {
         let mut ix = index(5);
         let mut p = Purges::default();
-        let (id, _) = p.start(&mut ix, 0, vec![b"t".to_vec()], None);
+        let tags = vec![b"t".to_vec()];
+        let order = ix.member_ids(0, &tags);
+        let (id, _) = p.start(&mut ix, 0, tags, None, order);
         p.get(id).unwrap().waiter = Some(9);
         assert!(p.forget_waiter(9));
         assert!(!p.forget_waiter(9));

@@ -54,9 +54,16 @@ pub fn here(
     let p = config::layout();
     let db = keys::selected_db(ctx);
     let max = config::purge_atomic_max();
-    let count = engine::with(|s| s.index.member_ids(db, tags).len()).unwrap_or(0);
-    let count = i64::try_from(count).unwrap_or(i64::MAX);
-    if may_slice && (max == 0 || count > max) {
+    // Past the bound, the keys are listed once: to count them exactly,
+    // and as the sliced purge's own list (a million keys take milliseconds
+    // to list, which every other client waits for).
+    let over = |n: usize| max == 0 || i64::try_from(n).unwrap_or(i64::MAX) > max;
+    let bound = engine::with(|s| s.index.member_count_bound(db, tags)).unwrap_or(0);
+    let order = match may_slice && over(bound) {
+        true => engine::with(|s| s.index.member_ids(db, tags)).unwrap_or_default(),
+        false => Vec::new(),
+    };
+    if may_slice && over(order.len()) {
         let mut sets = Plan {
             local: true,
             ..Plan::default()
@@ -79,7 +86,7 @@ pub fn here(
         };
         if waiter.is_some() || !block {
             let user = caller.and_then(Caller::name);
-            let carried = start(ctx, tags.to_vec(), user, reply_to, waiter);
+            let carried = start(ctx, tags.to_vec(), user, reply_to, waiter, order);
             engine::with(|s| {
                 if let Some(j) = s.purges.jobs.last_mut() {
                     j.by_rule = cause == Cause::Rule;
@@ -148,18 +155,19 @@ pub fn alone(
     })
 }
 
-/// Starts a sliced purge of the keys that carry `tags` now, with `user`'s
-/// permissions. Returns how many keys carried the tags.
+/// Starts a sliced purge of the keys `order` that carry `tags` now, with
+/// `user`'s permissions. Returns how many keys carried the tags.
 fn start(
     ctx: &Context,
     tags: Vec<Vec<u8>>,
     user: Option<Vec<u8>>,
     reply_to: ReplyTo,
     waiter: Option<Client>,
+    order: Vec<u32>,
 ) -> i64 {
     let db = keys::selected_db(ctx);
     let n = engine::with(|s| {
-        let (id, n) = s.purges.start(&mut s.index, db, tags, user);
+        let (id, n) = s.purges.start(&mut s.index, db, tags, user, order);
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
             job.reply_to = reply_to;
