@@ -59,9 +59,10 @@ pub fn here(
     // to list, which every other client waits for).
     let over = |n: usize| max == 0 || i64::try_from(n).unwrap_or(i64::MAX) > max;
     let bound = engine::with(|s| s.index.member_count_bound(db, tags)).unwrap_or(0);
-    let order = match may_slice && over(bound) {
-        true => engine::with(|s| s.index.member_ids(db, tags)).unwrap_or_default(),
-        false => Vec::new(),
+    let list = || engine::with(|s| (s.index.member_ids(db, tags), s.index.changes()));
+    let (mut order, listed) = match may_slice && over(bound) {
+        true => list().unwrap_or_default(),
+        false => Default::default(),
     };
     if may_slice && over(order.len()) {
         let mut sets = Plan {
@@ -85,6 +86,11 @@ pub fn here(
             None
         };
         if waiter.is_some() || !block {
+            // The checks read the tag sets, and a set that expired on the
+            // way took its members' tags with it: list them again then.
+            if engine::with(|s| s.index.changes()) != Some(listed) {
+                order = list().map(|(ids, _)| ids).unwrap_or_default();
+            }
             let user = caller.and_then(Caller::name);
             let carried = start(ctx, tags.to_vec(), user, reply_to, waiter, order);
             engine::with(|s| {
