@@ -90,3 +90,44 @@ def test_read_commands_work_on_replica(master_replica):
     assert set(rep.execute_command("TAG.MEMBERS", "a")) == {b"k1", b"k2"}
     assert rep.execute_command("TAG.CARD", "a") == 2
     assert tags_of(rep, "k2") == {b"a", b"b"}
+
+
+def test_borrowed_values_replicate_exactly(master_replica):
+    """TAG.SET stores and replicates the client's own argument strings: a
+    big value (which arrives as the whole query buffer, and is trimmed),
+    binary bytes, pipelines, transactions, and a script (whose argument
+    objects the server reuses between calls when nobody else holds them)
+    all reach the replica byte for byte."""
+    master, replica = master_replica
+    m, rep = master.client(), replica.client()
+    big = b"\x00\r\n" + bytes(range(256)) * 200 + b"\xff"
+    assert tag_set(m, "big", big, "a", opts=("EX", 1000)) == b"OK"
+    p = m.pipeline(transaction=False)
+    for i in range(50):
+        p.execute_command("TAG.SET", f"p{i}", b"v\x00%d" % i, "EX", 1000, "TAGS", 1, "a")
+    assert p.execute() == [b"OK"] * 50
+    tx = m.pipeline(transaction=True)
+    tx.execute_command("TAG.SET", "t1", b"one\r\n", "TAGS", 1, "b")
+    tx.execute_command("TAG.SET", "t2", big, "TAGS", 1, "b")
+    assert tx.execute() == [b"OK", b"OK"]
+    script = (
+        "redis.call('TAG.SET', KEYS[1], ARGV[1], 'TAGS', 1, 'c') "
+        "redis.call('TAG.SET', KEYS[2], ARGV[2], 'TAGS', 1, 'c') "
+        "redis.call('SET', KEYS[3], ARGV[1]) "
+        "return redis.call('TAG.SET', KEYS[1], ARGV[2], 'TAGS', 1, 'c')"
+    )
+    assert m.eval(script, 3, "s1", "s2", "plain", b"first", b"second") == b"OK"
+    wait_sync(m, rep)
+    expected = {
+        "big": big,
+        "t1": b"one\r\n",
+        "t2": big,
+        "s1": b"second",
+        "s2": b"second",
+        "plain": b"first",
+        "p7": b"v\x007",
+    }
+    for key, value in expected.items():
+        assert m.get(key) == value, key
+        assert rep.get(key) == value, key
+    assert_same(m, rep)
