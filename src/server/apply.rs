@@ -103,6 +103,11 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
     if let Some(args) = plan.apply_form(&mut numbers) {
         keys::replicate_from(ctx, c"TAG.APPLY", &args, own);
     }
+    for w in &plan.writes {
+        if let Write::SetString { value, .. } = w {
+            keys::trim_stored(own, value);
+        }
+    }
     Ok(replies)
 }
 

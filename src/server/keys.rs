@@ -159,18 +159,6 @@ pub fn write_string(
     };
     let name = Str::of(ctx, own, key);
     let val = Str::of(ctx, own, value);
-    if let Str::Own(v) = &val {
-        // A big argument can arrive as the whole query buffer, spare room
-        // included: stored as it is, the room would stay allocated (SET
-        // trims it the same way).
-        // SAFETY: a module API function pointer, called on a live string
-        // the command holds.
-        unsafe {
-            if let Some(trim) = raw::RedisModule_TrimStringAllocation {
-                trim(v.inner);
-            }
-        }
-    }
     let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
     let ok = raw::REDISMODULE_OK as i32;
     // SAFETY: the key is opened, written and closed here with the running
@@ -240,6 +228,24 @@ impl<'a> Own<'a> {
             .iter()
             .position(|b| std::ptr::eq(b.as_ptr(), bytes.as_ptr()) && b.len() == bytes.len())?;
         self.strs.get(i)
+    }
+}
+
+/// Trims the spare room of the command's own argument `value` once it is
+/// stored: a big argument can arrive as the whole query buffer, and stored
+/// as it is the room would stay allocated (SET trims it the same way). The
+/// trim may move the bytes, so it comes after every use of slices into them
+/// (the plan's, replication's).
+pub fn trim_stored(own: &Own, value: &[u8]) {
+    let Some(v) = own.find(value) else {
+        return;
+    };
+    // SAFETY: a module API function pointer, called on a live string the
+    // command holds.
+    unsafe {
+        if let Some(trim) = raw::RedisModule_TrimStringAllocation {
+            trim(v.inner);
+        }
     }
 }
 
