@@ -419,8 +419,6 @@ impl Index {
             .unwrap_or_default()
     }
 
-    /// The ids of the keys that carry any of `tags`, each once (for a
-    /// sliced purge, which pins the database so that ids stay put).
     /// At least the number of distinct keys that carry any of `tags` (the
     /// sum of the tags' sizes), without visiting them.
     pub fn member_count_bound(&self, db: Db, tags: &[Vec<u8>]) -> usize {
@@ -433,6 +431,8 @@ impl Index {
             .sum()
     }
 
+    /// The ids of the keys that carry any of `tags`, each once (for a
+    /// sliced purge, which pins the database so that ids stay put).
     pub fn member_ids(&self, db: Db, tags: &[Vec<u8>]) -> Vec<u32> {
         let Some(d) = self.dbs.get(&db) else {
             return Vec::new();

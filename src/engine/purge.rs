@@ -192,9 +192,8 @@ pub struct Purges {
 }
 
 impl Purges {
-    /// A purge of the keys that carry `tags` now (pins the database's ids).
-    /// Starts a purge of the keys `order` (`Index::member_ids` of `tags`,
-    /// just taken).
+    /// A purge of the keys `order` that carry `tags` now (their
+    /// `Index::member_ids`, just taken); pins the database's ids.
     pub fn start(
         &mut self,
         ix: &mut Index,

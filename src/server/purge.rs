@@ -92,12 +92,7 @@ pub fn here(
                 order = list().map(|(ids, _)| ids).unwrap_or_default();
             }
             let user = caller.and_then(Caller::name);
-            let carried = start(ctx, tags.to_vec(), user, reply_to, waiter, order);
-            engine::with(|s| {
-                if let Some(j) = s.purges.jobs.last_mut() {
-                    j.by_rule = cause == Cause::Rule;
-                }
-            });
+            let carried = start(ctx, tags.to_vec(), user, reply_to, waiter, order, cause);
             return Ok(Here::Sliced { carried });
         }
     }
@@ -162,7 +157,8 @@ pub fn alone(
 }
 
 /// Starts a sliced purge of the keys `order` that carry `tags` now, with
-/// `user`'s permissions. Returns how many keys carried the tags.
+/// `user`'s permissions, for `cause`. Returns how many keys carried the
+/// tags.
 fn start(
     ctx: &Context,
     tags: Vec<Vec<u8>>,
@@ -170,6 +166,7 @@ fn start(
     reply_to: ReplyTo,
     waiter: Option<Client>,
     order: Vec<u32>,
+    cause: Cause,
 ) -> i64 {
     let db = keys::selected_db(ctx);
     let n = engine::with(|s| {
@@ -177,6 +174,7 @@ fn start(
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
             job.reply_to = reply_to;
+            job.by_rule = cause == Cause::Rule;
         }
         n
     })
