@@ -88,8 +88,8 @@ redis_module! {
             ["cluster-timeout-ms", &config::CLUSTER_TIMEOUT_MS, config::CLUSTER_TIMEOUT_MS_DEFAULT, config::CLUSTER_TIMEOUT_MS_MIN, config::CLUSTER_TIMEOUT_MS_MAX, ConfigurationFlags::DEFAULT, None],
         ],
         string: [
-            ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::IMMUTABLE, None],
-            ["ver-prefix", &config::VER_PREFIX, config::VER_PREFIX_DEFAULT, ConfigurationFlags::IMMUTABLE, None],
+            ["tag-prefix", &config::TAG_PREFIX, config::TAG_PREFIX_DEFAULT, ConfigurationFlags::DEFAULT, None],
+            ["ver-prefix", &config::VER_PREFIX, config::VER_PREFIX_DEFAULT, ConfigurationFlags::DEFAULT, None],
             ["events-channel", &config::EVENTS_CHANNEL, config::EVENTS_CHANNEL_DEFAULT, ConfigurationFlags::DEFAULT, None],
             ["events-stream", &config::EVENTS_STREAM, config::EVENTS_STREAM_DEFAULT, ConfigurationFlags::DEFAULT, None],
         ],

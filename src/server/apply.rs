@@ -282,7 +282,7 @@ fn pay(ctx: &Context, owed: Owed) {
         Owed::Rehome { db } => super::rules::rehome(ctx, db),
     };
     if let Err(e) = done {
-        ctx.log_warning(&format!("tagcache: index upkeep failed: {e}"));
+        super::log::warning(ctx, &format!("tagcache: index upkeep failed: {e}"));
     }
 }
 

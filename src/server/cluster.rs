@@ -274,7 +274,7 @@ fn handle(ctx: &Context, m: Inbound) {
                 let rule =
                     (!tag_prefix.is_empty()).then_some((tag_prefix.as_slice(), owner.as_slice()));
                 if let Err(e) = super::rules::store_here(ctx, source, rule) {
-                    ctx.log_warning(&format!("tagcache: a rule from another master: {e}"));
+                    super::log::warning(ctx, &format!("tagcache: a rule from another master: {e}"));
                 }
             }
         }
@@ -342,7 +342,7 @@ pub fn other_masters(ctx: &Context) -> Vec<Vec<u8>> {
 fn send<B: AsRef<[u8]>>(ctx: &Context, node: &[u8], kind: u8, fields: &[B]) {
     let msg = encode(fields);
     if u32::try_from(msg.len()).is_err() || node.len() != NODE_ID_LEN {
-        ctx.log_warning("tagcache: a cluster message too large to send");
+        super::log::warning(ctx, "tagcache: a cluster message too large to send");
         return;
     }
     if !send_now(ctx, node, kind, &msg) {

@@ -497,7 +497,7 @@ fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, name: &s
     let Ok(cats) = CString::new(cats) else { return };
     // SAFETY: `cmd` is this module's command; `cats` outlives the call.
     if unsafe { set(cmd, cats.as_ptr()) } != raw::REDISMODULE_OK as i32 {
-        ctx.log_notice(&format!("tagcache: no ACL categories for {name}"));
+        super::log::notice(ctx, &format!("tagcache: no ACL categories for {name}"));
     }
 }
 

@@ -44,13 +44,16 @@ pub const NAMES: [&str; 9] = [
 pub struct Text {
     value: Mutex<String>,
     required: bool,
+    /// Fixed once the module has loaded (`freeze`).
+    load_time: bool,
 }
 
 impl Text {
-    const fn new(required: bool) -> Text {
+    const fn new(required: bool, load_time: bool) -> Text {
         Text {
             value: Mutex::new(String::new()),
             required,
+            load_time,
         }
     }
 
@@ -67,25 +70,47 @@ impl Text {
 
 impl ConfigurationValue<RedisString> for Text {
     fn get(&self, _ctx: &ConfigurationContext) -> RedisString {
-        RedisString::create(None, Text::get(self))
+        RedisString::create_from_slice(std::ptr::null_mut(), Text::get(self).as_bytes())
     }
 
     fn set(&self, _ctx: &ConfigurationContext, val: RedisString) -> Result<(), RedisError> {
         let s = val
             .try_as_str()
             .map_err(|_| RedisError::Str("value must be valid UTF-8"))?;
+        check_text(s).map_err(RedisError::Str)?;
         if self.required && s.is_empty() {
             return Err(RedisError::Str("value must not be empty"));
+        }
+        // A load-time setting: what is replicated and written to the AOF
+        // names absolute keys built with it. Re-applying the value in force
+        // (as tools that write back a whole configuration do) changes
+        // nothing.
+        if self.load_time && PREFIXES.get().is_some() {
+            return if s == Text::get(self) {
+                Ok(())
+            } else {
+                Err(RedisError::Str("can't set immutable config"))
+            };
         }
         self.store(s.to_string());
         Ok(())
     }
 }
 
-pub static TAG_PREFIX: Text = Text::new(true);
-pub static VER_PREFIX: Text = Text::new(true);
-pub static EVENTS_CHANNEL: Text = Text::new(false);
-pub static EVENTS_STREAM: Text = Text::new(false);
+/// A string setting's value reaches C strings (the crate's config getter,
+/// log lines): no NUL.
+fn check_text(s: &str) -> Result<(), &'static str> {
+    if s.contains('\0') {
+        Err("value must not contain NUL bytes")
+    } else {
+        Ok(())
+    }
+}
+
+pub static TAG_PREFIX: Text = Text::new(true, true);
+pub static VER_PREFIX: Text = Text::new(true, true);
+pub static EVENTS_CHANNEL: Text = Text::new(false, false);
+pub static EVENTS_STREAM: Text = Text::new(false, false);
 pub static STREAM_MAXLEN: AtomicI64 = AtomicI64::new(STREAM_MAXLEN_DEFAULT);
 pub static LEASE_TTL: AtomicI64 = AtomicI64::new(LEASE_TTL_DEFAULT);
 pub static PURGE_ATOMIC_MAX: AtomicI64 = AtomicI64::new(PURGE_ATOMIC_MAX_DEFAULT);
@@ -197,6 +222,7 @@ pub fn parse_load_args(args: &[&[u8]]) -> Result<Vec<LoadArg>, String> {
         let value = std::str::from_utf8(raw)
             .map_err(|_| format!("argument '{name}' must be valid UTF-8"))?
             .to_string();
+        check_text(&value).map_err(|why| format!("argument '{name}': {why}"))?;
         out.push(match known {
             "events-stream-maxlen" => LoadArg::Int(
                 known,
@@ -230,6 +256,58 @@ pub fn parse_load_args(args: &[&[u8]]) -> Result<Vec<LoadArg>, String> {
         });
     }
     Ok(out)
+}
+
+/// The module's own key names, and what a versioned value's name begins
+/// with (`v<N>:`).
+const OWN_NAMES: &str = "tagcache:";
+
+/// Whether `p` and some name under `q` (or the other way round) could be
+/// one key.
+fn overlaps(p: &str, q: &str) -> bool {
+    p.starts_with(q) || q.starts_with(p)
+}
+
+/// Whether a key under `p` could be a versioned value `v<N>:…`, or a
+/// versioned value's name begin with `p`.
+fn overlaps_versions(p: &str) -> bool {
+    let Some(rest) = p.strip_prefix('v') else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let after = rest.get(digits..).unwrap_or_default();
+    after.is_empty() || (digits > 0 && after.starts_with(':'))
+}
+
+/// No key name may serve two purposes: the two prefixes, the module's own
+/// names and the versioned values must not overlap in either direction.
+pub fn check_prefixes(tag: &str, ver: &str) -> Result<(), String> {
+    if overlaps(tag, ver) {
+        return Err(format!(
+            "tag-prefix '{tag}' and ver-prefix '{ver}' overlap: one key would be both"
+        ));
+    }
+    for (name, p) in [("tag-prefix", tag), ("ver-prefix", ver)] {
+        if overlaps(p, OWN_NAMES) {
+            return Err(format!(
+                "{name} '{p}' overlaps the module's own keys ({OWN_NAMES}...)"
+            ));
+        }
+        if overlaps_versions(p) {
+            return Err(format!(
+                "{name} '{p}' overlaps the versioned values (v<N>:...)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the prefixes in force (load arguments and configuration file
+/// alike), then fixes them for the life of the module.
+pub fn freeze() -> Result<(), String> {
+    check_prefixes(&TAG_PREFIX.get(), &VER_PREFIX.get())?;
+    prefixes();
+    Ok(())
 }
 
 /// Applies checked load arguments over the registered defaults.
@@ -281,5 +359,30 @@ mod tests {
             parse_load_args(&[b"events-stream", b""]),
             Ok(vec![LoadArg::Text("events-stream", String::new())])
         );
+        assert!(err(&[b"events-channel", b"a\0b"]).contains("NUL"));
+    }
+
+    #[test]
+    fn prefixes_that_name_one_key_twice_are_refused() {
+        let ok = |t: &str, v: &str| check_prefixes(t, v).is_ok();
+        assert!(ok("tag:", "ver:"));
+        assert!(ok("t_", "vv:"));
+        assert!(ok("va:", "v:"));
+        for (t, v) in [
+            ("ver:", "ver:"),
+            ("ver:", "ver:x"),
+            ("v", "ver:"),
+            ("tagcache:", "ver:"),
+            ("tagcache:x", "ver:"),
+            ("tagcache", "ver:"),
+            ("t", "ver:"),
+            ("tag:", "tagcache:links"),
+            ("v1:", "ver:"),
+            ("v12:x", "ver:"),
+            ("v1", "ver:"),
+            ("tag:", "v"),
+        ] {
+            assert!(!ok(t, v), "{t} / {v}");
+        }
     }
 }

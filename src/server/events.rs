@@ -49,7 +49,7 @@ pub fn emit(ctx: &Context, ev: &Event) {
         // on the stream's name would otherwise fire itself for ever).
         let _own = keys::Applying::begin();
         if let Err(e) = keys::call(ctx, Mode::Replicated, "XADD", &args) {
-            ctx.log_warning(&format!("tagcache: events stream append failed: {e}"));
+            super::log::warning(ctx, &format!("tagcache: events stream append failed: {e}"));
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod events;
 pub mod info;
 pub mod keys;
+pub mod log;
 pub mod notify;
 pub mod purge;
 pub mod rebuild;
@@ -98,16 +99,19 @@ pub fn init(
     commands: fn(&Context) -> Result<(), String>,
 ) -> Status {
     std::panic::set_hook(Box::new(|info| {
-        redis_module::logging::log_warning(format!("tagcache: internal error: {info}"));
+        log::warning_anywhere(&format!("tagcache: internal error: {info}"));
     }));
     let raw_args: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
     match config::parse_load_args(&raw_args) {
         Ok(settings) => {
             config::apply(settings);
-            config::tag_prefix();
+            if let Err(why) = config::freeze() {
+                log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
+                return Status::Err;
+            }
         }
         Err(why) => {
-            ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+            log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
             return Status::Err;
         }
     }
@@ -115,27 +119,19 @@ pub fn init(
         .get_flags()
         .intersects(redis_module::ContextFlags::CLUSTER);
     config::set_slotted(cluster);
-    if cluster {
-        let p = config::tag_prefix();
-        let idx = crate::engine::plan::SLOT_INDEX;
-        if p.starts_with(idx) || idx.starts_with(p) {
-            ctx.log_warning("tagcache: refusing to load: in a cluster, tag-prefix must not overlap tagcache:idx:");
-            return Status::Err;
-        }
-    }
     if let Err(why) = commands(ctx) {
-        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+        log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
         return Status::Err;
     }
     info::register(ctx);
     cluster::register(ctx);
     notify::register_filter(ctx);
     if !notify::subscribe_keyspace(ctx) {
-        ctx.log_warning("tagcache: refusing to load: could not subscribe to keyspace events");
+        log::warning(ctx, "tagcache: refusing to load: could not subscribe to keyspace events");
         return Status::Err;
     }
     if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
-        ctx.log_warning(&format!("tagcache: refusing to load: {why}"));
+        log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
         return Status::Err;
     }
     if !ctx

@@ -297,7 +297,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
     let deleted = match apply::apply(ctx, &plan, cause) {
         Ok(replies) => apply::deleted_count(&plan, &replies),
         Err(e) => {
-            ctx.log_warning(&format!("tagcache: purge slice failed: {e}"));
+            super::log::warning(ctx, &format!("tagcache: purge slice failed: {e}"));
             0
         }
     };
@@ -334,7 +334,7 @@ fn fail(ctx: &Context, id: u64, e: Error) {
                 error: e.to_string(),
             }],
         ),
-        None => ctx.log_warning(&format!("tagcache: background purge refused: {e}")),
+        None => super::log::warning(ctx, &format!("tagcache: background purge refused: {e}")),
     }
 }
 
@@ -356,7 +356,7 @@ fn finish(ctx: &Context) {
             let plan = engine::with(|s| plan::rebuild_sets(&s.index, job.db, &p, &job.tags))
                 .unwrap_or_default();
             if let Err(e) = apply::apply(ctx, &plan, Cause::Rule) {
-                ctx.log_warning(&format!("tagcache: purge could not rewrite its sets: {e}"));
+                super::log::warning(ctx, &format!("tagcache: purge could not rewrite its sets: {e}"));
             }
         }
         stats::bump(&stats::PURGES);
