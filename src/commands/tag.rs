@@ -27,11 +27,9 @@ fn planned<'a>(
 ) -> Result<Plan<'a>> {
     let caller = Caller::of(ctx);
     for _ in 0..3 {
-        let Some((plan, before)) = engine::with(|s| (make(s), s.index.changes())) else {
-            break;
-        };
+        let (plan, before) = engine::with(|s| (make(s), s.index.changes()))?;
         apply::check(ctx, caller.as_ref(), &plan)?;
-        if engine::with(|s| s.index.changes()) == Some(before) {
+        if engine::with(|s| s.index.changes())? == before {
             return Ok(plan);
         }
     }
@@ -80,8 +78,7 @@ pub fn tag_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
         return Ok(RedisValue::Null);
     }
     if let Some(token) = a.lease {
-        let verdict = engine::with(|s| s.leases.redeem(db, a.key, token, &a.tags, now))
-            .unwrap_or(Ok(engine::lease::Verdict::Refuse))?;
+        let verdict = engine::with(|s| s.leases.redeem(db, a.key, token, &a.tags, now))??;
         if verdict != engine::lease::Verdict::Store {
             stats::bump(&stats::LEASES_REJECTED);
             // The lease is gone: whoever waits for the key may take the next.
@@ -89,6 +86,7 @@ pub fn tag_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
                 Some(_) => None,
                 None => s.hand_over(db, a.key),
             })
+            .ok()
             .flatten();
             blocked::wake(ctx, wake.into_iter().collect());
             return Ok(RedisValue::Null);
@@ -118,8 +116,7 @@ pub fn tag_apply(ctx: &Context, args: &[RedisString]) -> RedisResult {
     if !keys::from_master(ctx) {
         let p = config::layout();
         let db = keys::selected_db(ctx);
-        let mut old: Vec<Vec<u8>> = engine::with(|s| s.index.tags(db, a.key))
-            .unwrap_or_default()
+        let mut old: Vec<Vec<u8>> = engine::with(|s| s.index.tags(db, a.key))?
             .iter()
             .flat_map(|t| p.sets_holding(t, a.key))
             .filter(|set| !a.add.contains(&set.as_slice()))
@@ -261,12 +258,12 @@ pub fn tag_tags(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let p = config::layout();
     // Opening each tag set reclaims one that has expired (and untags the
     // key in the index) before the answer is read.
-    for t in engine::with(|s| s.index.tags(db, key)).unwrap_or_default() {
+    for t in engine::with(|s| s.index.tags(db, key))? {
         for set in p.sets_holding(&t, key) {
             keys::key_type(ctx, &set);
         }
     }
-    let mut tags = engine::with(|s| s.index.tags(db, key)).unwrap_or_default();
+    let mut tags = engine::with(|s| s.index.tags(db, key))?;
     if let Some(c) = &caller {
         tags.retain(|t| c.check(ctx, &p.set_for(t, key), Access::Read).is_ok());
     }

@@ -138,8 +138,7 @@ pub fn ver_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
             e,
         );
         plan
-    })
-    .unwrap_or_default();
+    })?;
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
     apply::apply_from(ctx, &plan, Cause::Command, &keys::Own::new(args, &argv))?;
     HIGH_WATER.fetch_max(version, Ordering::Relaxed);
@@ -186,8 +185,7 @@ pub fn ver_bump(ctx: &Context, args: &[RedisString]) -> RedisResult {
             );
         }
         plan
-    })
-    .unwrap_or_default();
+    })?;
     apply::check(ctx, Caller::of(ctx).as_ref(), &plan)?;
     apply::apply(ctx, &plan, Cause::Command)?;
     if let Some(&high) = versions.iter().max() {

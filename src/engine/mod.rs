@@ -157,10 +157,17 @@ thread_local! {
 
 /// Runs `f` on the state. Redis runs commands, notifications and timers on
 /// one thread, and no code calls into Redis while it holds the state, so
-/// the borrow cannot clash; if it ever did, `f` is skipped (and logged by
-/// the caller's fallback) rather than the server aborted.
-pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> Option<R> {
-    STATE.with(|s| s.try_borrow_mut().ok().map(|mut s| f(&mut s)))
+/// the borrow cannot clash. If it ever did, `f` is skipped rather than the
+/// server aborted, and the failure shows: a command replies the error, and
+/// `TAG.INFO` counts it (`state_busy`).
+pub fn with<R>(f: impl FnOnce(&mut State) -> R) -> error::Result<R> {
+    STATE.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => Ok(f(&mut s)),
+        Err(_) => {
+            stats::bump(&stats::STATE_BUSY);
+            Err(error::Error::Internal("module state in use".into()))
+        }
+    })
 }
 
 impl State {

@@ -12,6 +12,8 @@ pub static RULE_FIRINGS: AtomicU64 = AtomicU64::new(0);
 /// Keys a rule left in place because its owner may not delete them.
 pub static RULE_KEYS_DENIED: AtomicU64 = AtomicU64::new(0);
 pub static EVENTS: AtomicU64 = AtomicU64::new(0);
+/// Times the module state could not be reached (see `engine::with`).
+pub static STATE_BUSY: AtomicU64 = AtomicU64::new(0);
 pub static LEASES_GRANTED: AtomicU64 = AtomicU64::new(0);
 pub static LEASES_REJECTED: AtomicU64 = AtomicU64::new(0);
 

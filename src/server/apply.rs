@@ -118,7 +118,7 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
 fn membership(known: Option<(Db, &Prefix)>, set: &[u8], member: &[u8]) -> Option<bool> {
     let (db, p) = known?;
     let tag = p.tag_of(set)?;
-    engine::with(|s| s.index.has(db, member, tag))
+    engine::with(|s| s.index.has(db, member, tag)).ok()
 }
 
 fn write(
@@ -203,7 +203,7 @@ pub fn settle(ctx: &Context) {
         return;
     }
     if !keys::may_write(ctx) {
-        engine::with(|s| s.owed.clear());
+        super::update(|s| s.owed.clear());
         return;
     }
     let home = keys::selected_db(ctx);
@@ -216,6 +216,7 @@ pub fn settle(ctx: &Context) {
             }
             None
         })
+        .ok()
         .flatten() else {
             break;
         };
@@ -259,7 +260,9 @@ fn pay(ctx: &Context, owed: Owed) {
                     && keys::call2(ctx, Mode::Local, c"SISMEMBER", set, &key) == Ok(1)
             });
             if readded {
-                engine::with(|s| s.index.add(db, &key, &tag));
+                super::update(|s| {
+                    s.index.add(db, &key, &tag);
+                });
                 return;
             }
             stats::bump(&stats::INDEX_CLEANUPS);
@@ -357,7 +360,7 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
 /// one event is published.
 pub fn purged(ctx: &Context, ev: &Event) {
     stats::add(&stats::KEYS_PURGED, ev.keys.max(0) as u64);
-    engine::with(|s| s.leases.tags_purged(ev.tags));
+    super::update(|s| s.leases.tags_purged(ev.tags));
     events::emit(ctx, ev);
 }
 

@@ -25,8 +25,9 @@ pub fn pair(value: Option<Vec<u8>>, token: Option<String>) -> RedisValue {
 
 /// Issues a lease on `key` (if none is live) and arms its lapse timer.
 pub fn issue(ctx: &Context, db: Db, key: &[u8], ttl_ms: i64) -> Option<String> {
-    let (token, lease) =
-        engine::with(|s| s.leases.issue(db, key, ttl_ms, keys::now_ms())).flatten()?;
+    let (token, lease) = engine::with(|s| s.leases.issue(db, key, ttl_ms, keys::now_ms()))
+        .ok()
+        .flatten()?;
     stats::bump(&stats::LEASES_GRANTED);
     let data = Box::into_raw(Box::new((db, key.to_vec(), lease.seq)));
     // SAFETY: the timer API is present on every server we load on (checked
@@ -53,6 +54,7 @@ unsafe extern "C" fn on_lapse(ctx: *mut raw::RedisModuleCtx, data: *mut c_void) 
             None
         }
     })
+    .ok()
     .flatten();
     wake_all(&Context::new(ctx), wake.into_iter().collect());
 }
@@ -67,7 +69,7 @@ pub fn wake(ctx: &Context, wakes: Vec<Wake>) {
 
 fn wake_all(_ctx: &Context, wakes: Vec<Wake>) {
     if !wakes.is_empty() {
-        engine::with(|s| s.waking.extend(wakes));
+        super::update(|s| s.waking.extend(wakes));
     }
 }
 
@@ -136,7 +138,9 @@ unsafe extern "C" fn on_timeout(
         unsafe { raw::RedisModule_GetBlockedClientHandle.map_or(std::ptr::null_mut(), |f| f(ctx)) };
     // Only `CLIENT UNBLOCK` gets here (the module keeps the time itself);
     // Redis does not call this for a client already woken.
-    let gathered = engine::with(|s| s.gathers.forget_client(bc as Client)).flatten();
+    let gathered = engine::with(|s| s.gathers.forget_client(bc as Client))
+        .ok()
+        .flatten();
     let purge = gathered == Some(true)
         || engine::with(|s| s.purges.forget_waiter(bc as Client)).unwrap_or(false);
     if purge
@@ -183,12 +187,14 @@ pub fn block_for_purge(ctx: &Context) -> Option<Client> {
 /// Redis 7.0 loses the reply of a client whose server timeout falls in the
 /// same event-loop turn as its wake.
 fn on_wait_over(ctx: &Context, id: u64) {
-    let wake = engine::with(|s| s.wait_over(id)).flatten();
+    let wake = engine::with(|s| s.wait_over(id)).ok().flatten();
     wake_all(ctx, wake.into_iter().collect());
 }
 
 unsafe extern "C" fn on_disconnect(_ctx: *mut raw::RedisModuleCtx, bc: Bc) {
-    let gathered = engine::with(|s| s.gathers.forget_client(bc as Client)).flatten();
+    let gathered = engine::with(|s| s.gathers.forget_client(bc as Client))
+        .ok()
+        .flatten();
     if gathered.is_some() || engine::with(|s| s.forget_waiter(bc as Client)).unwrap_or(false) {
         release(bc);
     }
@@ -230,7 +236,7 @@ pub fn block(ctx: &Context, db: Db, key: &[u8], ttl_ms: i64, wait_ms: i64) -> bo
     // SAFETY: `bc` was just returned by RM_BlockClient.
     unsafe { on_dc(bc, Some(on_disconnect)) };
     let id = engine::with(|s| s.add_waiter(db, key, bc as Client, ttl_ms));
-    if let (Some(id), true) = (id, wait_ms > 0) {
+    if let (Ok(id), true) = (id, wait_ms > 0) {
         let ms = u64::try_from(wait_ms).unwrap_or(0);
         ctx.create_timer(std::time::Duration::from_millis(ms), on_wait_over, id);
     }

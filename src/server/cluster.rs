@@ -69,7 +69,7 @@ pub fn migrating(ctx: &Context) -> bool {
 
 /// A sliced purge whose count was already given: its end tells no one.
 fn silence(reply_to: &ReplyTo) {
-    engine::with(|s| {
+    super::update(|s| {
         for j in &mut s.purges.jobs {
             if j.reply_to == *reply_to {
                 j.reply_to = ReplyTo::Nobody;
@@ -86,7 +86,7 @@ pub fn register(ctx: &Context) {
     // Gather ids start apart at every start, so that an answer to a call
     // made before a restart is not taken for one made after.
     let seed = u64::try_from(keys::now_ms()).unwrap_or(0) << 16;
-    engine::with(|s| s.gathers.seed(seed));
+    super::update(|s| s.gathers.seed(seed));
     // SAFETY: called from init with the module's context; `on_message`
     // matches the receiver signature.
     unsafe {
@@ -264,7 +264,9 @@ fn handle(ctx: &Context, m: Inbound) {
                 _ => return,
             };
             let purge = m.kind == kind::PURGED;
-            let done = engine::with(|s| s.gathers.answer(id, Some(&m.from), got, purge)).flatten();
+            let done = engine::with(|s| s.gathers.answer(id, Some(&m.from), got, purge))
+                .ok()
+                .flatten();
             if let Some(g) = done {
                 finish(ctx, g);
             }
@@ -382,6 +384,7 @@ fn nudge(ctx: &Context, id: u64) {
             .get(&id)
             .and_then(|g| g.request.clone().map(|r| (r, g.waiting.clone())))
     })
+    .ok()
     .flatten();
     let Some(((kind, msg), waiting)) = again else {
         return;
@@ -399,7 +402,7 @@ fn ask<B: AsRef<[u8]>>(ctx: &Context, id: u64, others: &[Vec<u8>], kind: u8, fie
         send(ctx, node, kind, fields);
     }
     let msg = encode(fields);
-    engine::with(|s| {
+    super::update(|s| {
         if let Some(g) = s.gathers.open.get_mut(&id) {
             g.request = Some((kind, msg));
         }
@@ -453,7 +456,9 @@ pub fn answer(ctx: &Context, reply_to: &ReplyTo, got: Result<Gathered, String>) 
     match reply_to {
         ReplyTo::Caller | ReplyTo::Nobody => {}
         ReplyTo::Gather(id) => {
-            let done = engine::with(|s| s.gathers.answer(*id, None, got, true)).flatten();
+            let done = engine::with(|s| s.gathers.answer(*id, None, got, true))
+                .ok()
+                .flatten();
             if let Some(g) = done {
                 finish(ctx, g);
             }
@@ -514,7 +519,7 @@ fn finish(ctx: &Context, g: Gather) {
 }
 
 fn on_timeout(ctx: &Context, id: u64) {
-    if let Some(g) = engine::with(|s| s.gathers.expire(id)).flatten() {
+    if let Some(g) = engine::with(|s| s.gathers.expire(id)).ok().flatten() {
         finish(ctx, g);
     }
 }
@@ -581,7 +586,7 @@ pub fn purge(
         }
         Ok(Here::Sliced { .. }) => None,
         Err(e) => {
-            engine::with(|s| {
+            super::update(|s| {
                 if let Some(g) = s.gathers.open.get_mut(&id) {
                     g.waiting.clear();
                 }
@@ -670,7 +675,9 @@ pub fn read(ctx: &Context, tag: &[u8], what: Read) -> RedisResult {
         Read::Card => Gathered::Count(i64::try_from(mine.len()).unwrap_or(i64::MAX)),
         Read::Members => Gathered::Members(mine),
     };
-    let done = engine::with(|s| s.gathers.answer(id, None, Ok(got), false)).flatten();
+    let done = engine::with(|s| s.gathers.answer(id, None, Ok(got), false))
+        .ok()
+        .flatten();
     if let Some(g) = done {
         finish(ctx, g);
     }

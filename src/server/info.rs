@@ -40,6 +40,7 @@ pub fn fields() -> Vec<(&'static str, Field)> {
         ("rule_firings", n(get(&stats::RULE_FIRINGS))),
         ("rule_keys_denied", n(get(&stats::RULE_KEYS_DENIED))),
         ("events_published", n(get(&stats::EVENTS))),
+        ("state_busy", n(get(&stats::STATE_BUSY))),
         ("leases_granted", n(get(&stats::LEASES_GRANTED))),
         ("leases_rejected", n(get(&stats::LEASES_REJECTED))),
         ("leases_outstanding", u(leases)),

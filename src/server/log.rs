@@ -54,6 +54,9 @@ pub fn warning_anywhere(msg: &str) {
 mod tests {
     #[test]
     fn escapes_everything_but_printable_ascii() {
-        assert_eq!(super::escape(b"a\0b\r\n%s\\\xff"), "a\\x00b\\x0d\\x0a%s\\x5c\\xff");
+        assert_eq!(
+            super::escape(b"a\0b\r\n%s\\\xff"),
+            "a\\x00b\\x0d\\x0a%s\\x5c\\xff"
+        );
     }
 }

@@ -127,7 +127,10 @@ pub fn init(
     cluster::register(ctx);
     notify::register_filter(ctx);
     if !notify::subscribe_keyspace(ctx) {
-        log::warning(ctx, "tagcache: refusing to load: could not subscribe to keyspace events");
+        log::warning(
+            ctx,
+            "tagcache: refusing to load: could not subscribe to keyspace events",
+        );
         return Status::Err;
     }
     if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
@@ -141,4 +144,13 @@ pub fn init(
         rebuild::rebuild(ctx);
     }
     Status::Ok
+}
+
+/// Changes the engine's state where nobody can be told of a failure (a
+/// notification, a timer, a server event): a state that cannot be reached
+/// is logged, and counted by `engine::with`.
+pub fn update(f: impl FnOnce(&mut crate::engine::State)) {
+    if let Err(e) = crate::engine::with(f) {
+        log::warning_anywhere(&format!("tagcache: {e}"));
+    }
 }

@@ -58,7 +58,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         4 if argc == 1 && is(b"exec") => return end_transaction(),
         4 if argc >= 3 && (is(b"sadd") || is(b"srem")) => {}
         5 if argc == 1 && is(b"multi") => {
-            engine::with(|s| {
+            super::update(|s| {
                 let seq = s.next_seq();
                 s.named.transaction(true, seq)
             });
@@ -85,7 +85,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     if sets.is_empty() {
         return;
     }
-    engine::with(|s| {
+    super::update(|s| {
         let seq = s.next_seq();
         for (set, members) in sets {
             s.named.note(set, members.into_iter(), seq);
@@ -94,7 +94,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
 }
 
 fn end_transaction() {
-    engine::with(|s| s.named.transaction(false, 0));
+    super::update(|s| s.named.transaction(false, 0));
     keys::acl_may_have_changed();
 }
 
@@ -192,7 +192,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     if rules::is_links_key(key) && moving && removes(event) {
         // This master's copy of the rules left with its slot: it keeps
         // them, and writes them again in a slot it keeps.
-        engine::with(|s| s.owed.push_back(engine::Owed::Rehome { db }));
+        super::update(|s| s.owed.push_back(engine::Owed::Rehome { db }));
     } else if rules::is_links_key(key) && is_change(event) {
         // A client's plain write: its rules act for nobody (a replica takes
         // its master's word, and a migration brings another master's).
@@ -289,7 +289,7 @@ fn tag_set_changed(
     event: &[u8],
 ) {
     match event {
-        b"sadd" | b"srem" => match engine::with(|s| s.named.take(set)).flatten() {
+        b"sadd" | b"srem" => match engine::with(|s| s.named.take(set)).ok().flatten() {
             Some(named) => {
                 // A cluster's set holds the members of its own slot only:
                 // others named in it are left alone.
@@ -299,7 +299,7 @@ fn tag_set_changed(
                         .iter()
                         .any(|s| keys::call2(ctx, Mode::Local, c"SISMEMBER", s, &m) == Ok(1));
                     let ghost = member && !keys::exists(ctx, &m);
-                    engine::with(|s| {
+                    super::update(|s| {
                         if member {
                             s.index.add(db, &m, tag);
                             if ghost {
@@ -318,7 +318,7 @@ fn tag_set_changed(
         },
         e if (removes(e) || e == b"rename_from") && scope == Scope::All => {
             let evicted = e == b"evicted";
-            engine::with(|s| {
+            super::update(|s| {
                 let keys = s.index.drop_tag(db, tag);
                 if evicted && !keys.is_empty() {
                     s.owed.push_back(engine::Owed::Orphans { db, keys });
@@ -329,7 +329,7 @@ fn tag_set_changed(
             // Another set of the slot may still hold some of its members.
             let keys = reconcile(ctx, db, p, tag, scope);
             if e == b"evicted" && !keys.is_empty() {
-                engine::with(|s| s.owed.push_back(engine::Owed::Orphans { db, keys }));
+                super::update(|s| s.owed.push_back(engine::Owed::Orphans { db, keys }));
             }
         }
         e if is_change(e) => drop(reconcile(ctx, db, p, tag, scope)),
@@ -398,7 +398,7 @@ unsafe extern "C" fn on_event_loop(
         apply::settle(&Context::new(ctx));
     }
     // Notes of commands that have run, once nothing is owed, count no more.
-    engine::with(|s| {
+    super::update(|s| {
         if s.owed.is_empty() && !s.named.is_empty() {
             s.named.settled();
         }
@@ -433,7 +433,7 @@ unsafe extern "C" fn on_flush(
     // SAFETY: for FLUSHDB events Redis passes a RedisModuleFlushInfo.
     let info = unsafe { &*(data as *const raw::RedisModuleFlushInfo) };
     let db = (info.dbnum >= 0).then_some(info.dbnum);
-    engine::with(|s| s.flush(db));
+    super::update(|s| s.flush(db));
     dataset_replaced(&Context::new(ctx));
 }
 
@@ -448,7 +448,7 @@ unsafe extern "C" fn on_swapdb(
     }
     // SAFETY: for SWAPDB events Redis passes a RedisModuleSwapDbInfo.
     let info = unsafe { &*(data as *const raw::RedisModuleSwapDbInfo) };
-    engine::with(|s| s.swap(info.dbnum_first, info.dbnum_second));
+    super::update(|s| s.swap(info.dbnum_first, info.dbnum_second));
     dataset_replaced(&Context::new(ctx));
 }
 
@@ -464,7 +464,7 @@ unsafe extern "C" fn on_loading(
             rebuild::rebuild(&ctx)
         }
         _ => {
-            engine::with(|s| s.flush(None));
+            super::update(|s| s.flush(None));
             dataset_replaced(&ctx);
         }
     }

@@ -88,7 +88,7 @@ pub fn here(
         if waiter.is_some() || !block {
             // The checks read the tag sets, and a set that expired on the
             // way took its members' tags with it: list them again then.
-            if engine::with(|s| s.index.changes()) != Some(listed) {
+            if engine::with(|s| s.index.changes()).ok() != Some(listed) {
                 order = list().map(|(ids, _)| ids).unwrap_or_default();
             }
             let user = caller.and_then(Caller::name);
@@ -105,7 +105,7 @@ pub fn here(
         let plan = engine::with(|s| plan::purge(&s.index, db, &p, tags, &members, TagSets::Delete))
             .unwrap_or_default();
         apply::check(ctx, caller, &plan)?;
-        if engine::with(|s| s.index.changes()) != Some(before) {
+        if engine::with(|s| s.index.changes()).ok() != Some(before) {
             continue;
         }
         let replies = apply::apply(ctx, &plan, cause)?;
@@ -199,7 +199,7 @@ fn on_timer(ctx: &Context, (): ()) {
 fn slice(ctx: &Context) {
     if !keys::may_write(ctx) {
         // A master turned replica: its own master decides from now on.
-        engine::with(|s| s.purges.flushed(None));
+        super::update(|s| s.purges.flushed(None));
     }
     // In a cluster, while a slot of this master moves, its keys and their
     // index sets are on two nodes: the purge waits for the move to end.
@@ -249,6 +249,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
             .filter(|j| !j.done())
             .map(|j| (j.db, j.phase, j.user.clone(), j.by_rule))
     })
+    .ok()
     .flatten() else {
         return Ok(false);
     };
@@ -258,6 +259,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
             let ix = &s.index;
             s.purges.get(id).map(|j| j.next_to_check(ix, BATCH))
         })
+        .ok()
         .flatten()
         .unwrap_or_default();
         if let Some(name) = user {
@@ -277,6 +279,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
             .get(id)
             .map(|j| (j.tags.clone(), j.batch(ix, BATCH)))
     })
+    .ok()
     .flatten() else {
         return Ok(false);
     };
@@ -301,7 +304,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
             0
         }
     };
-    engine::with(|s| {
+    super::update(|s| {
         if let Some(j) = s.purges.get(id) {
             j.deleted += deleted;
         }
@@ -356,7 +359,10 @@ fn finish(ctx: &Context) {
             let plan = engine::with(|s| plan::rebuild_sets(&s.index, job.db, &p, &job.tags))
                 .unwrap_or_default();
             if let Err(e) = apply::apply(ctx, &plan, Cause::Rule) {
-                super::log::warning(ctx, &format!("tagcache: purge could not rewrite its sets: {e}"));
+                super::log::warning(
+                    ctx,
+                    &format!("tagcache: purge could not rewrite its sets: {e}"),
+                );
             }
         }
         stats::bump(&stats::PURGES);

@@ -61,11 +61,11 @@ pub fn reload_rules(ctx: &Context, db: Db, vouch: bool) {
     keys::select_db(ctx, db);
     let pairs = super::rules::read_rules(ctx);
     keys::select_db(ctx, home);
-    engine::with(|s| s.set_rules(db, pairs, vouch));
+    super::update(|s| s.set_rules(db, pairs, vouch));
 }
 
 pub fn rebuild(ctx: &Context) {
-    engine::with(|s| s.flush(None));
+    super::update(|s| s.flush(None));
     let p = config::layout();
     let home = keys::selected_db(ctx);
     let writes = keys::may_write(ctx);
@@ -88,7 +88,7 @@ pub fn rebuild(ctx: &Context) {
                     continue;
                 }
                 let live = keys::exists(ctx, &member);
-                engine::with(|s| {
+                super::update(|s| {
                     if live {
                         s.index.add(db, &member, &tag);
                     } else if writes {

@@ -66,7 +66,9 @@ fn first_owned_slot(ctx: &Context) -> Option<u16> {
 /// Writes this master's rules again, in a slot it keeps (its copy left
 /// with a slot that moved to another master).
 pub fn rehome(ctx: &Context, db: crate::engine::index::Db) -> Result<()> {
-    let rules = crate::engine::with(|s| s.vouched.get(&db).cloned()).flatten();
+    let rules = crate::engine::with(|s| s.vouched.get(&db).cloned())
+        .ok()
+        .flatten();
     let Some(rules) = rules.filter(|r| !r.is_empty()) else {
         return Ok(());
     };
