@@ -272,3 +272,174 @@ def test_a_purge_follows_its_keys_through_swapdb(servers):
     # The purged keys now live in db 1; db 0 holds what db 1 held.
     assert other.dbsize() == 0
     assert r.dbsize() == 1 and r.get("stays") == b"1"
+
+
+# ---- A sliced purge's selection is fixed when the call arrives.
+
+
+def purge_done(r):
+    wait_until(lambda: info(r)["purges_in_progress"] == 0, 10, what="the purge ended")
+
+
+def test_sliced_purge_never_deletes_a_key_tagged_after_an_untag_frees_its_slot(servers):
+    """A key untagged in the middle frees its place in the index; the key
+    tagged next takes it. The purge deletes the untagged key (its value is
+    what the purge invalidates) and never the newcomer."""
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 2000, tag="t")
+    p = r.pipeline(transaction=False)
+    p.execute_command("TAG.PURGE", "t", "ASYNC")
+    p.execute_command("TAG.REM", "k5", "t")
+    p.execute_command("TAG.SET", "victim", "fresh", "TAGS", 1, "other")
+    for i in range(6, 40):
+        p.execute_command("TAG.REM", f"k{i}", "t")
+        p.execute_command("TAG.SET", f"victim{i}", "fresh", "TAGS", 1, "other")
+    assert p.execute()[0] == 2000
+    purge_done(r)
+    assert r.get("victim") == b"fresh"
+    assert all(r.get(f"victim{i}") == b"fresh" for i in range(6, 40))
+    assert r.exists("k5") == 0 and r.exists("k39") == 0
+    assert r.dbsize() == 1 + 35  # tag:other and its 35 keys
+    assert r.smembers("tag:other") == {b"victim"} | {f"victim{i}".encode() for i in range(6, 40)}
+
+
+def test_sliced_purge_deletes_only_what_the_user_selected(servers):
+    """A user who may touch only her own keys cannot make a purge of her
+    tag delete keys of others by untagging hers and tagging theirs."""
+    s = servers.start(module_args=SMALL)
+    admin = s.client()
+    for i in range(50):
+        admin.set(f"secret:{i}", "s")
+    admin.execute_command("ACL", "SETUSER", "eve", "on", ">pw", "~eve:*", "~tag:*", "+@all")
+    eve = s.client(username="eve", password="pw")
+    fill(eve, 3000, tag="mine", prefix="eve:k")
+    p = eve.pipeline(transaction=False)
+    p.execute_command("TAG.PURGE", "mine", "ASYNC")
+    for i in range(50):
+        p.execute_command("TAG.REM", f"eve:k{i}", "mine")
+        p.sadd("tag:x", f"secret:{i}")
+    assert p.execute()[0] == 3000
+    purge_done(admin)
+    assert [admin.get(f"secret:{i}") for i in range(50)] == [b"s"] * 50
+    assert admin.keys("eve:*") == []
+
+
+def test_sliced_purge_deletes_every_selected_key_when_its_set_is_rewritten(servers):
+    """SINTERSTORE tag:t tag:t in the middle: every key that carried t when
+    the call arrived goes, and the set keeps no member that does not exist."""
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 3000, tag="t")
+    other = s.client()
+    p = r.pipeline(transaction=False)
+    p.execute_command("TAG.PURGE", "t", "ASYNC")
+    p.execute()
+    for _ in range(5):
+        other.sinterstore("tag:t", ["tag:t"])
+        other.srem("tag:t", "k2999", "k2998")
+    purge_done(r)
+    assert r.dbsize() == 0, r.keys("*")[:10]
+    assert r.execute_command("TAG.CARD", "t") == 0
+
+
+@pytest.mark.parametrize("change", ["srem", "del-set", "rename-set", "tag-rem"])
+def test_sliced_purge_deletes_a_key_only_untagged_meanwhile(servers, change):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 1500, tag="t")
+    p = r.pipeline(transaction=False)
+    p.execute_command("TAG.PURGE", "t", "ASYNC")
+    if change == "srem":
+        p.srem("tag:t", "k1400")
+    elif change == "del-set":
+        p.delete("tag:t")
+    elif change == "rename-set":
+        p.rename("tag:t", "elsewhere")
+    else:
+        p.execute_command("TAG.REM", "k1400", "t")
+    p.execute()
+    purge_done(r)
+    assert r.exists("k1400") == 0
+    assert r.keys("k*") == []
+
+
+def test_sliced_purge_spares_what_was_written_and_follows_renames(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 1500, tag="t")
+    p = r.pipeline(transaction=False)
+    p.execute_command("TAG.PURGE", "t", "ASYNC")
+    p.set("k1499", "fresh")                       # written: survives
+    p.append("k1498", "more")                     # in-place write: survives
+    p.rename("k1497", "moved")                    # renamed: still this purge's
+    p.rename("k1496", "k1495")                    # k1495's value replaced: k1496's goes
+    p.execute_command("TAG.SET", "late", "v", "TAGS", 1, "t")  # tagged after: untouched
+    p.execute()
+    purge_done(r)
+    assert r.get("k1499") == b"fresh"
+    assert r.get("k1498") == b"vmore"
+    assert not r.exists("moved") and not r.exists("k1495")
+    assert r.get("late") == b"v"
+    assert sorted(r.keys("*")) == [b"k1498", b"k1499", b"late", b"tag:t"]
+    # An in-place change keeps the key's tags.
+    assert r.smembers("tag:t") == {b"late", b"k1498"}
+
+
+def test_sliced_purge_follows_move_and_swapdb(servers):
+    s = servers.start(module_args=SMALL)
+    r = s.client()
+    fill(r, 1500, tag="t")
+    p = r.pipeline(transaction=False)
+    p.execute_command("TAG.PURGE", "t", "ASYNC")
+    p.move("k3", 1)      # left the database: not this purge's any more
+    p.swapdb(0, 2)
+    p.execute()
+    db2 = s.client(db=2)
+    purge_done(r)
+    assert db2.keys("k*") == []
+    assert s.client(db=1).get("k3") == b"v"
+    assert r.dbsize() == 0
+
+
+def test_rule_purge_above_the_bound_runs_in_slices(servers):
+    """A rule's purge follows every rule of TAG.PURGE: sliced above
+    purge-atomic-max, so other clients are served meanwhile; one event."""
+    s = servers.start(module_args=("purge-atomic-max", "100", "purge-slice-us", "100"))
+    r = s.client()
+    r.execute_command("TAG.LINK", "user:", "u:")
+    fill(r, 20_000, tag="u:1")
+    sub = s.client().pubsub()
+    sub.subscribe("tagcache:events")
+    assert sub.get_message(timeout=2)["type"] == "subscribe"
+    r.set("user:1", "x")
+    # The firing returned at once: the purge goes on in slices.
+    assert info(r)["purges_in_progress"] == 1
+    assert r.dbsize() > 10_000
+    purge_done(r)
+    assert sorted(r.keys("*")) == [b"tagcache:links", b"user:1"]
+    msgs = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and not msgs:
+        m = sub.get_message(timeout=0.2)
+        if m and m["type"] == "message":
+            msgs.append(m["data"])
+    assert len(msgs) == 1
+    assert b'"op":"link"' in msgs[0] and b'"keys":20000' in msgs[0] and b'"source":"user:1"' in msgs[0]
+
+
+def test_rule_purge_in_slices_leaves_what_its_owner_may_not_delete(servers):
+    s = servers.start(module_args=SMALL)
+    admin = s.client()
+    admin.execute_command("ACL", "SETUSER", "bob", "on", ">pw", "~bob:*", "~tag:*", "~src:*",
+                          "~tagcache:*", "+@all")
+    bob = s.client(username="bob", password="pw")
+    bob.execute_command("TAG.LINK", "src:", "s:")
+    fill(admin, 500, tag="s:1", prefix="bob:k")
+    fill(admin, 500, tag="s:1", prefix="other:k")
+    denied = info(admin)["rule_keys_denied"]
+    admin.set("src:1", "x")
+    purge_done(admin)
+    assert admin.keys("bob:*") == []
+    assert len(admin.keys("other:*")) == 500
+    assert info(admin)["rule_keys_denied"] == denied + 500

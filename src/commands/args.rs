@@ -116,6 +116,32 @@ pub fn distinct_tags<'a>(tags: &[&'a [u8]]) -> Result<Tags<'a>> {
     Ok(out)
 }
 
+/// `TAG.PURGE tag [tag ...] [ASYNC]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PurgeArgs<'a> {
+    pub tags: Tags<'a>,
+    pub is_async: bool,
+}
+
+/// `TAG.PURGE tag [tag ...] [ASYNC]` — `args` excludes the command name. A
+/// last argument `ASYNC` (any case) is the option, never a tag: a tag of
+/// that name is purged by naming it elsewhere than last.
+pub fn parse_purge<'a>(args: &[&'a [u8]]) -> Result<PurgeArgs<'a>> {
+    let (tags, is_async) = match args {
+        [tags @ .., last] if !tags.is_empty() && last.eq_ignore_ascii_case(b"ASYNC") => {
+            (tags, true)
+        }
+        _ => (args, false),
+    };
+    if tags.is_empty() {
+        return Err(Error::WrongArity("tag.purge"));
+    }
+    Ok(PurgeArgs {
+        tags: distinct_tags(tags)?,
+        is_async,
+    })
+}
+
 /// `TAG.SET key value [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL] [NX|XX] [LEASE token]
 /// TAGS numtags tag [tag ...]` — `args` excludes the command name.
 pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
@@ -471,5 +497,26 @@ mod tests {
         let v: Vec<&[u8]> = vec![b"\x00k", b"\xff", b"TAGS", b"1", b"\x00\xff"];
         let a = parse_tag_set(&v).unwrap();
         assert_eq!(a.tags.as_slice(), [&b"\x00\xff"[..]]);
+    }
+
+    #[test]
+    fn purge_arguments() {
+        fn p<'a>(a: &[&'a [u8]]) -> Result<PurgeArgs<'a>> {
+            parse_purge(a)
+        }
+        let got = p(&[b"a", b"b", b"a"]).unwrap();
+        assert_eq!(got.tags.as_slice(), &[b"a".as_slice(), b"b"]);
+        assert!(!got.is_async);
+        let got = p(&[b"a", b"aSyNc"]).unwrap();
+        assert_eq!(got.tags.as_slice(), &[b"a".as_slice()]);
+        assert!(got.is_async);
+        // Alone, ASYNC is a tag; anywhere but last, too.
+        assert_eq!(
+            p(&[b"async"]).unwrap().tags.as_slice(),
+            &[b"async".as_slice()]
+        );
+        assert_eq!(p(&[b"ASYNC", b"x"]).unwrap().tags.len(), 2);
+        assert_eq!(p(&[]), Err(Error::WrongArity("tag.purge")));
+        assert_eq!(p(&[b"", b"ASYNC"]), Err(Error::EmptyTag));
     }
 }

@@ -7,6 +7,7 @@
 use super::args::{self, Condition};
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Expiry, Plan, Prefix};
+use crate::engine::purge::{ReplyTo, Request};
 use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
 use crate::server::keys::{self, argv, Caller};
@@ -182,32 +183,26 @@ fn tag_change(ctx: &Context, args: &[RedisString], add: bool) -> RedisResult {
 
 pub fn tag_purge(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
-    let mut argv = argv(args);
-    // A last argument ASYNC is the option, never a tag.
-    let is_async = argv.len() > 1
-        && argv
-            .last()
-            .is_some_and(|a| a.eq_ignore_ascii_case(b"ASYNC"));
-    if is_async {
-        argv.pop();
-    }
-    if argv.is_empty() {
-        return Err(Error::WrongArity("tag.purge").into());
-    }
-    let tags: Vec<Vec<u8>> = args::distinct_tags(&argv)?
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
+    let argv = argv(args);
+    let a = args::parse_purge(&argv)?;
     let caller = Caller::of(ctx);
+    let req = Request {
+        db: keys::selected_db(ctx),
+        tags: a.tags.iter().map(|t| t.to_vec()).collect(),
+        user: caller.as_ref().and_then(Caller::name),
+        rule_source: None,
+        reply_to: ReplyTo::Caller,
+        publish: true,
+    };
     // Above `purge-atomic-max` keys, in slices, where the caller can wait:
     // the call checks the tag sets; each key is checked before any goes.
     let can_wait = !ctx
         .get_flags()
         .intersects(ContextFlags::MULTI | ContextFlags::LUA | ContextFlags::DENY_BLOCKING);
     if config::slotted() {
-        return cluster::purge(ctx, tags, caller.as_ref(), can_wait, is_async);
+        return cluster::purge(ctx, req, caller.as_ref(), can_wait, a.is_async);
     }
-    purge::alone(ctx, &tags, caller.as_ref(), can_wait, is_async)
+    purge::alone(ctx, req, caller.as_ref(), can_wait, a.is_async)
 }
 
 fn one_arg<'a>(argv: &[&'a [u8]], cmd: &'static str) -> Result<&'a [u8]> {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 /// Message types on the cluster bus (one byte each).
 pub mod kind {
-    /// `id user async tag...`: purge these tags here, reply `PURGED`.
+    /// A `PurgeAsk`: purge these tags here, reply `PURGED`.
     pub const PURGE: u8 = 1;
     /// `id count|error`.
     pub const PURGED: u8 = 2;
@@ -48,6 +48,74 @@ pub fn decode(mut msg: &[u8]) -> Option<Vec<Vec<u8>>> {
         msg = rest.get(len..)?;
     }
     Some(out)
+}
+
+/// How another master is asked to purge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum How {
+    /// Its count is awaited.
+    Wait,
+    /// `ASYNC`: the count of keys that carried the tags is awaited; the
+    /// purge carries on after.
+    Async,
+    /// A rule fired by a change of this key: nobody awaits a count.
+    Rule(Vec<u8>),
+}
+
+/// A `PURGE` message: one master's request to another, as the fields
+/// `id user how [source] tag...` (`how` is `wait`, `async` or `rule`, the
+/// last followed by the rule's source key; an empty user is the server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PurgeAsk {
+    pub id: u64,
+    pub user: Option<Vec<u8>>,
+    pub how: How,
+    pub tags: Vec<Vec<u8>>,
+}
+
+impl PurgeAsk {
+    pub fn to_fields(&self) -> Vec<Vec<u8>> {
+        let mut out = vec![
+            self.id.to_string().into_bytes(),
+            self.user.clone().unwrap_or_default(),
+        ];
+        match &self.how {
+            How::Wait => out.push(b"wait".to_vec()),
+            How::Async => out.push(b"async".to_vec()),
+            How::Rule(source) => {
+                out.push(b"rule".to_vec());
+                out.push(source.clone());
+            }
+        }
+        out.extend(self.tags.iter().cloned());
+        out
+    }
+
+    /// `None` if the fields are not such a request.
+    pub fn from_fields(f: &[Vec<u8>]) -> Option<PurgeAsk> {
+        let (id, rest) = f.split_first()?;
+        let id = std::str::from_utf8(id).ok()?.parse().ok()?;
+        let (user, rest) = rest.split_first()?;
+        let (how, rest) = rest.split_first()?;
+        let (how, tags) = match how.as_slice() {
+            b"wait" => (How::Wait, rest),
+            b"async" => (How::Async, rest),
+            b"rule" => {
+                let (source, tags) = rest.split_first()?;
+                (How::Rule(source.clone()), tags)
+            }
+            _ => return None,
+        };
+        if tags.is_empty() {
+            return None;
+        }
+        Some(PurgeAsk {
+            id,
+            user: (!user.is_empty()).then(|| user.clone()),
+            how,
+            tags: tags.to_vec(),
+        })
+    }
 }
 
 /// What the gathered answers add up to.
@@ -258,5 +326,44 @@ mod tests {
         assert!(g
             .answer(id, Some(b"a"), Ok(Gathered::Members(vec![])), false)
             .is_none());
+    }
+
+    #[test]
+    fn purge_requests_survive_the_bus() {
+        let asks = [
+            PurgeAsk {
+                id: 7,
+                user: Some(b"alice".to_vec()),
+                how: How::Wait,
+                tags: vec![b"t".to_vec(), b"".to_vec()],
+            },
+            PurgeAsk {
+                id: 0,
+                user: None,
+                how: How::Rule(b"user:1\0".to_vec()),
+                tags: vec![b"u:1".to_vec()],
+            },
+            PurgeAsk {
+                id: u64::MAX,
+                user: None,
+                how: How::Async,
+                tags: vec![b"async".to_vec()],
+            },
+        ];
+        for ask in asks {
+            let wire = encode(&ask.to_fields());
+            let back = decode(&wire).and_then(|f| PurgeAsk::from_fields(&f));
+            assert_eq!(back, Some(ask));
+        }
+        let bad: [&[&[u8]]; 4] = [
+            &[b"x", b"", b"wait", b"t"],
+            &[b"1", b"", b"later", b"t"],
+            &[b"1", b"", b"rule"],
+            &[b"1", b""],
+        ];
+        for f in bad {
+            let f: Vec<Vec<u8>> = f.iter().map(|b| b.to_vec()).collect();
+            assert_eq!(PurgeAsk::from_fields(&f), None);
+        }
     }
 }

@@ -65,8 +65,6 @@ struct DbIndex {
     free_tags: Vec<TagId>,
     live_keys: usize,
     hasher: Hasher,
-    /// Sliced purges hold key ids of this database: no renumbering then.
-    pins: u32,
 }
 
 fn slot_id(n: usize) -> u32 {
@@ -284,7 +282,7 @@ impl DbIndex {
     /// Gives memory back once most entries are gone, so the index stays
     /// proportional to the live tagged keys rather than to their peak.
     fn shrink(&mut self) {
-        if self.pins == 0 && self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() {
+        if self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() {
             self.compact();
         }
         if self.tag_ids.capacity() > 64 && self.tag_ids.len() * 4 < self.tag_ids.capacity() {
@@ -356,11 +354,7 @@ impl Index {
 
     /// An emptied database keeps nothing, not even table capacity.
     fn tidy(&mut self, db: Db) {
-        if self
-            .dbs
-            .get(&db)
-            .is_some_and(|d| d.live_keys == 0 && d.pins == 0)
-        {
+        if self.dbs.get(&db).is_some_and(|d| d.live_keys == 0) {
             self.dbs.remove(&db);
         }
     }
@@ -429,45 +423,6 @@ impl Index {
             .filter_map(|t| d.tag_ids.get(t.as_slice()).and_then(|&id| d.tag(id)))
             .map(|t| t.members.len())
             .sum()
-    }
-
-    /// The ids of the keys that carry any of `tags`, each once (for a
-    /// sliced purge, which pins the database so that ids stay put).
-    pub fn member_ids(&self, db: Db, tags: &[Vec<u8>]) -> Vec<u32> {
-        let Some(d) = self.dbs.get(&db) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<u32> = tags
-            .iter()
-            .filter_map(|t| d.tag_ids.get(t.as_slice()).and_then(|&id| d.tag(id)))
-            .flat_map(|t| t.members.iter().copied())
-            .collect();
-        if tags.len() > 1 {
-            ids.sort_unstable();
-            ids.dedup();
-        }
-        ids
-    }
-
-    pub fn key_id(&self, db: Db, key: &[u8]) -> Option<u32> {
-        self.dbs.get(&db).and_then(|d| d.find(key))
-    }
-
-    pub fn key_name(&self, db: Db, id: u32) -> Option<&[u8]> {
-        self.dbs.get(&db).and_then(|d| d.key(id)).map(|k| &*k.name)
-    }
-
-    /// Keeps (`true`) or lets go (`false`) the key ids of `db`.
-    pub fn pin(&mut self, db: Db, on: bool) {
-        let d = self.db_mut(db);
-        d.pins = if on {
-            d.pins.saturating_add(1)
-        } else {
-            d.pins.saturating_sub(1)
-        };
-        if !on {
-            self.tidy(db);
-        }
     }
 
     /// Tags `key` with `tag`; whether it was new.
@@ -668,7 +623,7 @@ mod tests {
         ix.add(0, b"k2", b"b");
         let both = v(&["a", "b"]);
         assert_eq!(ix.member_count_bound(0, &both), 3);
-        assert_eq!(ix.member_ids(0, &both).len(), 2);
+        assert_eq!(crate::engine::plan::purge_members(&ix, 0, &both).len(), 2);
         assert_eq!(ix.member_count_bound(0, &v(&["b"])), 2);
         assert_eq!(ix.member_count_bound(0, &v(&["none"])), 0);
         assert_eq!(ix.member_count_bound(1, &both), 0);

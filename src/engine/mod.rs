@@ -399,14 +399,7 @@ impl State {
         self.index.swap(a, b);
         index::swap_dbs(&mut self.rules, a, b);
         index::swap_dbs(&mut self.vouched, a, b);
-        // A purge in progress follows its keys (their ids moved with them).
-        for j in &mut self.purges.jobs {
-            if j.db == a {
-                j.db = b;
-            } else if j.db == b {
-                j.db = a;
-            }
-        }
+        self.purges.swapped(a, b);
         self.ghosts = std::mem::take(&mut self.ghosts)
             .into_iter()
             .map(|(d, k)| {

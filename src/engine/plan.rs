@@ -497,9 +497,6 @@ pub enum TagSets {
     Delete,
     /// Some members may stay: the deleted ones are taken out (a rule).
     Remove,
-    /// A slice of a large purge: the sets are left as they are, and made
-    /// right once, when the purge ends (`rebuild_sets`).
-    Keep,
 }
 
 /// Deletes `members` (the keys that carry `tags`, as `purge_members` found
@@ -596,29 +593,6 @@ pub fn index_sets(
     out.into_iter().collect()
 }
 
-/// At the end of a large purge: the sets of its tags hold exactly the keys
-/// that carry the tags now (those tagged since the call arrived), written
-/// anew — the slices left the deleted keys in them.
-pub fn rebuild_sets(ix: &Index, db: Db, p: &Prefix, tags: &[Vec<u8>]) -> Plan<'static> {
-    let mut plan = Plan {
-        local: true,
-        ..Plan::default()
-    };
-    plan.write(Write::Unlink {
-        keys: tags.iter().map(|t| p.set(t).into()).collect(),
-    });
-    for t in tags {
-        let members: Vec<Bytes<'static>> = ix.members(db, t).into_iter().map(Cow::Owned).collect();
-        if !members.is_empty() {
-            plan.write(Write::SetAdd {
-                set: p.set(t).into(),
-                members: members.into(),
-            });
-        }
-    }
-    plan
-}
-
 impl State {
     /// Keeps the index equal to the tag sets after `w` was applied; tells
     /// the lease book, and (`fire`) the rules, which keys it changed.
@@ -630,7 +604,7 @@ impl State {
         // (asked before the index forgets the key).
         if !self.purges.jobs.is_empty() {
             for (key, _) in w.touched() {
-                self.purges.touched(&self.index, db, key);
+                self.purges.touched(db, key);
             }
         }
         if !self.ghosts.is_empty() {

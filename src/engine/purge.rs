@@ -1,12 +1,61 @@
-//! Purges too large for one atomic step, run in slices between which the
-//! server serves everyone else. Plain Rust: a job holds the ids of the keys
-//! that carried the tags when the call arrived (4 bytes each, so that the
-//! call itself costs next to nothing), forgets any key written or deleted
-//! since (a fresh fill survives), checks the caller's permission on every
-//! key before it deletes any, then hands out batches.
+//! Purges: what one asks for (`Request`, whoever makes it: a command, a
+//! rule, another master), and the purges too large for one atomic step,
+//! run in slices between which the server serves everyone else.
+//!
+//! A sliced purge's selection is fixed when the call arrives: the job holds
+//! the *names* of the keys that carried the tags then (never index ids,
+//! which a key untagged meanwhile gives back for another key to take). It
+//! forgets a name whose value is written or which is deleted meanwhile (a
+//! fresh fill survives), follows a rename, and deletes every other name it
+//! holds, whatever happens to the tag sets in between: a key merely
+//! untagged is still deleted, since its value is what the purge
+//! invalidates. Plain Rust, unit-tested without a server.
 
 use super::index::{Db, Index};
 use super::Client;
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+/// Who a purge's count goes to when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplyTo {
+    /// Its caller (`Job::waiter`).
+    Caller,
+    /// A cluster-wide purge this master gathers (`engine::cluster`).
+    Gather(u64),
+    /// Another master's cluster-wide purge: node id and its gather id.
+    Remote(Vec<u8>, u64),
+    /// Nobody: its count was already given (`ASYNC`), or nobody asked (a
+    /// rule).
+    Nobody,
+}
+
+/// One purge, as asked for: what to select, for whom, and where its end
+/// goes. Every purge (a command's, a rule's, another master's) is one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub db: Db,
+    /// Every key that carries any of them.
+    pub tags: Vec<Vec<u8>>,
+    /// Whose permissions it has (`None`: the server's).
+    pub user: Option<Vec<u8>>,
+    /// A rule's purge, fired by a change of this key: a key the user may
+    /// not delete is left in place and counted (a command's purge fails
+    /// instead, before anything is deleted), the source itself is spared,
+    /// and its deletions fire no further rules.
+    pub rule_source: Option<Vec<u8>>,
+    /// Where its count goes.
+    pub reply_to: ReplyTo,
+    /// Whether its end publishes the one event of the call (the master
+    /// that received it does; another master's share does not).
+    pub publish: bool,
+}
+
+impl Request {
+    pub fn by_rule(&self) -> bool {
+        self.rule_source.is_some()
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -15,83 +64,118 @@ pub enum Phase {
     Deleting,
 }
 
-/// One sliced purge in progress.
-/// Who a purge's count goes to when it ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReplyTo {
-    /// Its caller (`waiter`), with one event.
-    Caller,
-    /// A cluster-wide purge this master gathers (`engine::cluster`).
-    Gather(u64),
-    /// Another master's cluster-wide purge: node id and its gather id.
-    Remote(Vec<u8>, u64),
-    /// Nobody: its count was already given (`ASYNC` in a cluster).
-    Nobody,
+type Hasher = foldhash::fast::RandomState;
+
+/// The names a job selected, stored once, one after another; found by
+/// name through a table of positions.
+#[derive(Default)]
+struct Names {
+    bytes: Vec<u8>,
+    /// End of each name in `bytes`.
+    ends: Vec<usize>,
+    by_name: HashTable<u32>,
+    hasher: Hasher,
 }
 
+impl Names {
+    fn get(&self, i: usize) -> Option<&[u8]> {
+        let start = match i {
+            0 => 0,
+            _ => *self.ends.get(i - 1)?,
+        };
+        self.bytes.get(start..*self.ends.get(i)?)
+    }
+
+    fn find(&self, name: &[u8]) -> Option<usize> {
+        let hash = self.hasher.hash_one(name);
+        self.by_name
+            .find(hash, |&i| self.get(i as usize) == Some(name))
+            .map(|&i| i as usize)
+    }
+
+    /// Adds `name`; its position (`None` if it is there already, or past
+    /// what positions can number).
+    fn push(&mut self, name: &[u8]) -> Option<usize> {
+        if self.find(name).is_some() {
+            return None;
+        }
+        let i = self.ends.len();
+        let pos = u32::try_from(i).ok()?;
+        self.bytes.extend_from_slice(name);
+        self.ends.push(self.bytes.len());
+        let hash = self.hasher.hash_one(name);
+        let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
+        self.by_name.insert_unique(hash, pos, |&j| {
+            let j = j as usize;
+            let start = if j == 0 { 0 } else { ends[j - 1] };
+            hasher.hash_one(&bytes[start..ends[j]])
+        });
+        Some(i)
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+/// One sliced purge in progress.
 pub struct Job {
     pub id: u64,
-    pub db: Db,
-    pub tags: Vec<Vec<u8>>,
-    /// The user whose permissions the purge has (`None`: the server).
-    pub user: Option<Vec<u8>>,
+    pub req: Request,
     pub phase: Phase,
-    /// Key ids at arrival, in the order they are taken.
-    order: Vec<u32>,
-    /// Where checking, then deleting, has got to in `order`.
-    cursor: usize,
-    /// One bit per key id: still this purge's to delete.
+    names: Names,
+    /// One bit per name: still this purge's to delete.
     pending: Vec<u64>,
+    /// Where checking, then deleting, has got to in `names`.
+    cursor: usize,
     left: usize,
     /// Keys this purge deleted.
     pub deleted: i64,
     /// The caller, blocked until the end (`None` with `ASYNC`, or once it
     /// left).
     pub waiter: Option<Client>,
-    /// Who is told the count when it ends.
-    pub reply_to: ReplyTo,
-    /// Started by a rule: its deletions fire no further rules.
-    pub by_rule: bool,
-    abandoned: bool,
     refused: bool,
 }
 
-fn bit(id: u32) -> (usize, u64) {
-    ((id / 64) as usize, 1u64 << (id % 64))
+fn bit(i: usize) -> (usize, u64) {
+    (i / 64, 1u64 << (i % 64))
 }
 
 impl Job {
-    fn new(id: u64, db: Db, tags: Vec<Vec<u8>>, user: Option<Vec<u8>>, order: Vec<u32>) -> Job {
-        let words = order.iter().max().map_or(0, |&m| m as usize / 64 + 1);
-        let mut pending = vec![0u64; words];
-        for &k in &order {
-            let (w, b) = bit(k);
-            if let Some(word) = pending.get_mut(w) {
-                *word |= b;
+    fn new(id: u64, req: Request, selected: &[Vec<u8>]) -> Job {
+        let mut names = Names::default();
+        let mut pending = vec![0u64; selected.len() / 64 + 1];
+        let mut left = 0;
+        for name in selected {
+            if let Some(i) = names.push(name) {
+                let (w, b) = bit(i);
+                if let Some(word) = pending.get_mut(w) {
+                    *word |= b;
+                    left += 1;
+                }
             }
         }
-        let phase = if user.is_some() {
+        let phase = if req.user.is_some() && !req.by_rule() {
             Phase::Checking
         } else {
             Phase::Deleting
         };
         Job {
             id,
-            db,
-            tags,
-            user,
+            req,
             phase,
-            left: order.len(),
-            order,
-            cursor: 0,
+            names,
             pending,
+            cursor: 0,
+            left,
             deleted: 0,
             waiter: None,
-            reply_to: ReplyTo::Caller,
-            by_rule: false,
-            abandoned: false,
             refused: false,
         }
+    }
+
+    pub fn db(&self) -> Db {
+        self.req.db
     }
 
     pub fn left(&self) -> usize {
@@ -102,13 +186,13 @@ impl Job {
         self.left == 0
     }
 
-    fn is_pending(&self, id: u32) -> bool {
-        let (w, b) = bit(id);
+    fn is_pending(&self, i: usize) -> bool {
+        let (w, b) = bit(i);
         self.pending.get(w).is_some_and(|word| word & b != 0)
     }
 
-    fn clear(&mut self, id: u32) -> bool {
-        let (w, b) = bit(id);
+    fn clear(&mut self, i: usize) -> bool {
+        let (w, b) = bit(i);
         match self.pending.get_mut(w) {
             Some(word) if *word & b != 0 => {
                 *word &= !b;
@@ -119,19 +203,63 @@ impl Job {
         }
     }
 
+    fn set(&mut self, i: usize) {
+        let (w, b) = bit(i);
+        if self.pending.len() <= w {
+            self.pending.resize(w + 1, 0);
+        }
+        if let Some(word) = self.pending.get_mut(w) {
+            if *word & b == 0 {
+                *word |= b;
+                self.left += 1;
+            }
+        }
+    }
+
+    /// `key`'s value was written, or the key deleted: not this purge's.
+    fn forget(&mut self, key: &[u8]) {
+        if let Some(i) = self.names.find(key) {
+            self.clear(i);
+        }
+    }
+
+    /// `from` was renamed to `to`: what `to` held is gone, and `from`'s
+    /// value, if this purge is to delete it, is now at `to`.
+    fn renamed(&mut self, from: &[u8], to: &[u8]) {
+        self.forget(to);
+        let Some(i) = self.names.find(from) else {
+            return;
+        };
+        if !self.clear(i) {
+            return;
+        }
+        let at = match self.names.find(to) {
+            Some(j) => Some(j),
+            None => self.names.push(to),
+        };
+        if let Some(j) = at {
+            self.set(j);
+            // A name added behind the cursor is still to be reached.
+            if j < self.cursor {
+                self.cursor = j;
+            }
+        }
+    }
+
     /// The next `n` keys still pending, by name, to check the caller's
     /// permission on; moves to deleting once all are checked.
-    pub fn next_to_check(&mut self, ix: &Index, n: usize) -> Vec<Vec<u8>> {
+    pub fn next_to_check(&mut self, n: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::with_capacity(n);
         while self.phase == Phase::Checking && out.len() < n {
-            let Some(&id) = self.order.get(self.cursor) else {
+            if self.cursor >= self.names.len() {
                 self.phase = Phase::Deleting;
                 self.cursor = 0;
                 break;
-            };
+            }
+            let i = self.cursor;
             self.cursor += 1;
-            if self.is_pending(id) {
-                if let Some(name) = ix.key_name(self.db, id) {
+            if self.is_pending(i) {
+                if let Some(name) = self.names.get(i) {
                     out.push(name.to_vec());
                 }
             }
@@ -140,29 +268,21 @@ impl Job {
     }
 
     /// Up to `n` keys still pending, by name, taken out of the job.
-    pub fn batch(&mut self, ix: &Index, n: usize) -> Vec<Vec<u8>> {
+    pub fn batch(&mut self, n: usize) -> Vec<Vec<u8>> {
         let mut out = Vec::with_capacity(n.min(self.left));
-        while out.len() < n && self.left > 0 {
-            let Some(&id) = self.order.get(self.cursor) else {
-                break;
-            };
+        while out.len() < n && self.left > 0 && self.cursor < self.names.len() {
+            let i = self.cursor;
             self.cursor += 1;
-            if self.clear(id) {
-                if let Some(name) = ix.key_name(self.db, id) {
+            if self.clear(i) {
+                if let Some(name) = self.names.get(i) {
                     out.push(name.to_vec());
                 }
             }
         }
-        if self.cursor >= self.order.len() {
+        if self.cursor >= self.names.len() {
             self.left = 0;
         }
         out
-    }
-
-    /// Whether it stopped before deleting what it was for (flushed, or a
-    /// check failed): then its sets are left as they are.
-    pub fn abandoned(&self) -> bool {
-        self.abandoned
     }
 
     /// A check failed: nothing was deleted, nothing is to be published.
@@ -177,10 +297,9 @@ impl Job {
 
     /// Nothing is left to do (flushed, or a check failed).
     pub fn abandon(&mut self) {
-        self.abandoned = true;
         self.left = 0;
         self.pending = Vec::new();
-        self.order = Vec::new();
+        self.names = Names::default();
     }
 }
 
@@ -192,35 +311,40 @@ pub struct Purges {
 }
 
 impl Purges {
-    /// A purge of the keys `order` that carry `tags` now (their
-    /// `Index::member_ids`, just taken); pins the database's ids.
-    pub fn start(
-        &mut self,
-        ix: &mut Index,
-        db: Db,
-        tags: Vec<Vec<u8>>,
-        user: Option<Vec<u8>>,
-        order: Vec<u32>,
-    ) -> (u64, usize) {
-        let n = order.len();
-        ix.pin(db, true);
+    /// A purge of `selected`, the keys that carry the request's tags now
+    /// (their names, as the index lists them). Returns its id and how many
+    /// keys it holds.
+    pub fn start(&mut self, req: Request, selected: &[Vec<u8>]) -> (u64, usize) {
         self.last_id += 1;
-        self.jobs
-            .push(Job::new(self.last_id, db, tags, user, order));
+        let job = Job::new(self.last_id, req, selected);
+        let n = job.left();
+        self.jobs.push(job);
         (self.last_id, n)
     }
 
-    /// `key` was written or deleted by something else: it is no longer any
-    /// purge's to delete. Call before the index forgets the key.
-    pub fn touched(&mut self, ix: &Index, db: Db, key: &[u8]) {
-        if self.jobs.is_empty() {
-            return;
+    /// `key`'s value was written, or the key deleted, by something other
+    /// than a purge's own step: no purge deletes it now.
+    pub fn touched(&mut self, db: Db, key: &[u8]) {
+        for j in self.jobs.iter_mut().filter(|j| j.req.db == db) {
+            j.forget(key);
         }
-        let Some(id) = ix.key_id(db, key) else {
-            return;
-        };
-        for j in self.jobs.iter_mut().filter(|j| j.db == db) {
-            j.clear(id);
+    }
+
+    /// `from` was renamed to `to` in `db`: purges follow the value.
+    pub fn renamed(&mut self, db: Db, from: &[u8], to: &[u8]) {
+        for j in self.jobs.iter_mut().filter(|j| j.req.db == db) {
+            j.renamed(from, to);
+        }
+    }
+
+    /// `SWAPDB a b`: a purge follows its keys to their new number.
+    pub fn swapped(&mut self, a: Db, b: Db) {
+        for j in &mut self.jobs {
+            if j.req.db == a {
+                j.req.db = b;
+            } else if j.req.db == b {
+                j.req.db = a;
+            }
         }
     }
 
@@ -228,15 +352,12 @@ impl Purges {
         self.jobs.iter_mut().find(|j| j.id == id)
     }
 
-    /// The jobs with nothing left, out of the list (their ids unpinned).
-    pub fn take_done(&mut self, ix: &mut Index) -> Vec<Job> {
+    /// The jobs with nothing left, out of the list.
+    pub fn take_done(&mut self) -> Vec<Job> {
         let (done, running): (Vec<Job>, Vec<Job>) = std::mem::take(&mut self.jobs)
             .into_iter()
             .partition(Job::done);
         self.jobs = running;
-        for j in &done {
-            ix.pin(j.db, false);
-        }
         done
     }
 
@@ -262,11 +383,16 @@ impl Purges {
     /// counts) at the next slice.
     pub fn flushed(&mut self, db: Option<Db>) {
         for j in &mut self.jobs {
-            if db.is_none_or(|d| d == j.db) {
+            if db.is_none_or(|d| d == j.req.db) {
                 j.abandon();
             }
         }
     }
+}
+
+/// The keys that carry any of `tags` now, each once: a purge's selection.
+pub fn select(ix: &Index, db: Db, tags: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    super::plan::purge_members(ix, db, tags)
 }
 
 // Unit tests only: compiled out of the module (`cfg(test)`), they never
@@ -275,53 +401,114 @@ impl Purges {
 mod tests {
     use super::*;
 
-    fn index(n: usize) -> Index {
-        let mut ix = Index::default();
-        for i in 0..n {
-            ix.add(0, format!("k{i}").as_bytes(), b"t");
+    fn request(user: Option<&[u8]>) -> Request {
+        Request {
+            db: 0,
+            tags: vec![b"t".to_vec()],
+            user: user.map(<[u8]>::to_vec),
+            rule_source: None,
+            reply_to: ReplyTo::Caller,
+            publish: true,
         }
-        ix
+    }
+
+    fn names(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("k{i}").into_bytes()).collect()
+    }
+
+    fn drain(j: &mut Job) -> Vec<Vec<u8>> {
+        let mut all = Vec::new();
+        for _ in 0..1000 {
+            let b = j.batch(3);
+            if b.is_empty() && j.done() {
+                break;
+            }
+            all.extend(b);
+        }
+        all.sort();
+        all
     }
 
     #[test]
-    fn checks_then_deletes_what_nobody_touched() {
-        let mut ix = index(10);
+    fn checks_then_deletes_what_nobody_wrote() {
         let mut p = Purges::default();
-        let tags = vec![b"t".to_vec()];
-        let order = ix.member_ids(0, &tags);
-        let (id, n) = p.start(&mut ix, 0, tags, Some(b"u".to_vec()), order);
+        let (id, n) = p.start(request(Some(b"u")), &names(10));
         assert_eq!(n, 10);
-        p.touched(&ix, 0, b"k1");
-        ix.add(0, b"late", b"t"); // first tagged after the call: not touched
+        p.touched(0, b"k1");
+        p.touched(0, b"late"); // never selected: nothing to forget
         let j = p.get(id).unwrap();
         assert_eq!(j.phase, Phase::Checking);
-        let mut checked = j.next_to_check(&ix, 100);
+        let mut checked = j.next_to_check(100);
         checked.sort();
         assert_eq!(checked.len(), 9);
-        assert!(j.next_to_check(&ix, 100).is_empty());
+        assert!(j.next_to_check(100).is_empty());
         assert_eq!(j.phase, Phase::Deleting);
-        let mut all = j.batch(&ix, 4);
-        all.extend(j.batch(&ix, 100));
+        let all = drain(j);
         assert_eq!(all.len(), 9);
         assert!(!all.contains(&b"k1".to_vec()) && !all.contains(&b"late".to_vec()));
         assert!(j.done());
-        assert_eq!(p.take_done(&mut ix).len(), 1);
+        assert_eq!(p.take_done().len(), 1);
     }
 
     #[test]
-    fn callers_and_flushes() {
-        let mut ix = index(5);
+    fn a_job_holds_names_that_no_later_key_can_take() {
+        // The index gives a freed id to the next key tagged; a job of names
+        // cannot come to mean that key.
+        let mut ix = Index::default();
+        for k in names(5) {
+            ix.add(0, &k, b"t");
+        }
         let mut p = Purges::default();
-        let tags = vec![b"t".to_vec()];
-        let order = ix.member_ids(0, &tags);
-        let (id, _) = p.start(&mut ix, 0, tags, None, order);
+        let sel = select(&ix, 0, &[b"t".to_vec()]);
+        let (id, _) = p.start(request(None), &sel);
+        ix.remove(0, b"k3", b"t");
+        ix.add(0, b"victim", b"other");
+        let got = drain(p.get(id).unwrap());
+        assert_eq!(
+            got,
+            names(5),
+            "k3, untagged meanwhile, still goes; victim never"
+        );
+    }
+
+    #[test]
+    fn a_job_follows_a_rename_and_spares_what_was_written() {
+        let mut p = Purges::default();
+        let (id, _) = p.start(request(None), &names(4));
+        // Half way through, k0 renamed to a name behind the cursor.
+        let first = p.get(id).unwrap().batch(2);
+        assert_eq!(first, vec![b"k0".to_vec(), b"k1".to_vec()]);
+        p.renamed(0, b"k2", b"a");
+        p.renamed(0, b"x", b"k3"); // k3 overwritten by a rename: spared
+        p.touched(1, b"a"); // another database: changes nothing here
+        let rest = drain(p.get(id).unwrap());
+        assert_eq!(rest, vec![b"a".to_vec()]);
+    }
+
+    #[test]
+    fn repeated_names_count_once() {
+        let mut p = Purges::default();
+        let sel = vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()];
+        let (id, n) = p.start(request(None), &sel);
+        assert_eq!(n, 2);
+        assert_eq!(
+            drain(p.get(id).unwrap()),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
+    }
+
+    #[test]
+    fn callers_swaps_and_flushes() {
+        let mut p = Purges::default();
+        let (id, _) = p.start(request(None), &names(5));
         p.get(id).unwrap().waiter = Some(9);
         assert!(p.forget_waiter(9));
         assert!(!p.forget_waiter(9));
         assert_eq!(p.keys_left(), 5);
-        p.flushed(Some(4));
-        assert_eq!(p.keys_left(), 5);
+        p.swapped(0, 4);
         p.flushed(Some(0));
+        assert_eq!(p.keys_left(), 5, "its keys are in database 4 now");
+        p.flushed(Some(4));
         assert_eq!(p.keys_left(), 0);
     }
 }

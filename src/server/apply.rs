@@ -6,11 +6,12 @@
 
 use super::blocked;
 use super::config;
-use super::events::{self, Event, Op};
+use super::events::{self, Event};
 use super::keys::{self, Applying, Caller, Mode};
 use crate::engine::error::Result;
 use crate::engine::index::{Db, Scope};
 use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, TagSets, Write};
+use crate::engine::purge::{ReplyTo, Request};
 use crate::engine::{self, stats, Owed};
 use redis_module::Context;
 
@@ -289,69 +290,37 @@ fn pay(ctx: &Context, owed: Owed) {
     }
 }
 
-/// A rule fired by a change of `source`: purge its tags, with the
-/// permissions of each rule's owner. Keys the owner may not delete stay,
-/// tagged, and are counted. The source key is spared.
+/// A rule fired by a change of `source`: each rule's tags are purged, on
+/// every master, with its owner's permissions, as any purge is (sliced
+/// above `purge-atomic-max`); keys the owner may not delete stay, tagged,
+/// and are counted. The source key is spared.
 fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-    let p = config::layout();
-    let mut purged_tags = Vec::new();
-    let mut deleted = 0;
+    // Rules of one owner fired by one change purge together: one event.
+    let mut by_owner: Vec<(Option<Vec<u8>>, Vec<Vec<u8>>)> = Vec::new();
     for (tag, owner) in tags {
-        // In a cluster the tag's keys live on every master.
-        super::cluster::purge_elsewhere(ctx, &tag, owner.as_deref());
-        let caller = owner.as_deref().map(Caller::named);
-        let may = |key: &[u8], access: Access| {
-            caller
-                .as_ref()
-                .is_none_or(|c| c.check(ctx, key, access).is_ok())
-        };
-        let tags = vec![tag];
-        let found = engine::with(|s| plan::purge_members(&s.index, db, &tags)).unwrap_or_default();
-        if found.is_empty() {
-            purged_tags.extend(tags);
-            continue;
+        match by_owner.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, list)) => list.push(tag),
+            None => by_owner.push((owner, vec![tag])),
         }
-        let sets =
-            engine::with(|s| plan::index_sets(&s.index, db, &p, &tags, &found)).unwrap_or_default();
-        if !sets.iter().all(|set| may(set, Access::Write)) {
-            stats::add(&stats::RULE_KEYS_DENIED, found.len() as u64);
-            continue;
-        }
-        let all = caller.as_ref().is_some_and(|c| c.all_keys(ctx));
-        let mut members = Vec::with_capacity(found.len());
-        for m in found {
-            if m.as_slice() == source {
-                continue;
-            }
-            if all || may(&m, Access::Delete) {
-                members.push(m);
-            } else {
-                stats::bump(&stats::RULE_KEYS_DENIED);
-            }
-        }
-        let plan =
-            engine::with(|s| plan::purge(&s.index, db, &p, &tags, &members, TagSets::Remove))
-                .unwrap_or_default();
-        // The index keys may have been replaced by another type since:
-        // then the rule has nothing to purge there.
-        if check(ctx, None, &plan).is_err() {
-            continue;
-        }
-        let replies = apply(ctx, &plan, Cause::Rule)?;
-        deleted += deleted_count(&plan, &replies);
-        purged_tags.extend(tags);
     }
-    stats::bump(&stats::RULE_FIRINGS);
-    purged(
-        ctx,
-        &Event {
-            op: Op::Link,
-            tags: &purged_tags,
-            scopes: &[],
-            keys: deleted,
-            source: Some(source),
-        },
-    );
+    for (owner, tags) in by_owner {
+        let req = Request {
+            db,
+            tags,
+            user: owner,
+            rule_source: Some(source.to_vec()),
+            reply_to: ReplyTo::Nobody,
+            publish: true,
+        };
+        super::cluster::purge_elsewhere(ctx, &req);
+        let caller = req.user.as_deref().map(Caller::named);
+        let event = req.clone();
+        if let super::purge::Here::Done { deleted, .. } =
+            super::purge::here(ctx, req, caller.as_ref(), super::purge::Wait::Detached)?
+        {
+            super::purge::published(ctx, &event, deleted);
+        }
+    }
     Ok(())
 }
 

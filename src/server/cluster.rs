@@ -7,15 +7,14 @@
 //! server did not start with a command.
 
 use super::apply;
-use super::apply::Cause;
 use super::blocked;
 use super::config;
 use super::events::{Event, Op};
 use super::keys::{self, Caller};
-use super::purge::{self, Here};
-use crate::engine::cluster::{decode, encode, kind, Gather, Gathered};
+use super::purge::{self, Here, Wait};
+use crate::engine::cluster::{decode, encode, kind, Gather, Gathered, How, PurgeAsk};
 use crate::engine::error::Error;
-use crate::engine::purge::ReplyTo;
+use crate::engine::purge::{ReplyTo, Request};
 use crate::engine::{self, Wake};
 use redis_module::{raw, Context, RedisResult, RedisValue};
 use std::cell::{Cell, RefCell};
@@ -71,8 +70,8 @@ pub fn migrating(ctx: &Context) -> bool {
 fn silence(reply_to: &ReplyTo) {
     super::update(|s| {
         for j in &mut s.purges.jobs {
-            if j.reply_to == *reply_to {
-                j.reply_to = ReplyTo::Nobody;
+            if j.req.reply_to == *reply_to {
+                j.req.reply_to = ReplyTo::Nobody;
             }
         }
     });
@@ -194,28 +193,29 @@ fn handle(ctx: &Context, m: Inbound) {
                     }),
                 }
             }
-            let (user, how, tags) = match f.as_slice() {
-                [_, user, how, tags @ ..] => (user, how.as_slice(), tags.to_vec()),
-                _ => return,
+            let Some(ask) = PurgeAsk::from_fields(f) else {
+                return;
             };
-            let is_async = how == b"1";
-            // A rule's purge: its deletions fire no further rules.
-            let cause = if how == b"r" {
-                Cause::Rule
-            } else {
-                Cause::Command
+            let is_async = ask.how == How::Async;
+            let caller = ask.user.as_deref().map(Caller::named);
+            // A rule's purge: nobody awaits its count, and its deletions
+            // fire no further rules.
+            let (rule_source, reply_to) = match ask.how {
+                How::Rule(source) => (Some(source), ReplyTo::Nobody),
+                _ => (None, ReplyTo::Remote(m.from.clone(), id)),
             };
-            let caller = (!user.is_empty()).then(|| Caller::named(user));
-            let reply_to = ReplyTo::Remote(m.from.clone(), id);
-            let here = purge::here(
-                ctx,
-                &tags,
-                caller.as_ref(),
-                true,
-                reply_to.clone(),
-                false,
-                cause,
-            );
+            let req = Request {
+                db: keys::selected_db(ctx),
+                tags: ask.tags,
+                user: ask.user,
+                rule_source,
+                reply_to: reply_to.clone(),
+                publish: false,
+            };
+            let here = purge::here(ctx, req, caller.as_ref(), Wait::Detached);
+            if reply_to == ReplyTo::Nobody {
+                return;
+            }
             match here {
                 Ok(Here::Done { deleted, carried }) => {
                     let n = if is_async { carried } else { deleted };
@@ -536,15 +536,16 @@ fn user_field(caller: Option<&Caller>) -> Vec<u8> {
 /// `TAG.PURGE` in a cluster: this master's keys and every other master's.
 pub fn purge(
     ctx: &Context,
-    tags: Vec<Vec<u8>>,
+    req: Request,
     caller: Option<&Caller>,
     can_wait: bool,
     is_async: bool,
 ) -> RedisResult {
     let others = other_masters(ctx);
     if others.is_empty() {
-        return purge::alone(ctx, &tags, caller, can_wait, is_async);
+        return purge::alone(ctx, req, caller, can_wait, is_async);
     }
+    let tags = req.tags.clone();
     if !can_wait {
         return Err(Error::Invalid(
             "a purge of a cluster waits for the other masters: not inside MULTI or a script".into(),
@@ -570,15 +571,13 @@ pub fn purge(
     // This master's part first: a call it refuses (NOPERM, WRONGTYPE)
     // is sent nowhere else.
     let reply_to = ReplyTo::Gather(id);
-    let local = match purge::here(
-        ctx,
-        &tags,
-        caller,
-        true,
-        reply_to.clone(),
-        false,
-        Cause::Command,
-    ) {
+    let user = req.user.clone();
+    let local_req = Request {
+        reply_to: reply_to.clone(),
+        publish: false,
+        ..req
+    };
+    let local = match purge::here(ctx, local_req, caller, Wait::Detached) {
         Ok(Here::Done { deleted, carried }) => Some(if is_async { carried } else { deleted }),
         Ok(Here::Sliced { carried }) if is_async => {
             silence(&reply_to);
@@ -595,16 +594,13 @@ pub fn purge(
             return Ok(RedisValue::NoReply);
         }
     };
-    let mut fields = vec![
-        id.to_string().into_bytes(),
-        user_field(caller),
-        if is_async {
-            b"1".to_vec()
-        } else {
-            b"0".to_vec()
-        },
-    ];
-    fields.extend(tags.iter().cloned());
+    let fields = PurgeAsk {
+        id,
+        user,
+        how: if is_async { How::Async } else { How::Wait },
+        tags,
+    }
+    .to_fields();
     ask(ctx, id, &others, kind::PURGE, &fields);
     arm_timeout(ctx, id);
     if let Some(n) = local {
@@ -695,10 +691,16 @@ pub fn share_rule(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) {
 
 /// A rule fired here: the other masters purge the tag too, with the rule
 /// owner's permissions. Nobody waits for their counts (gather 0 is none).
-pub fn purge_elsewhere(ctx: &Context, tag: &[u8], owner: Option<&[u8]>) {
-    if !config::slotted() {
+pub fn purge_elsewhere(ctx: &Context, req: &Request) {
+    let Some(source) = req.rule_source.clone().filter(|_| config::slotted()) else {
         return;
+    };
+    let fields = PurgeAsk {
+        id: 0,
+        user: req.user.clone(),
+        how: How::Rule(source),
+        tags: req.tags.clone(),
     }
-    let fields: [&[u8]; 4] = [b"0", owner.unwrap_or_default(), b"r", tag];
+    .to_fields();
     ask_all(ctx, kind::PURGE, &fields);
 }

@@ -177,8 +177,12 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         && !rules::is_links_key(key)
         && !matches!(event, b"rename_from" | b"rename_to")
     {
-        let quiet =
-            engine::with(|s| !s.index.is_tagged(db, key) && !s.has_rules(db) && !s.watching());
+        let quiet = engine::with(|s| {
+            !s.index.is_tagged(db, key)
+                && !s.has_rules(db)
+                && !s.watching()
+                && s.purges.jobs.is_empty()
+        });
         if quiet.unwrap_or(true) {
             return;
         }
@@ -246,15 +250,21 @@ fn key_changed(
     // A key a client put in a tag set before it existed: its first write
     // creates it, replacing nothing.
     let created = replaces(event) && !s.ghosts.is_empty() && s.ghosts.remove(&(db, key.to_vec()));
-    // Before the index forgets the key: a sliced purge spares it.
-    if is_change(event) && !s.purges.jobs.is_empty() {
-        s.purges.touched(&s.index, db, key);
+    // A sliced purge spares a key written or deleted meanwhile, and
+    // follows a renamed one.
+    if is_change(event) && !matches!(event, b"rename_from" | b"rename_to") {
+        s.purges.touched(db, key);
     }
     if event == b"rename_from" {
         s.renaming = Some(key.to_vec());
         wakes.extend(s.key_deleted(db, key));
     } else if event == b"rename_to" {
-        match s.renaming.take() {
+        let from = s.renaming.take();
+        match &from {
+            Some(from) => s.purges.renamed(db, from, key),
+            None => s.purges.touched(db, key),
+        }
+        match from {
             Some(from) if master => s.rename_key(db, &from, key, in_exec),
             _ if master => s.untag_key(db, key, in_exec),
             _ => {}

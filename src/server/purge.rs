@@ -1,11 +1,16 @@
-//! Sliced purges: a purge of more keys than `purge-atomic-max` runs in
-//! slices of about `purge-slice-us` each, one per turn of the event loop,
-//! so that every other client is served in between (Redis's own model for
-//! bounded background work is its active expiry cycle). First every key is
-//! checked against the caller's ACL (a key it may not delete fails the
-//! purge before anything is deleted); then each slice is an ordinary plan
-//! whose deletions and set updates are replicated as they are made, and
-//! whatever a restart interrupts is still tagged.
+//! The one way a purge runs, whoever asks (a command, a rule firing,
+//! another master): `here` takes a `Request`, decides atomic or sliced,
+//! checks, and runs it.
+//!
+//! Up to `purge-atomic-max` keys (and wherever nobody can wait) a purge is
+//! one atomic step. Above it, it runs in slices of about `purge-slice-us`
+//! each, one per turn of the event loop, so that every other client is
+//! served in between (Redis's own model for bounded background work is its
+//! active expiry cycle). A command's purge first checks every key against
+//! the caller's ACL (a key it may not delete fails the purge before
+//! anything is deleted); a rule's leaves such keys in place. Each slice is
+//! an ordinary plan whose deletions and set updates are replicated as they
+//! are made, so whatever a restart interrupts is still tagged.
 
 use super::apply::{self, Cause};
 use super::blocked;
@@ -14,11 +19,11 @@ use super::config;
 use super::events::{Event, Op};
 use super::keys::{self, Caller};
 use crate::engine::cluster::Gathered;
-use crate::engine::error::Error;
+use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Kind, Plan, TagSets};
-use crate::engine::purge::{Phase, ReplyTo};
-use crate::engine::{self, stats, Client, Wake};
-use redis_module::{Context, RedisResult, RedisValue};
+use crate::engine::purge::{Job, Phase, ReplyTo, Request};
+use crate::engine::{self, stats, Wake};
+use redis_module::Context;
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
@@ -33,154 +38,207 @@ thread_local! {
 pub enum Here {
     /// Done at once: keys deleted, and keys that carried the tags.
     Done { deleted: i64, carried: i64 },
-    /// Going on in slices; its end goes where it was told.
+    /// Going on in slices; its end goes where the request says.
     Sliced { carried: i64 },
 }
 
-/// Purges `tags` on this node with `caller`'s permissions: in one atomic
-/// step up to `purge-atomic-max` keys, or where `may_slice` is false; else
-/// in slices, whose count goes to `reply_to` (and to the calling client,
-/// blocked until then, with `block`). Publishes no event: whoever asked
-/// does.
-pub fn here(
-    ctx: &Context,
-    tags: &[Vec<u8>],
-    caller: Option<&Caller>,
-    may_slice: bool,
-    reply_to: ReplyTo,
-    block: bool,
-    cause: Cause,
-) -> Result<Here, Error> {
-    let p = config::layout();
-    let db = keys::selected_db(ctx);
+/// How the caller of a purge may wait for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Nobody can wait (`MULTI`, a script): one atomic step, whatever its
+    /// size.
+    Never,
+    /// The calling client is blocked until a sliced purge ends.
+    Blocked,
+    /// Nobody waits here: a sliced purge's end goes to `reply_to` only.
+    Detached,
+}
+
+/// Runs the purge `req` on this node with `caller`'s permissions (the
+/// user `req.user` names, as the call found it). Publishes no event for an
+/// atomic purge: whoever asked does (`published`); a sliced one publishes
+/// its own when it ends, if `req.publish`.
+pub fn here(ctx: &Context, req: Request, caller: Option<&Caller>, wait: Wait) -> Result<Here> {
+    let db = req.db;
+    keys::select_db(ctx, db);
     let max = config::purge_atomic_max();
-    // Past the bound, the keys are listed once: to count them exactly,
-    // and as the sliced purge's own list (a million keys take milliseconds
-    // to list, which every other client waits for).
     let over = |n: usize| max == 0 || i64::try_from(n).unwrap_or(i64::MAX) > max;
-    let bound = engine::with(|s| s.index.member_count_bound(db, tags)).unwrap_or(0);
-    let list = || engine::with(|s| (s.index.member_ids(db, tags), s.index.changes()));
-    let (mut order, listed) = match may_slice && over(bound) {
-        true => list().unwrap_or_default(),
-        false => Default::default(),
-    };
-    if may_slice && over(order.len()) {
-        let mut sets = Plan {
-            local: true,
-            ..Plan::default()
-        };
-        // A cluster's tag has a set per slot of its keys.
-        let members = match p.slotted {
-            true => engine::with(|s| plan::purge_members(&s.index, db, tags)).unwrap_or_default(),
-            false => Vec::new(),
-        };
-        let names = engine::with(|s| plan::index_sets(&s.index, db, &p, tags, &members))
-            .unwrap_or_default();
-        for set in names {
-            sets.check(set, Access::Delete, Kind::Set);
-        }
-        apply::check(ctx, caller, &sets)?;
-        let waiter = if block {
-            blocked::block_for_purge(ctx)
-        } else {
-            None
-        };
-        if waiter.is_some() || !block {
-            // The checks read the tag sets, and a set that expired on the
-            // way took its members' tags with it: list them again then.
-            if engine::with(|s| s.index.changes()).ok() != Some(listed) {
-                order = list().map(|(ids, _)| ids).unwrap_or_default();
-            }
-            let user = caller.and_then(Caller::name);
-            let carried = start(ctx, tags.to_vec(), user, reply_to, waiter, order, cause);
-            return Ok(Here::Sliced { carried });
+    // The sum of the tags' sizes bounds the count without listing them.
+    let bound = engine::with(|s| s.index.member_count_bound(db, &req.tags))?;
+    if wait != Wait::Never && over(bound) {
+        let (selected, listed) = select(db, &req.tags)?;
+        if over(selected.len()) {
+            return sliced(ctx, req, caller, wait, selected, listed);
         }
     }
-    // As `planned`, for a plan that borrows the members it found: the plan
-    // that passed its check is the one applied.
-    for _ in 0..3 {
-        let (members, before) =
-            engine::with(|s| (plan::purge_members(&s.index, db, tags), s.index.changes()))
-                .unwrap_or_default();
-        let plan = engine::with(|s| plan::purge(&s.index, db, &p, tags, &members, TagSets::Delete))
-            .unwrap_or_default();
-        apply::check(ctx, caller, &plan)?;
-        if engine::with(|s| s.index.changes()).ok() != Some(before) {
+    atomic(ctx, &req, caller)
+}
+
+fn select(db: crate::engine::index::Db, tags: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, u64)> {
+    engine::with(|s| {
+        (
+            crate::engine::purge::select(&s.index, db, tags),
+            s.index.changes(),
+        )
+    })
+}
+
+/// A command's purge may delete every key selected, or fails; a rule's
+/// deletes those its owner may delete (the rest are counted) and spares
+/// its source. Returns the keys to delete, or `None` when the rule's owner
+/// may not change the tag sets at all (then every key is counted).
+fn allowed(
+    ctx: &Context,
+    req: &Request,
+    caller: Option<&Caller>,
+    keys: Vec<Vec<u8>>,
+) -> Option<Vec<Vec<u8>>> {
+    let Some(source) = &req.rule_source else {
+        return Some(keys);
+    };
+    let Some(c) = caller.filter(|c| !c.all_keys(ctx)) else {
+        return Some(keys.into_iter().filter(|k| k != source).collect());
+    };
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        if &k == source {
             continue;
         }
-        let replies = apply::apply(ctx, &plan, cause)?;
-        stats::bump(&stats::PURGES);
+        if c.check(ctx, &k, Access::Delete).is_ok() {
+            out.push(k);
+        } else {
+            stats::bump(&stats::RULE_KEYS_DENIED);
+        }
+    }
+    Some(out)
+}
+
+/// Whether a rule's owner may change the tag sets of its tags.
+fn sets_allowed(
+    ctx: &Context,
+    req: &Request,
+    caller: Option<&Caller>,
+    members: &[Vec<u8>],
+) -> bool {
+    let Some(c) = caller.filter(|c| !c.all_keys(ctx)) else {
+        return true;
+    };
+    let p = config::layout();
+    let sets = engine::with(|s| plan::index_sets(&s.index, req.db, &p, &req.tags, members))
+        .unwrap_or_default();
+    sets.iter()
+        .all(|set| c.check(ctx, set, Access::Write).is_ok())
+}
+
+fn cause(req: &Request) -> Cause {
+    if req.by_rule() {
+        Cause::Rule
+    } else {
+        Cause::Command
+    }
+}
+
+/// The purge in one step: the plan that passed its check is the one
+/// applied (if checking let a key expire, the index moved: plan again).
+fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here> {
+    let p = config::layout();
+    let db = req.db;
+    for _ in 0..3 {
+        let (found, before) = select(db, &req.tags)?;
+        let carried = i64::try_from(found.len()).unwrap_or(i64::MAX);
+        let (members, sets) = if req.by_rule() {
+            if !sets_allowed(ctx, req, caller, &found) {
+                stats::add(&stats::RULE_KEYS_DENIED, found.len() as u64);
+                return Ok(Here::Done {
+                    deleted: 0,
+                    carried,
+                });
+            }
+            (allowed(ctx, req, caller, found), TagSets::Remove)
+        } else {
+            (Some(found), TagSets::Delete)
+        };
+        let members = members.unwrap_or_default();
+        let plan = engine::with(|s| plan::purge(&s.index, db, &p, &req.tags, &members, sets))?;
+        if req.by_rule() {
+            // The index sets may have been replaced by another type since:
+            // then the rule has nothing to purge there.
+            if apply::check(ctx, None, &plan).is_err() {
+                return Ok(Here::Done {
+                    deleted: 0,
+                    carried,
+                });
+            }
+        } else {
+            apply::check(ctx, caller, &plan)?;
+        }
+        if engine::with(|s| s.index.changes())? != before {
+            continue;
+        }
+        let replies = apply::apply(ctx, &plan, cause(req))?;
+        super::update(|s| s.leases.tags_purged(&req.tags));
         return Ok(Here::Done {
             deleted: apply::deleted_count(&plan, &replies),
-            carried: i64::try_from(members.len()).unwrap_or(i64::MAX),
+            carried,
         });
     }
     Err(Error::Internal("the index kept changing".into()))
 }
 
-/// `TAG.PURGE` answered by this server alone (standalone, or the only
-/// master of a cluster): the count, or the caller blocked until a sliced
-/// purge ends; one event.
-pub fn alone(
+/// Starts the purge in slices. A command's checks of the tag sets come
+/// first (a refused call changes nothing and blocks nobody).
+fn sliced(
     ctx: &Context,
-    tags: &[Vec<u8>],
+    req: Request,
     caller: Option<&Caller>,
-    can_wait: bool,
-    is_async: bool,
-) -> RedisResult {
-    let here = here(
-        ctx,
-        tags,
-        caller,
-        can_wait,
-        ReplyTo::Caller,
-        !is_async,
-        Cause::Command,
-    )?;
-    Ok(match here {
-        Here::Sliced { carried } if is_async => RedisValue::Integer(carried),
-        Here::Sliced { .. } => RedisValue::NoReply,
-        Here::Done { deleted, carried } => {
-            apply::purged(
-                ctx,
-                &Event {
-                    op: Op::Purge,
-                    tags,
-                    scopes: &[],
-                    keys: deleted,
-                    source: None,
-                },
-            );
-            RedisValue::Integer(if is_async { carried } else { deleted })
+    wait: Wait,
+    mut selected: Vec<Vec<u8>>,
+    listed: u64,
+) -> Result<Here> {
+    let db = req.db;
+    let p = config::layout();
+    if req.by_rule() {
+        if !sets_allowed(ctx, &req, caller, &selected) {
+            stats::add(&stats::RULE_KEYS_DENIED, selected.len() as u64);
+            return Ok(Here::Done {
+                deleted: 0,
+                carried: i64::try_from(selected.len()).unwrap_or(i64::MAX),
+            });
         }
-    })
-}
-
-/// Starts a sliced purge of the keys `order` that carry `tags` now, with
-/// `user`'s permissions, for `cause`. Returns how many keys carried the
-/// tags.
-fn start(
-    ctx: &Context,
-    tags: Vec<Vec<u8>>,
-    user: Option<Vec<u8>>,
-    reply_to: ReplyTo,
-    waiter: Option<Client>,
-    order: Vec<u32>,
-    cause: Cause,
-) -> i64 {
-    let db = keys::selected_db(ctx);
+    } else {
+        let names = engine::with(|s| plan::index_sets(&s.index, db, &p, &req.tags, &selected))?;
+        let mut sets = Plan {
+            local: true,
+            ..Plan::default()
+        };
+        for set in names {
+            sets.check(set, Access::Delete, Kind::Set);
+        }
+        apply::check(ctx, caller, &sets)?;
+    }
+    let waiter = match wait {
+        Wait::Blocked => Some(
+            blocked::block_for_purge(ctx)
+                .ok_or_else(|| Error::Internal("cannot block the caller".into()))?,
+        ),
+        _ => None,
+    };
+    // The checks read the tag sets, and a set that expired on the way took
+    // its members' tags with it: list them again then.
+    if engine::with(|s| s.index.changes())? != listed {
+        selected = select(db, &req.tags)?.0;
+    }
     let n = engine::with(|s| {
-        let (id, n) = s.purges.start(&mut s.index, db, tags, user, order);
+        let (id, n) = s.purges.start(req, &selected);
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
-            job.reply_to = reply_to;
-            job.by_rule = cause == Cause::Rule;
         }
         n
-    })
-    .unwrap_or(0);
+    })?;
     later(ctx);
-    i64::try_from(n).unwrap_or(i64::MAX)
+    Ok(Here::Sliced {
+        carried: i64::try_from(n).unwrap_or(i64::MAX),
+    })
 }
 
 fn later(ctx: &Context) {
@@ -230,11 +288,11 @@ fn slice(ctx: &Context) {
             }
         }
     }
-    keys::select_db(ctx, home);
     for (id, e) in failed {
         fail(ctx, id, e);
     }
     finish(ctx);
+    keys::select_db(ctx, home);
     if engine::with(|s| !s.purges.jobs.is_empty()).unwrap_or(false) {
         later(ctx);
     }
@@ -242,62 +300,40 @@ fn slice(ctx: &Context) {
 
 /// One batch of one purge: checks or deletes. `Ok(false)` when this purge
 /// has nothing more to do now.
-fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
-    let Some((db, phase, user, by_rule)) = engine::with(|s| {
+fn step(ctx: &Context, id: u64) -> Result<bool> {
+    let Some((req, phase)) = engine::with(|s| {
         s.purges
             .get(id)
             .filter(|j| !j.done())
-            .map(|j| (j.db, j.phase, j.user.clone(), j.by_rule))
-    })
-    .ok()
-    .flatten() else {
+            .map(|j| (j.req.clone(), j.phase))
+    })?
+    else {
         return Ok(false);
     };
-    keys::select_db(ctx, db);
+    keys::select_db(ctx, req.db);
+    let caller = req.user.as_deref().map(Caller::named);
     if phase == Phase::Checking {
-        let names = engine::with(|s| {
-            let ix = &s.index;
-            s.purges.get(id).map(|j| j.next_to_check(ix, BATCH))
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-        if let Some(name) = user {
-            let caller = Caller::named(&name);
-            if caller.all_keys(ctx) {
-                return Ok(true);
-            }
+        let names =
+            engine::with(|s| s.purges.get(id).map(|j| j.next_to_check(BATCH)))?.unwrap_or_default();
+        if let Some(c) = caller.as_ref().filter(|c| !c.all_keys(ctx)) {
             for k in &names {
-                caller.check(ctx, k, Access::Delete)?;
+                c.check(ctx, k, Access::Delete)?;
             }
         }
         return Ok(true);
     }
-    let Some((tags, batch)) = engine::with(|s| {
-        let ix = &s.index;
-        s.purges
-            .get(id)
-            .map(|j| (j.tags.clone(), j.batch(ix, BATCH)))
-    })
-    .ok()
-    .flatten() else {
-        return Ok(false);
-    };
+    let batch = engine::with(|s| s.purges.get(id).map(|j| j.batch(BATCH)))?.unwrap_or_default();
     if batch.is_empty() {
         return Ok(false);
     }
+    let members = allowed(ctx, &req, caller.as_ref(), batch).unwrap_or_default();
+    // Every slice takes its keys out of their sets (those it untags on the
+    // way included), so the sets are exact at every turn: a client that
+    // rewrites one in the middle reads no deleted key back into the index.
     let p = config::layout();
-    // In a cluster the keys' sets are many (one per slot), so each slice
-    // takes its keys out of them rather than rewriting them at the end.
-    let sets = if p.slotted {
-        TagSets::Remove
-    } else {
-        TagSets::Keep
-    };
     let plan =
-        engine::with(|s| plan::purge(&s.index, db, &p, &tags, &batch, sets)).unwrap_or_default();
-    let cause = if by_rule { Cause::Rule } else { Cause::Command };
-    let deleted = match apply::apply(ctx, &plan, cause) {
+        engine::with(|s| plan::purge(&s.index, req.db, &p, &req.tags, &members, TagSets::Remove))?;
+    let deleted = match apply::apply(ctx, &plan, cause(&req)) {
         Ok(replies) => apply::deleted_count(&plan, &replies),
         Err(e) => {
             super::log::warning(ctx, &format!("tagcache: purge slice failed: {e}"));
@@ -316,16 +352,15 @@ fn step(ctx: &Context, id: u64) -> Result<bool, Error> {
 fn fail(ctx: &Context, id: u64, e: Error) {
     // Ended at the next `finish`, which publishes nothing for it.
     let (waiter, reply_to) = engine::with(|s| {
-        s.purges
-            .get(id)
-            .map(|j| {
-                j.refuse();
-                (j.waiter.take(), j.reply_to.clone())
-            })
-            .unwrap_or((None, ReplyTo::Caller))
+        s.purges.get(id).map(|j| {
+            j.refuse();
+            (j.waiter.take(), j.req.reply_to.clone())
+        })
     })
-    .unwrap_or((None, ReplyTo::Caller));
-    if reply_to != ReplyTo::Caller && reply_to != ReplyTo::Nobody {
+    .ok()
+    .flatten()
+    .unwrap_or((None, ReplyTo::Nobody));
+    if matches!(reply_to, ReplyTo::Gather(_) | ReplyTo::Remote(..)) {
         cluster::answer(ctx, &reply_to, Err(e.to_string()));
         return;
     }
@@ -341,50 +376,81 @@ fn fail(ctx: &Context, id: u64, e: Error) {
     }
 }
 
-/// Ends the purges with nothing left: one event each, the count to the
-/// caller that waits.
+/// Ends the purges with nothing left: leases on their tags refused, one
+/// event each (if theirs to publish), the count to whoever waits.
 fn finish(ctx: &Context) {
-    let done = engine::with(|s| s.purges.take_done(&mut s.index)).unwrap_or_default();
-    let p = config::layout();
+    let done = engine::with(|s| s.purges.take_done()).unwrap_or_default();
     for job in done.into_iter().filter(|j| !j.refused()) {
-        if job.reply_to != ReplyTo::Caller {
-            if job.reply_to != ReplyTo::Nobody {
-                cluster::answer(ctx, &job.reply_to, Ok(Gathered::Count(job.deleted)));
-            }
-            continue;
-        }
-        let home = keys::selected_db(ctx);
-        keys::select_db(ctx, job.db);
-        if !job.abandoned() && !p.slotted {
-            let plan = engine::with(|s| plan::rebuild_sets(&s.index, job.db, &p, &job.tags))
-                .unwrap_or_default();
-            if let Err(e) = apply::apply(ctx, &plan, Cause::Rule) {
-                super::log::warning(
-                    ctx,
-                    &format!("tagcache: purge could not rewrite its sets: {e}"),
-                );
-            }
-        }
-        stats::bump(&stats::PURGES);
-        apply::purged(
-            ctx,
-            &Event {
-                op: Op::Purge,
-                tags: &job.tags,
-                scopes: &[],
-                keys: job.deleted,
-                source: None,
-            },
-        );
-        keys::select_db(ctx, home);
-        if let Some(client) = job.waiter {
-            blocked::wake(
-                ctx,
-                vec![Wake::Purged {
-                    client,
-                    deleted: job.deleted,
-                }],
-            );
-        }
+        ended(ctx, job);
     }
+}
+
+fn ended(ctx: &Context, job: Job) {
+    super::update(|s| s.leases.tags_purged(&job.req.tags));
+    if job.req.publish {
+        keys::select_db(ctx, job.db());
+        published(ctx, &job.req, job.deleted);
+    }
+    match &job.req.reply_to {
+        ReplyTo::Gather(_) | ReplyTo::Remote(..) => {
+            cluster::answer(ctx, &job.req.reply_to, Ok(Gathered::Count(job.deleted)));
+        }
+        ReplyTo::Caller | ReplyTo::Nobody => {}
+    }
+    if let Some(client) = job.waiter {
+        blocked::wake(
+            ctx,
+            vec![Wake::Purged {
+                client,
+                deleted: job.deleted,
+            }],
+        );
+    }
+}
+
+/// The one event of a purge (`purge`, or `link` for a rule's), with the
+/// keys it deleted; counted.
+pub fn published(ctx: &Context, req: &Request, deleted: i64) {
+    if req.by_rule() {
+        stats::bump(&stats::RULE_FIRINGS);
+    } else {
+        stats::bump(&stats::PURGES);
+    }
+    apply::purged(
+        ctx,
+        &Event {
+            op: if req.by_rule() { Op::Link } else { Op::Purge },
+            tags: &req.tags,
+            scopes: &[],
+            keys: deleted,
+            source: req.rule_source.as_deref(),
+        },
+    );
+}
+
+/// `TAG.PURGE` answered by this server alone (standalone, or the only
+/// master of a cluster): the count, or the caller blocked until a sliced
+/// purge ends; one event.
+pub fn alone(
+    ctx: &Context,
+    req: Request,
+    caller: Option<&Caller>,
+    can_wait: bool,
+    is_async: bool,
+) -> redis_module::RedisResult {
+    use redis_module::RedisValue;
+    let wait = match (can_wait, is_async) {
+        (false, _) => Wait::Never,
+        (true, false) => Wait::Blocked,
+        (true, true) => Wait::Detached,
+    };
+    let event = req.clone();
+    Ok(match here(ctx, req, caller, wait)? {
+        Here::Sliced { carried } if is_async => RedisValue::Integer(carried),
+        Here::Sliced { .. } => RedisValue::NoReply,
+        Here::Done { deleted, carried } => {
+            published(ctx, &event, deleted);
+            RedisValue::Integer(if is_async { carried } else { deleted })
+        }
+    })
 }
