@@ -296,7 +296,8 @@ fn pay(ctx: &Context, owed: Owed) {
 /// and are counted. The source key is spared.
 fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
     // Rules of one owner fired by one change purge together: one event.
-    let mut by_owner: Vec<(Option<Vec<u8>>, Vec<Vec<u8>>)> = Vec::new();
+    type Owner = Option<Vec<u8>>;
+    let mut by_owner: Vec<(Owner, Vec<Vec<u8>>)> = Vec::new();
     for (tag, owner) in tags {
         match by_owner.iter_mut().find(|(o, _)| *o == owner) {
             Some((_, list)) => list.push(tag),
