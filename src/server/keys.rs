@@ -394,9 +394,9 @@ impl Caller {
         self.name.as_ref().map(|n| n.as_slice().to_vec())
     }
 
-    /// Whether the user may read, write and delete every key: its ACL keys
-    /// are `~*` (other selectors only ever add to them), so its keys need
-    /// no checking one by one. `ACL GETUSER` costs as much as checking
+    /// Whether the user may run every command on every key: its root
+    /// selector is `~*` and `+@all` (other selectors only ever add to
+    /// it), so its keys need no checking one by one. `ACL GETUSER` costs as much as checking
     /// hundreds of keys, so the answer is kept until an ACL may have changed
     /// (`acl_may_have_changed`).
     pub fn all_keys(&self, ctx: &Context) -> bool {
@@ -422,13 +422,21 @@ impl Caller {
         if let Some(all) = known {
             return all;
         }
-        let all = matches!(
-            call(ctx, Mode::Local, "ACL", &[b"GETUSER", name]),
-            Ok(Reply::Array(fields)) if fields.chunks(2).any(|f| matches!(
-                f,
-                [Reply::Bytes(k), Reply::Bytes(v)] if k == b"keys" && v == b"~*"
-            ))
-        );
+        // Every key and every command in the root selector (other
+        // selectors only ever add to it).
+        let all = match call(ctx, Mode::Local, "ACL", &[b"GETUSER", name]) {
+            Ok(Reply::Array(fields)) => {
+                let field = |name: &[u8]| {
+                    fields.chunks(2).find_map(|f| match f {
+                        [Reply::Bytes(k), Reply::Bytes(v)] if k == name => Some(v.clone()),
+                        _ => None,
+                    })
+                };
+                field(b"keys").as_deref() == Some(b"~*")
+                    && field(b"commands").as_deref() == Some(b"+@all")
+            }
+            _ => false,
+        };
         ALL_KEYS.with_borrow_mut(|seen| {
             seen.retain(|(e, _, _)| *e == epoch);
             if seen.len() >= 16 {
@@ -439,21 +447,30 @@ impl Caller {
         all
     }
 
+    /// Whether the user may do `access` to `key` as the server would let
+    /// it with the plain command for that access (`plain_command`): asked
+    /// as for a real call, so that a selector whose keys match but whose
+    /// commands do not allow it does not count.
     pub fn check(&self, ctx: &Context, key: &[u8], access: Access) -> Result<()> {
         let denied = || Error::NoPerm(key.to_vec());
         let Some(user) = self.user() else {
             return Err(denied());
         };
-        let flags = match access {
-            Access::Read => raw::REDISMODULE_CMD_KEY_ACCESS,
-            Access::Write => raw::REDISMODULE_CMD_KEY_UPDATE | raw::REDISMODULE_CMD_KEY_INSERT,
-            Access::Delete => raw::REDISMODULE_CMD_KEY_DELETE,
-        };
-        let name = RedisString::create_from_slice(ctx.ctx, key);
-        // SAFETY: `user` is live while self is; `name` is live for the call.
+        let (cmd, extra) = plain_command(access);
+        let mut argv: smallvec::SmallVec<[RedisString; 3]> = smallvec::SmallVec::new();
+        argv.push(RedisString::create_from_slice(ctx.ctx, cmd));
+        argv.push(RedisString::create_from_slice(ctx.ctx, key));
+        for a in extra {
+            argv.push(RedisString::create_from_slice(ctx.ctx, a));
+        }
+        let mut raw_argv: smallvec::SmallVec<[*mut raw::RedisModuleString; 3]> =
+            argv.iter().map(|s| s.inner).collect();
+        let argc = i32::try_from(raw_argv.len()).unwrap_or(0);
+        // SAFETY: `user` is live while self is; the strings in `argv` are
+        // live for the call, which only reads them.
         let ok = unsafe {
-            raw::RedisModule_ACLCheckKeyPermissions.map_or(raw::REDISMODULE_OK as i32, |f| {
-                f(user.as_ptr(), name.inner, flags as i32)
+            raw::RedisModule_ACLCheckCommandPermissions.map_or(raw::REDISMODULE_ERR as i32, |f| {
+                f(user.as_ptr(), raw_argv.as_mut_ptr(), argc)
             })
         };
         if ok == raw::REDISMODULE_OK as i32 {
@@ -461,6 +478,20 @@ impl Caller {
         } else {
             Err(denied())
         }
+    }
+}
+
+/// The plain command a key access on a user's behalf stands for, with
+/// the arguments after the key: deleting a key is `DEL` (SPEC: a key is
+/// deleted only if the user could `DEL` it); reading one is what
+/// `TAG.TAGS` (read-only key) needs, writing one what `TAG.ADD` (read-write
+/// key) needs, so that a user given the module's commands (`+@tagcache`)
+/// uses them on the keys its selector names.
+pub fn plain_command(access: Access) -> (&'static [u8], &'static [&'static [u8]]) {
+    match access {
+        Access::Delete => (b"DEL", &[]),
+        Access::Read => (b"TAG.TAGS", &[]),
+        Access::Write => (b"TAG.ADD", &[b"t"]),
     }
 }
 
