@@ -10,7 +10,7 @@
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{Access, Kind, Plan, Write};
 use crate::engine::rules::Rule;
-use crate::engine::stats;
+use crate::engine::{self, stats};
 use crate::server::apply::{self, Cause};
 use crate::server::config;
 use crate::server::keys::{self, argv, Caller};
@@ -31,10 +31,15 @@ fn links_plan<'a>(keys: &[Vec<u8>], write: impl Fn(Vec<u8>) -> Write<'a>) -> Pla
     plan
 }
 
-fn apply_links(ctx: &Context, plan: &Plan) -> Result<i64> {
+/// Applies the write of the rule for `source` (`value`, or none: removed)
+/// and vouches for it alone: whatever else the hash holds is trusted only
+/// as far as it was before.
+fn apply_links(ctx: &Context, plan: &Plan, source: &[u8], value: Option<Vec<u8>>) -> Result<i64> {
     apply::check(ctx, Caller::of(ctx).as_ref(), plan)?;
     let replies = apply::apply(ctx, plan, Cause::Command)?;
-    rebuild::reload_rules(ctx, keys::selected_db(ctx), true);
+    let db = keys::selected_db(ctx);
+    engine::with(|s| s.vouch(db, source, value))?;
+    rebuild::reload_rules(ctx, db, false);
     Ok(replies.iter().sum::<i64>().min(1))
 }
 
@@ -64,7 +69,7 @@ pub fn tag_link(ctx: &Context, args: &[RedisString]) -> RedisResult {
         field: (*source).into(),
         value: value.clone().into(),
     });
-    apply_links(ctx, &plan)?;
+    apply_links(ctx, &plan, source, Some(value))?;
     let owner = owner.unwrap_or_default();
     cluster::share_rule(ctx, source, Some((tag_prefix, &owner)));
     Ok(RedisValue::SimpleStringStatic("OK"))
@@ -80,7 +85,7 @@ pub fn tag_unlink(ctx: &Context, args: &[RedisString]) -> RedisResult {
         key: key.into(),
         field: (*source).into(),
     });
-    let removed = apply_links(ctx, &plan)?;
+    let removed = apply_links(ctx, &plan, source, None)?;
     cluster::share_rule(ctx, source, None);
     Ok(RedisValue::Integer(removed))
 }

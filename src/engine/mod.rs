@@ -110,6 +110,10 @@ pub enum Owed {
     /// In a cluster, the hash holding this master's rules moved to another
     /// master with its slot: the rules are written again in a slot it keeps.
     Rehome { db: Db },
+    /// Something other than the module wrote rules into the hash of `db`,
+    /// and they were written again, in place, as owned by nobody: replicas
+    /// and the AOF are owed that rewrite (after the client's write).
+    Disown { db: Db },
 }
 
 /// Everything that lives across commands. Owned by the main thread (Redis
@@ -278,9 +282,9 @@ impl State {
     }
 
     /// The rules of `db` are now `pairs` (source prefix, stored value).
-    /// `vouch`: the module wrote them, or loaded them with the dataset;
-    /// otherwise a client changed the hash, and a rule that differs from
-    /// what the module last vouched for acts for nobody.
+    /// `vouch`: the module loaded them with the dataset (or a replica took
+    /// them from its master); otherwise a rule that differs from what the
+    /// module last wrote or loaded acts for nobody.
     pub fn set_rules(&mut self, db: Db, pairs: Vec<(Vec<u8>, Vec<u8>)>, vouch: bool) {
         let known = self.vouched.entry(db).or_default();
         if vouch {
@@ -302,6 +306,23 @@ impl State {
         if self.vouched.get(&db).is_some_and(HashMap::is_empty) {
             self.vouched.remove(&db);
         }
+    }
+
+    /// The module itself wrote (`Some`) or removed the rule for `source`.
+    pub fn vouch(&mut self, db: Db, source: &[u8], value: Option<Vec<u8>>) {
+        let known = self.vouched.entry(db).or_default();
+        match value {
+            Some(v) => drop(known.insert(source.to_vec(), v)),
+            None => drop(known.remove(source)),
+        }
+    }
+
+    /// Whether the module vouches for `value` as the rule for `source`.
+    pub fn vouched_for(&self, db: Db, source: &[u8], value: &[u8]) -> bool {
+        self.vouched
+            .get(&db)
+            .and_then(|k| k.get(source))
+            .is_some_and(|v| v.as_slice() == value)
     }
 
     /// Rules fired by a change of `key`, queued to run as owed writes.
@@ -374,7 +395,10 @@ impl State {
         match owed {
             Owed::Untag { db, tag, key, .. } => !self.index.has(*db, key, tag),
             Owed::Retag { db, tag, key } => self.index.has(*db, key, tag),
-            Owed::Orphans { .. } | Owed::Fire { .. } | Owed::Rehome { .. } => true,
+            Owed::Orphans { .. }
+            | Owed::Fire { .. }
+            | Owed::Rehome { .. }
+            | Owed::Disown { .. } => true,
         }
     }
 
@@ -421,7 +445,8 @@ impl State {
                 | Owed::Retag { db, .. }
                 | Owed::Orphans { db, .. }
                 | Owed::Fire { db, .. }
-                | Owed::Rehome { db } => db,
+                | Owed::Rehome { db }
+                | Owed::Disown { db } => db,
             };
             if *d == a {
                 *d = b;
@@ -438,7 +463,8 @@ fn owed_db(o: &Owed) -> Db {
         | Owed::Retag { db, .. }
         | Owed::Orphans { db, .. }
         | Owed::Fire { db, .. }
-        | Owed::Rehome { db } => *db,
+        | Owed::Rehome { db }
+        | Owed::Disown { db } => *db,
     }
 }
 
@@ -546,6 +572,7 @@ mod tests {
             fired(&s, b"b:1"),
             vec![(b"u:1".to_vec(), Some(rules::Rule::NOBODY.to_vec()))]
         );
+
         s.set_rules(0, vec![], false);
         assert!(s.rules.is_empty());
     }

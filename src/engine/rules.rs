@@ -23,9 +23,11 @@ pub struct Rule {
 /// user names cannot hold a NUL; a value without one is a rule with no
 /// owner.)
 impl Rule {
-    /// The owner of a rule nobody vouches for: no user has this name (ACL
-    /// user names cannot hold a NUL), so its purges may delete nothing.
-    pub const NOBODY: &'static [u8] = b"\0nobody";
+    /// The owner of a rule nobody vouches for (one a client wrote into the
+    /// hash): no user has this name (ACL user names cannot hold a space),
+    /// so its purges may delete nothing. Stored as written, so that a
+    /// reload, a replica or a failover read the same.
+    pub const NOBODY: &'static [u8] = b"(no owner)";
 
     pub fn encode(&self) -> Vec<u8> {
         match &self.owner {

@@ -241,7 +241,8 @@ fn pay(ctx: &Context, owed: Owed) {
     let p = config::layout();
     let db = match &owed {
         Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
-        Owed::Orphans { db, .. } | Owed::Fire { db, .. } | Owed::Rehome { db } => *db,
+        Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
+        Owed::Rehome { db } | Owed::Disown { db } => *db,
     };
     keys::select_db(ctx, db);
     let done = match owed {
@@ -284,6 +285,7 @@ fn pay(ctx: &Context, owed: Owed) {
         }
         Owed::Fire { db, source, tags } => fire(ctx, db, &source, tags),
         Owed::Rehome { db } => super::rules::rehome(ctx, db),
+        Owed::Disown { db } => super::rules::disown(ctx, db),
     };
     if let Err(e) = done {
         super::log::warning(ctx, &format!("tagcache: index upkeep failed: {e}"));

@@ -809,3 +809,44 @@ pub fn reply_ok(ctx: &Context) -> redis_module::RedisResult {
 pub fn acl_may_have_changed() {
     ACL_EPOCH.with(|e| e.set(e.get().wrapping_add(1)));
 }
+
+/// Sets one field of a hash through the key API, from wherever the module
+/// runs (a keyspace notification included): neither replicated nor
+/// notified. The caller replicates the change itself.
+pub fn hash_set_here(ctx: &Context, key: &[u8], field: &[u8], value: &[u8]) -> Result<()> {
+    let missing = || Error::Internal("key API unavailable".into());
+    // SAFETY: reading function pointers of the module API.
+    let (open, close, set) = unsafe {
+        (
+            raw::RedisModule_OpenKey.ok_or_else(missing)?,
+            raw::RedisModule_CloseKey.ok_or_else(missing)?,
+            raw::RedisModule_HashSet.ok_or_else(missing)?,
+        )
+    };
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let f = RedisString::create_from_slice(ctx.ctx, field);
+    let v = RedisString::create_from_slice(ctx.ctx, value);
+    let mode = (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32;
+    // SAFETY: the key is opened, written and closed here with the running
+    // context; the strings outlive the calls; the field list ends with NULL
+    // as RM_HashSet requires.
+    let written = unsafe {
+        let kp = open(ctx.ctx, name.inner, mode);
+        if kp.is_null() {
+            return Err(Error::Internal("cannot open key".into()));
+        }
+        let n = set(
+            kp,
+            raw::REDISMODULE_HASH_NONE as i32,
+            f.inner,
+            v.inner,
+            std::ptr::null_mut::<raw::RedisModuleString>(),
+        );
+        close(kp);
+        n
+    };
+    if written < 0 {
+        return Err(Error::Internal("hash write failed".into()));
+    }
+    Ok(())
+}

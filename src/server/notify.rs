@@ -198,10 +198,15 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         // them, and writes them again in a slot it keeps.
         super::update(|s| s.owed.push_back(engine::Owed::Rehome { db }));
     } else if rules::is_links_key(key) && is_change(event) {
-        // A client's plain write: its rules act for nobody (a replica takes
-        // its master's word, and a migration brings another master's).
-        let vouch = flags.intersects(ContextFlags::SLAVE) || moving;
-        rebuild::reload_rules(ctx, db, vouch);
+        // A client's plain write, or a copy arriving with a slot (a
+        // client's RESTORE-ASKING looks the same): a rule the module does
+        // not vouch for acts for nobody, and is written again as such. A
+        // replica takes its master's word.
+        if flags.intersects(ContextFlags::SLAVE) {
+            rebuild::reload_rules(ctx, db, true);
+        } else {
+            rules::disown_now(ctx, db);
+        }
     }
     if let Some((tag, scope)) = index {
         tag_set_changed(ctx, db, &p, (tag, scope), key, event);

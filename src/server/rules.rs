@@ -87,7 +87,56 @@ pub fn rehome(ctx: &Context, db: crate::engine::index::Db) -> Result<()> {
     }
     apply::check(ctx, None, &plan)?;
     apply::apply(ctx, &plan, Cause::Rule)?;
-    rebuild::reload_rules(ctx, db, true);
+    rebuild::reload_rules(ctx, db, false);
+    Ok(())
+}
+
+/// A client wrote rules of the selected database `db` (any command, a
+/// `RESTORE`, a copy arriving with a slot): each rule the module does not
+/// vouch for is written again, at once and in place, as owned by nobody,
+/// so that what persists says who wrote it (a save in the same pipeline,
+/// a reload, a restart, a replica or a failover read the same). The
+/// rewrite reaches replicas and the AOF after the client's own write
+/// (`Owed::Disown`).
+pub fn disown_now(ctx: &Context, db: crate::engine::index::Db) {
+    let mut changed = false;
+    for key in links_keys(ctx) {
+        for (source, value) in read_hash(ctx, &key) {
+            let rule = Rule::decode(&value);
+            let vouched =
+                crate::engine::with(|s| s.vouched_for(db, &source, &value)).unwrap_or(false);
+            if vouched || rule.owner.as_deref() == Some(Rule::NOBODY) {
+                continue;
+            }
+            let value = Rule {
+                owner: Some(Rule::NOBODY.to_vec()),
+                ..rule
+            }
+            .encode();
+            match keys::hash_set_here(ctx, &key, &source, &value) {
+                Ok(()) => changed = true,
+                Err(e) => super::log::warning(ctx, &format!("tagcache: cannot disown a rule: {e}")),
+            }
+        }
+    }
+    if changed {
+        super::update(|s| s.owed.push_back(crate::engine::Owed::Disown { db }));
+        super::notify::settle_later(ctx);
+    }
+    rebuild::reload_rules(ctx, db, false);
+}
+
+/// Sends replicas and the AOF the rules of `db` owned by nobody, as they
+/// now are in the hash (after the client writes that put them there).
+pub fn disown(ctx: &Context, db: crate::engine::index::Db) -> Result<()> {
+    keys::select_db(ctx, db);
+    for key in links_keys(ctx) {
+        for (source, value) in read_hash(ctx, &key) {
+            if Rule::decode(&value).owner.as_deref() == Some(Rule::NOBODY) {
+                keys::replicate(ctx, c"HSET", &[&key, &source, &value]);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -136,7 +185,16 @@ pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) ->
     }
     apply::check(ctx, None, &plan)?;
     let replies = apply::apply(ctx, &plan, Cause::Command)?;
-    rebuild::reload_rules(ctx, keys::selected_db(ctx), true);
+    let db = keys::selected_db(ctx);
+    let written = rule.map(|(tag_prefix, owner)| {
+        Rule {
+            tag_prefix: tag_prefix.to_vec(),
+            owner: (!owner.is_empty()).then(|| owner.to_vec()),
+        }
+        .encode()
+    });
+    crate::engine::with(|s| s.vouch(db, source, written))?;
+    rebuild::reload_rules(ctx, db, false);
     Ok(match rule {
         Some(_) => 0,
         None => replies.iter().sum::<i64>().min(1),
@@ -145,19 +203,25 @@ pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) ->
 
 /// The (source prefix, encoded rule) pairs of the selected database.
 pub fn read_rules(ctx: &Context) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    for key in links_keys(ctx) {
-        if keys::key_type(ctx, &key) != KeyType::Hash {
-            continue;
-        }
-        let Ok(reply) = keys::call(ctx, Mode::Local, "HGETALL", &[&key]) else {
-            continue;
-        };
-        let flat = reply.into_bytes_list();
-        out.extend(flat.chunks_exact(2).filter_map(|p| match p {
+    links_keys(ctx)
+        .iter()
+        .flat_map(|key| read_hash(ctx, key))
+        .collect()
+}
+
+/// The (field, value) pairs of one rules hash (none if it is not a hash).
+fn read_hash(ctx: &Context, key: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    if keys::key_type(ctx, key) != KeyType::Hash {
+        return Vec::new();
+    }
+    let Ok(reply) = keys::call(ctx, Mode::Local, "HGETALL", &[key]) else {
+        return Vec::new();
+    };
+    let flat = reply.into_bytes_list();
+    flat.chunks_exact(2)
+        .filter_map(|p| match p {
             [field, value] => Some((field.clone(), value.clone())),
             _ => None,
-        }));
-    }
-    out
+        })
+        .collect()
 }
