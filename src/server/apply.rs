@@ -196,6 +196,38 @@ fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Bytes])
     Ok(keys::call(ctx, mode, cmd, &args)?.int())
 }
 
+/// Pays, now, the owed removals of keys from tag sets (and re-additions of
+/// renamed ones), leaving other owed work (rule firings) for `settle`:
+/// where the server has no post-notification jobs (Redis 7.0), a plain
+/// command later in the same pipeline must not read a tag set that still
+/// names a key the index has already untagged. Called from inside a
+/// notification, so every call replicates as it is made.
+pub fn settle_untags(ctx: &Context) {
+    let Ok(due) = engine::with(|s| {
+        let mut due = Vec::new();
+        s.owed.retain(|o| match o {
+            Owed::Untag { .. } | Owed::Retag { .. } => {
+                due.push(o.clone());
+                false
+            }
+            _ => true,
+        });
+        due
+    }) else {
+        return;
+    };
+    if due.is_empty() || !keys::may_write(ctx) {
+        return;
+    }
+    let home = keys::selected_db(ctx);
+    for o in due {
+        if engine::with(|s| s.still_due(&o)).unwrap_or(false) {
+            pay(ctx, o);
+        }
+    }
+    keys::select_db(ctx, home);
+}
+
 /// Pays every owed write (a bounded number per call; the rest on the next
 /// turn). Only a master that is not loading writes: elsewhere the master's
 /// own writes arrive by replication, and nothing is owed.

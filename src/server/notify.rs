@@ -229,8 +229,22 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         engine::with(|s| key_changed(s, db, key, event, master, in_exec)).unwrap_or_default();
     apply_wakes(ctx, wakes);
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+        // Expiry and eviction run outside any command: nobody reads in
+        // between, and the server's own DELs are being queued then.
+        if !POST_JOBS.with(|p| *p.get_or_init(has_post_jobs))
+            && !matches!(event, b"expired" | b"evicted")
+        {
+            apply::settle_untags(ctx);
+        }
         settle_later(ctx);
     }
+}
+
+/// Whether the server runs post-notification jobs (Redis 7.2+, Valkey).
+fn has_post_jobs() -> bool {
+    // SAFETY: reading a function pointer of the module API.
+    let f = unsafe { raw::RedisModule_AddPostNotificationJob };
+    f.is_some()
 }
 
 /// The key as a cached value: its tags, its lease, the rules it fires.
@@ -374,6 +388,7 @@ fn apply_wakes(ctx: &Context, wakes: Vec<Wake>) {
 
 thread_local! {
     static TIMER_ARMED: Cell<bool> = const { Cell::new(false) };
+    static POST_JOBS: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
     /// The command running moves keys between cluster nodes (`MIGRATE` on
     /// the node they leave, `RESTORE-ASKING` on the one they reach): their
     /// index sets move with them, so the keys keep their tags.
