@@ -515,3 +515,128 @@ class RawConn:
                 self.read()
             return self.read()
         raise ValueError(f"unknown RESP type {line!r}")
+
+
+# ---------------------------------------------------------------- shared test helpers
+
+WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
+
+
+def newer_than_7_0(binary: str = SERVER) -> bool:
+    """Redis from 7.2 and every Valkey (forked from 7.2.4) word some of the
+    server's own errors differently from Redis 7.0."""
+    name, ver = server_version(binary)
+    return name == "valkey" or ver >= (7, 2, 0)
+
+
+def server_noperm_key() -> str:
+    """The server's own reply to a command naming a key the user may not
+    access (its ACL check by key specs, before any command runs)."""
+    if newer_than_7_0():
+        return "NOPERM No permissions to access a key"
+    return "NOPERM this user has no permissions to access one of the keys used as arguments"
+
+
+def esc(raw: bytes) -> str:
+    """A client's bytes as an error reply must show them: printable ASCII as
+    is, anything else (and ' and \\) as \\xHH with lowercase hex digits."""
+    return "".join(
+        chr(b) if 0x20 <= b <= 0x7E and b not in (0x27, 0x5C) else f"\\x{b:02x}"
+        for b in raw
+    )
+
+
+def noperm_key(key: bytes) -> str:
+    """The module's own reply naming a key the caller may not access."""
+    return f"NOPERM this user has no permissions to access the '{esc(key)}' key"
+
+
+def refused(client: redis.Redis, *args) -> str:
+    """The exact error text a call is refused with; a call that is not
+    refused fails the test."""
+    try:
+        reply = client.execute_command(*args)
+    except redis.ResponseError as e:
+        return error_text(e)
+    raise AssertionError(f"{args!r} was not refused: it replied {reply!r}")
+
+
+def set_of(client: redis.Redis, key) -> set:
+    return set(client.smembers(key))
+
+
+def tag_info(client: redis.Redis) -> dict:
+    """TAG.INFO as a dict with str names."""
+    flat = client.execute_command("TAG.INFO")
+    return {(k.decode() if isinstance(k, bytes) else k): v
+            for k, v in zip(flat[0::2], flat[1::2])}
+
+
+def wait_tag_info(client: redis.Redis, field: str, value, timeout: float = 5.0) -> None:
+    """Waits until TAG.INFO `field` equals `value` (a counter of work the
+    module does after the command that caused it has replied)."""
+    last = {}
+
+    def reached():
+        last["v"] = tag_info(client)[field]
+        return last["v"] == value
+
+    try:
+        wait_until(reached, timeout, what=f"TAG.INFO {field} == {value!r}")
+    except AssertionError as e:
+        raise AssertionError(f"{e} (last {last.get('v')!r})") from None
+
+
+def blocked_clients(client: redis.Redis) -> int:
+    return client.info("clients")["blocked_clients"]
+
+
+def wait_blocked(client: redis.Redis, n: int, timeout: float = 3.0) -> None:
+    wait_until(lambda: blocked_clients(client) == n, timeout, what=f"{n} blocked client(s)")
+
+
+def server_time_ms(client: redis.Redis) -> int:
+    """The server's clock (TIME) in milliseconds."""
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+def wait_server_time_past(client: redis.Redis, ms: int, timeout: float = 5.0) -> None:
+    """Waits until the server's clock is past `ms` (a unix time in
+    milliseconds): a key whose expiry time is `ms` or earlier is expired for
+    every later command, and nothing was looked up (or lazily expired) to
+    find out."""
+    wait_until(lambda: server_time_ms(client) > ms, timeout,
+               interval=0.005, what=f"the server's clock past {ms}")
+
+
+def reply_within(conn: "RawConn", seconds: float):
+    """The next reply on a raw connection, or a failure if none arrives in time."""
+    try:
+        return conn.read(timeout=seconds)
+    except (socket.timeout, TimeoutError):
+        raise AssertionError(f"no reply within {seconds}s") from None
+
+
+def raw_reply(port: int, *args, auth: tuple | None = None):
+    """One command on a fresh raw connection. An error comes back as a
+    RespError holding the whole reply line as sent (invalid UTF-8 shows as
+    U+FFFD, so it never equals an escaped text)."""
+    conn = RawConn(port)
+    try:
+        if auth:
+            assert conn.command("AUTH", *auth) == b"OK"
+        conn.send(*args)
+        return conn.read(timeout=5)
+    finally:
+        conn.close()
+
+
+def assert_raw_error(port: int, expected: str, *args, auth: tuple | None = None) -> None:
+    reply = raw_reply(port, *args, auth=auth)
+    assert isinstance(reply, RespError), reply
+    assert str(reply) == expected
+
+
+def assert_alive(port: int) -> None:
+    assert ping_once(port, timeout=2.0), "the server no longer answers PING"

@@ -723,6 +723,23 @@ def exchange(conn: RawConn, cmds: list) -> list:
     return [conn.read() for _ in cmds]
 
 
+def server_ms(conn: RawConn) -> int:
+    """The server's clock (TIME) in milliseconds."""
+    (t,) = exchange(conn, [("TIME",)])
+    return int(t[0]) * 1000 + int(t[1]) // 1000
+
+
+def wait_server_clock_past(conn: RawConn, ms: int, timeout: float = 5.0) -> None:
+    """Waits (bounded) until the server's clock is past `ms`: a key whose
+    expiry time is `ms` or earlier is then expired for every later command,
+    and nothing looked it up meanwhile."""
+    deadline = time.monotonic() + timeout
+    while server_ms(conn) <= ms:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the server's clock did not pass {ms} within {timeout}s")
+        time.sleep(0.005)
+
+
 def check_commands(m: Model, db: int) -> list:
     """Read-only commands whose replies cover the whole state of a database."""
     cmds = []
@@ -824,7 +841,7 @@ def run_step(m: Model, cs: list, step, index: int) -> None:
         compare(c, exp, actual)
         if exp == 1:
             m.remove(db, c[1])
-            time.sleep(0.1 + int(c[2]) / 1000)
+            wait_server_clock_past(conn, server_ms(conn) + int(c[2]))
         (actual,) = exchange(conn, [("EXISTS", c[1])])
         compare(("EXISTS", c[1]), 1 if c[1] in m.dbs[db].kv else 0, actual)
     elif kind == "src":

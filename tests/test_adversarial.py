@@ -14,15 +14,27 @@ import time
 import pytest
 import redis
 
-from harness import (RawConn, dataset, digest, acl_client, tag_set, tags_of,
-                     wait_sync, wait_until)
+import harness
+from harness import (WRONGTYPE, RawConn, dataset, digest, acl_client, error_text, refused,
+                     server_time_ms, tag_set, tags_of, wait_server_time_past, wait_sync,
+                     wait_tag_info, wait_until)
 
 
-def settle(r) -> None:
-    """One round trip more: owed index upkeep runs before the server sleeps."""
-    r.ping()
-    time.sleep(0.05)
-    r.ping()
+def wait_index(r, expected: dict, timeout: float = 5.0) -> None:
+    """Waits until TAG.TAGS of each key and the existence of each tag set
+    are as `expected` ({key: set of tags} and {tag set: True/False}): the
+    index upkeep a command owes (removing a member from a tag set, ...) is
+    paid after its reply."""
+    def reached():
+        for name, want in expected.items():
+            if isinstance(want, bool):
+                if bool(r.exists(name)) != want:
+                    return False
+            elif tags_of(r, name) != want:
+                return False
+        return True
+
+    wait_until(reached, timeout, what=f"the index as {expected}")
 
 
 def raw_pipeline(port: int, *cmds):
@@ -55,8 +67,8 @@ def test_tag_apply_naming_its_own_key_as_a_set_changes_nothing(master_replica, n
     r, rr = master.client(), replica.client()
     r.set("other", "1")
     before = dataset(r)
-    with pytest.raises(redis.ResponseError):
-        r.execute_command("TAG.APPLY", "k", "v", "PERSIST", numadd, "k")
+    assert refused(r, "TAG.APPLY", "k", "v", "PERSIST", numadd, "k") == (
+        "ERR a key cannot carry the tag whose index it is")
     assert dataset(r) == before
     assert r.exists("k") == 0
     r.set("after", "1")
@@ -76,7 +88,7 @@ def test_sadd_before_the_first_write_of_the_key_is_honoured(server, r, transacti
     p.sadd("tag:t", "k")
     p.set("k", "v", ex=60)
     assert p.execute() == [1, True]
-    settle(r)
+    wait_index(r, {"k": {b"t"}, "tag:t": True})
     assert r.smembers("tag:t") == {b"k"}
     assert tags_of(r, "k") == {b"t"}
     assert r.execute_command("TAG.PURGE", "t") == 1
@@ -95,11 +107,11 @@ def test_set_in_exec_ends_tags_while_another_client_queues_a_transaction(server,
         assert other.read(timeout=5) == b"OK"
         tag_set(r, "a", "1", "t")
         assert r.sadd("tag:t", "a") == 0
-        settle(r)
+        wait_index(r, {"a": {b"t"}, "tag:t": True})
         p = r.pipeline(transaction=True)
         p.set("a", "2")
         assert p.execute() == [True]
-        settle(r)
+        wait_index(r, {"a": set(), "tag:t": False})
         assert tags_of(r, "a") == set()
         assert r.exists("tag:t") == 0
         assert r.execute_command("TAG.PURGE", "t") == 0
@@ -113,11 +125,11 @@ def test_set_in_exec_ends_tags_after_a_refused_nested_multi(server, r):
     assert replies[0] == b"OK" and replies[2] == b"OK"
     tag_set(r, "a", "1", "t")
     assert r.sadd("tag:t", "a") == 0
-    settle(r)
+    wait_index(r, {"a": {b"t"}, "tag:t": True})
     p = r.pipeline(transaction=True)
     p.set("a", "2")
     assert p.execute() == [True]
-    settle(r)
+    wait_index(r, {"a": set(), "tag:t": False})
     assert tags_of(r, "a") == set()
     assert r.exists("tag:t") == 0
 
@@ -128,7 +140,7 @@ def test_sadd_then_exec_overwrite_in_one_pipeline_ends_the_tag(server, r):
     replies = raw_pipeline(server.port, ("SADD", "tag:t", "a"), ("MULTI",),
                            ("SET", "a", "2"), ("EXEC",))
     assert replies == [0, b"OK", b"QUEUED", [b"OK"]]
-    settle(r)
+    wait_index(r, {"a": set(), "tag:t": False})
     assert tags_of(r, "a") == set()
     assert r.exists("tag:t") == 0
 
@@ -146,7 +158,8 @@ def test_purge_deleting_a_tagged_tag_set_leaves_no_member_behind(master_replica)
     assert r.execute_command("TAG.ADD", "tag:a", "t") == 1
     assert r.smembers("tag:t") == {b"tag:a"}
     assert r.execute_command("TAG.PURGE", "a") == 1
-    settle(r)
+    # tag:a was itself a member of tag:t: its deletion empties tag:t.
+    wait_until(lambda: r.keys("*") == [], 5, what="no key left")
     assert r.keys("*") == []
     # The tag set comes back: it carries no tag it was not given.
     tag_set(r, "y", "v", "a")
@@ -161,7 +174,8 @@ def test_tag_tags_omits_a_tag_whose_set_expired(r):
     r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
     tag_set(r, "k", "v", "t", "u")
     assert r.pexpire("tag:t", 1)
-    time.sleep(0.05)
+    # The set's expiry time is at most 1 ms past the server's clock now.
+    wait_server_time_past(r, server_time_ms(r) + 1)
     assert r.execute_command("TAG.TAGS", "k") == [b"u"]
 
 
@@ -170,12 +184,11 @@ def test_rename_a_tagged_key_onto_its_own_tag_set(r):
     tag_set(r, "a", "1", "t")
     tag_set(r, "b", "1", "t")
     r.rename("a", "tag:t")
-    settle(r)
+    wait_index(r, {"tag:t": set(), "b": set()})
     assert r.type("tag:t") == b"string"
     assert tags_of(r, "tag:t") == set()
     assert tags_of(r, "b") == set()
-    with pytest.raises(redis.ResponseError, match="^WRONGTYPE "):
-        r.execute_command("TAG.PURGE", "t")
+    assert refused(r, "TAG.PURGE", "t") == WRONGTYPE
 
 
 # ---------------------------------------------------------------- ACL
@@ -190,7 +203,8 @@ def test_rule_written_by_a_restricted_user_purges_with_its_permissions(server, r
     tag_set(r, "secret:1", "s", "x")
     app.hset("tagcache:links", "app:", value)
     app.set("app:x", "1")
-    settle(r)
+    # The rule has fired (and purged what it could).
+    wait_tag_info(r, "rule_firings", 1)
     assert r.exists("secret:1") == 1
     assert r.smembers("tag:x") == {b"secret:1"}
 
@@ -201,7 +215,8 @@ def test_rule_made_with_tag_link_by_a_restricted_user_spares_its_keys(server, r)
     tag_set(r, "secret:1", "s", "x")
     assert app.execute_command("TAG.LINK", "app:", "") == b"OK"
     app.set("app:x", "1")
-    settle(r)
+    # The rule has fired (and purged what it could).
+    wait_tag_info(r, "rule_firings", 1)
     assert r.exists("secret:1") == 1
 
 
@@ -257,6 +272,33 @@ def test_waiters_through_unblock_kill_and_debug_reload(server, r):
             c.close()
 
 
+def unload_blocked_error() -> str:
+    if harness.newer_than_7_0():
+        return ("ERR Error unloading module: the module has blocked clients."
+                " Please wait for them to be unblocked and try again")
+    return ("ERR Error unloading module: the module has blocked clients."
+            " Please wait them unblocked and try again")
+
+
+UNLOAD_TIMER = ("ERR Error unloading module: the module holds timer that is not fired."
+                " Please stop the timer or wait until it fires.")
+
+
+def unload_once_its_timers_fired(r, timeout: float = 5.0) -> None:
+    """MODULE UNLOAD, again while the server refuses it for a timer of the
+    module's that has not fired yet (the only refusal allowed)."""
+    def unloaded():
+        try:
+            reply = r.execute_command("MODULE", "UNLOAD", "tagcache")
+        except redis.ResponseError as e:
+            assert error_text(e) == UNLOAD_TIMER, error_text(e)
+            return False
+        assert reply == b"OK", reply
+        return True
+
+    wait_until(unloaded, timeout, interval=0.02, what="MODULE UNLOAD once the timers fired")
+
+
 def test_module_unload_refused_with_waiters_then_reload_rebuilds(servers):
     s = servers.start(extra_args=["--enable-module-command", "yes"])
     r = s.client()
@@ -267,18 +309,20 @@ def test_module_unload_refused_with_waiters_then_reload_rebuilds(servers):
     try:
         waiter.send("TAG.GETL", "k", "TTL", 100, "WAIT", 500)
         wait_until(lambda: r.info("clients")["blocked_clients"] == 1, 5, what="a waiter")
-        with pytest.raises(redis.ResponseError):
-            r.execute_command("MODULE", "UNLOAD", "tagcache")
+        assert refused(r, "MODULE", "UNLOAD", "tagcache") == unload_blocked_error()
         value, lease = reply_within(waiter, 3)
         assert value is None and isinstance(lease, bytes)
     finally:
         waiter.close()
-    time.sleep(0.6)  # the lease and wait timers fire
-    assert r.execute_command("MODULE", "UNLOAD", "tagcache") == b"OK"
+    # The lease and wait timers fire: the lease lapses, then the server lets
+    # the module go once no timer of its is left.
+    wait_tag_info(r, "leases_outstanding", 0)
+    wait_tag_info(r, "lease_waiters", 0)
+    unload_once_its_timers_fired(r)
     r.set("a", "2")          # unseen: tag:t still names it, and the sets are the data
     r.sadd("tag:u", "b")     # a client-written membership
     assert r.execute_command("MODULE", "LOAD", str(servers.module)) == b"OK"
-    settle(r)
+    wait_index(r, {"b": {b"t", b"u"}})
     assert tags_of(r, "b") == {b"t", b"u"}
     assert r.execute_command("TAG.PURGE", "u") == 1
     assert r.execute_command("TAG.MEMBERS", "t") == [b"a"]

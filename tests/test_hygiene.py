@@ -17,8 +17,8 @@ import time
 import pytest
 import redis
 
-from harness import (digest, members, tag_set, tag_sets, tags_of, wait_sync,
-                     wait_until)
+from harness import (RawConn, digest, error_text, members, server_time_ms, set_of, tag_set, tag_sets,
+                     tags_of, wait_server_time_past, wait_sync, wait_until)
 
 
 def tag_info(r) -> dict:
@@ -86,7 +86,9 @@ def test_lazily_expired_member_disappears(r):
     r.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", 0)
     try:
         tag_set(r, "short", "v", "a", "lazy", opts=("PX", 30))
-        time.sleep(0.1)
+        # Due once 30 ms have passed on the server's clock (found out without
+        # looking the key up, which would expire it).
+        wait_server_time_past(r, server_time_ms(r) + 30)
         assert b"short" in r.smembers("tag:lazy")  # not expired by anyone yet
         assert r.get("short") is None  # the read expires it
         assert not r.exists("tag:lazy")
@@ -448,8 +450,10 @@ def test_evicted_tag_set_does_not_strand_its_keys(r):
         tag_set(r, n, "html", "t")
     set_size = r.memory_usage("tag:t")
     assert set_size > 200_000
-    # The set becomes the least recently used key (the LRU clock ticks in seconds).
-    time.sleep(2.2)
+    # The set becomes the least recently used key (the LRU clock ticks in
+    # seconds; OBJECT IDLETIME does not touch the key).
+    wait_until(lambda: r.object("idletime", "tag:t") >= 2, 10, interval=0.1,
+               what="tag:t idle for 2 s")
     for n in names:
         assert r.get(n) == b"html"
     assert r.object("idletime", "tag:t") >= 2
@@ -466,8 +470,17 @@ def test_evicted_tag_set_does_not_strand_its_keys(r):
     assert not r.exists("tag:t"), "setup: the tag set was expected to be evicted first"
     assert 1 <= evicted <= 5, f"setup: {evicted} keys evicted, expected the tag set alone"
     r.execute_command("TAG.PURGE", "t")
-    time.sleep(0.1)
-    stranded = [n for n in names if r.exists(n)]
+    stranded = names
+
+    def none_stranded():
+        nonlocal stranded
+        stranded = [n for n in names if r.exists(n)]
+        return not stranded
+
+    try:
+        wait_until(none_stranded, 2, interval=0.05, what="no key tagged 't' left")
+    except AssertionError:
+        pass  # reported below, with the count
     assert not stranded, (
         f"{len(stranded)} keys tagged 't' survive TAG.PURGE t after tag:t was evicted")
 
@@ -559,11 +572,12 @@ def test_stress_index_stays_clean(servers):
                 p.unlink(rng.choice(written))
         for res in p.execute(raise_on_error=False):
             if isinstance(res, Exception):
-                msg = str(res)
                 # A rename of a key that already expired, and OOM refusals
                 # under maxmemory, are expected.
-                assert ("no such key" in msg or "maxmemory" in msg
-                        or isinstance(res, redis.exceptions.OutOfMemoryError)), msg
+                assert error_text(res) in (
+                    "ERR no such key",
+                    "OOM command not allowed when used memory > 'maxmemory'.",
+                ), error_text(res)
                 errors += 1
         assert time.monotonic() < deadline, "workload too slow"
 
@@ -660,3 +674,137 @@ def test_set_then_tag_set_in_one_transaction_keeps_new_tags(r):
     r.ping()
     assert r.smembers("tag:a") == {b"k"}
     assert r.execute_command("TAG.TAGS", "k") == [b"a"]
+
+
+# ---------------------------------------------------------------- old tags whose set was replaced
+
+
+def test_a_tag_set_replaced_by_a_string_is_left_alone_by_the_next_tag_set(r):
+    """TAG.SET only touches the old tags' sets that still hold the key."""
+    assert tag_set(r, "k", "v1", "t") == b"OK"
+    r.delete("tag:t")
+    assert tags_of(r, "k") == set()
+    r.set("tag:t", "hello")
+    assert tag_set(r, "k", "v2", "u") == b"OK"
+    assert r.get("k") == b"v2"
+    assert set_of(r, "tag:u") == {b"k"}
+    assert r.get("tag:t") == b"hello"
+    assert tags_of(r, "k") == {b"u"}
+
+
+# ---------------------------------------------------------------- a rename earlier in one round trip
+
+
+@pytest.mark.parametrize("mode", ["pipeline", "multi", "eval"])
+def test_tags_and_purge_see_a_rename_earlier_in_the_same_pipeline_transaction_or_script(
+        server, mode):
+    r = server.client(single_connection_client=True)
+    tag_set(r, "k", "v", "t")
+    if mode == "eval":
+        replies = r.eval("return {redis.call('RENAME', KEYS[1], KEYS[2]), "
+                         "redis.call('TAG.TAGS', KEYS[2]), "
+                         "redis.call('TAG.PURGE', ARGV[1])}", 2, "k", "k2", "t")
+        assert replies == [b"OK", [b"t"], 1]
+    else:
+        p = r.pipeline(transaction=(mode == "multi"))
+        p.rename("k", "k2")
+        p.execute_command("TAG.TAGS", "k2")
+        p.execute_command("TAG.PURGE", "t")
+        assert p.execute() == [True, [b"t"], 1]
+    assert not r.exists("k")
+    assert not r.exists("k2")
+    assert not r.exists("tag:t")
+    assert r.dbsize() == 0
+
+
+# ---------------------------------------------------------------- keys under the tag prefix
+# Keys renamed into and out of the tag prefix, and cached keys whose own
+# names begin with it.
+
+
+def test_rename_into_and_out_of_the_tag_prefix(r):
+    tag_set(r, "rk", "v", "rt")
+    r.rename("rk", "tag:zzz")
+    r.sadd("tag:other", "x")
+    r.rename("tag:other", "plain2")
+    assert r.execute_command("TAG.TAGS", "plain2") == []
+    assert r.execute_command("TAG.TAGS", "tag:zzz") == [b"rt"]
+    assert set_of(r, "tag:rt") == {b"tag:zzz"}
+    assert r.execute_command("TAG.PURGE", "rt") == 1
+    assert not r.exists("tag:zzz")
+    assert not r.exists("tag:rt")
+    assert r.type("plain2") == b"set"
+    assert set_of(r, "plain2") == {b"x"}
+
+
+def test_a_cached_key_under_the_tag_prefix_expires_out_of_its_tag(r):
+    assert tag_set(r, "tag:foo", "v", "bar", opts=("PX", 200)) == b"OK"
+    assert set_of(r, "tag:bar") == {b"tag:foo"}
+    wait_until(lambda: r.exists("tag:foo") == 0, 3, what="tag:foo expired")
+    wait_until(lambda: r.exists("tag:bar") == 0, 2, what="tag:bar removed")
+    assert r.execute_command("TAG.MEMBERS", "bar") == []
+
+
+def test_a_cached_key_under_the_tag_prefix_overwritten_loses_its_tags(r):
+    tag_set(r, "tag:g", "v", "h")
+    r.set("tag:g", "other")
+    assert r.execute_command("TAG.TAGS", "tag:g") == []
+    assert not r.exists("tag:h")
+    assert r.get("tag:g") == b"other"
+
+
+# ---------------------------------------------------------------- store commands and tag sets
+# Writes that replace a key or fill a tag set wholesale keep the index exact.
+
+
+def test_zrangestore_over_a_tagged_key_ends_its_tags(r):
+    tag_set(r, "d", "v", "t")
+    r.zadd("src", {"a": 1})
+    assert r.execute_command("ZRANGESTORE", "d", "src", 0, -1) == 1
+    assert r.execute_command("TAG.TAGS", "d") == []
+    assert not r.exists("tag:t")
+
+
+def test_sunionstore_into_a_tag_set_tags_its_members(r):
+    r.set("x", 1)
+    r.sadd("s1", "x")
+    assert r.sunionstore("tag:u", ["s1"]) == 1
+    assert r.execute_command("TAG.TAGS", "x") == [b"u"]
+    r.delete("x")
+    wait_until(lambda: b"x" not in r.smembers("tag:u"), 2, what="x removed from tag:u")
+
+
+def test_smove_into_a_tag_set_tags_the_member(r):
+    r.set("y", 1)
+    r.sadd("s2", "y")
+    assert r.smove("s2", "tag:w", "y") is True
+    assert r.execute_command("TAG.TAGS", "y") == [b"w"]
+    r.delete("y")
+    wait_until(lambda: b"y" not in r.smembers("tag:w"), 2, what="y removed from tag:w")
+
+
+def test_a_set_renamed_into_the_tag_prefix_tags_its_members(r):
+    r.set("z", 1)
+    r.sadd("s3", "z")
+    r.rename("s3", "tag:q")
+    assert r.execute_command("TAG.TAGS", "z") == [b"q"]
+    r.delete("z")
+    wait_until(lambda: b"z" not in r.smembers("tag:q"), 2, what="z removed from tag:q")
+
+
+def test_a_discarded_sadd_to_a_tag_set_tags_nothing(server, r):
+    conn = RawConn(server.port)
+    try:
+        assert conn.command("MULTI") == b"OK"
+        assert conn.command("SADD", "tag:d", "victim") == b"QUEUED"
+        assert conn.command("DISCARD") == b"OK"
+    finally:
+        conn.close()
+    r.set("victim", 1)
+    r.set("o", 1)
+    r.sadd("tag:d", "o")
+    assert r.execute_command("TAG.MEMBERS", "d") == [b"o"]
+    assert r.execute_command("TAG.TAGS", "victim") == []
+    assert r.execute_command("TAG.PURGE", "d") == 1
+    assert r.get("victim") == b"1"
+    assert not r.exists("o")

@@ -13,7 +13,11 @@ import time
 import pytest
 import redis
 
-from harness import error_text, tag_set, tags_of, wait_until
+from harness import (WRONGTYPE, RawConn, RespError, assert_alive, error_text, refused,
+                     reply_within, tag_set, tags_of, wait_blocked, wait_until)
+
+
+BAD_TOKEN = "ERR invalid lease token: malformed or never issued"
 
 
 def getl(r, key, *opts):
@@ -105,7 +109,7 @@ def test_token_for_another_key(r):
         reply = fill(r, "j", "v", t, "a")
         assert reply is None
     except redis.ResponseError as e:
-        assert error_text(e).startswith("ERR invalid lease token"), error_text(e)
+        assert error_text(e) == BAD_TOKEN
     assert not r.exists("j")
     assert not r.exists("tag:a")
     # The token is still good for its own key.
@@ -194,9 +198,15 @@ def test_refused_after_another_fill(server, how):
     assert r.dump("k") == before
 
 
+def wait_lapsed(r, within: float) -> None:
+    """Waits, at most `within` seconds, until no lease is outstanding."""
+    wait_until(lambda: info(r)["leases_outstanding"] == 0, within, interval=0.01,
+               what=f"the lease lapsed within {within}s")
+
+
 def test_refused_after_lapse(r):
     t = lease(r, "k", "TTL", 100)
-    time.sleep(0.25)
+    wait_lapsed(r, 0.25)
     assert info(r)["leases_outstanding"] == 0
     assert_refused(r, "k", t, "a")
     assert not r.exists("k")
@@ -227,7 +237,7 @@ def test_lease_ttl_default_from_config(r):
     assert r.config_get("tagcache.lease-ttl") == {"tagcache.lease-ttl": "10000"}
     r.config_set("tagcache.lease-ttl", 100)
     t = lease(r, "k")
-    time.sleep(0.25)
+    wait_lapsed(r, 0.25)  # the configured 100 ms, not the default 10 s
     assert_refused(r, "k", t, "a")
 
 
@@ -267,7 +277,7 @@ def test_bad_token_is_an_error(r, token):
     before = info(r)
     with pytest.raises(redis.ResponseError) as e:
         fill(r, "k", "v", token, "a")
-    assert error_text(e.value).startswith("ERR invalid lease token"), error_text(e.value)
+    assert error_text(e.value) == BAD_TOKEN
     assert not r.exists("k")
     assert not r.exists("tag:a")
     after = info(r)
@@ -281,7 +291,7 @@ def test_token_of_another_server_is_an_error(servers):
     lease(b, "k")
     with pytest.raises(redis.ResponseError) as e:
         fill(b, "k", "v", t, "a")
-    assert error_text(e.value).startswith("ERR invalid lease token")
+    assert error_text(e.value) == BAD_TOKEN
     assert not b.exists("k")
 
 
@@ -315,7 +325,8 @@ def test_wait_wakes_with_the_value(server, r):
     w = Caller(server, "TAG.GETL", "k", "WAIT", 5000)
     w.start()
     wait_waiters(r, 1)
-    time.sleep(0.2)
+    w.join(0.2)
+    assert w.is_alive(), (w.reply, w.error)  # it stays blocked until the fill
     assert fill(r, "k", "filled", t, "a") == b"OK"
     w.join(3)
     assert not w.is_alive()
@@ -357,7 +368,8 @@ def test_wait_zero_does_not_block_forever(server, r):
     t = lease(r, "k")
     w = Caller(server, "TAG.GETL", "k", "WAIT", 0)
     w.start()
-    time.sleep(0.2)
+    wait_until(lambda: not w.is_alive() or info(r)["lease_waiters"] == 1, 3,
+               what="the WAIT 0 call answered or blocked")
     if w.is_alive():
         fill(r, "k", "v", t, "a")
         w.join(3)
@@ -468,26 +480,32 @@ def test_getl_in_script_does_not_block(r):
 # ---------------------------------------------------------------- bad calls
 
 
+TTL_RANGE = "ERR TTL must be between 1 and 86400000 milliseconds"
+WAIT_RANGE = "ERR WAIT must be between 0 and 86400000 milliseconds"
+NOT_INTEGER = "ERR value is not an integer or out of range"
+
+# name: (arguments, the exact error)
 BAD = {
-    "TTL 0": ("k", "TTL", 0),
-    "TTL -1": ("k", "TTL", -1),
-    "TTL non-numeric": ("k", "TTL", "abc"),
-    "WAIT -1": ("k", "WAIT", -1),
-    "WAIT non-numeric": ("k", "WAIT", "x"),
-    "unknown option": ("k", "FOO", 1),
-    "TTL without value": ("k", "TTL"),
-    "WAIT without value": ("k", "WAIT"),
-    "TTL twice": ("k", "TTL", 10, "TTL", 10),
-    "trailing word": ("k", "TTL", 10, "extra"),
+    "TTL 0": (("k", "TTL", 0), TTL_RANGE),
+    "TTL -1": (("k", "TTL", -1), TTL_RANGE),
+    "TTL non-numeric": (("k", "TTL", "abc"), NOT_INTEGER),
+    "WAIT -1": (("k", "WAIT", -1), WAIT_RANGE),
+    "WAIT non-numeric": (("k", "WAIT", "x"), NOT_INTEGER),
+    "unknown option": (("k", "FOO", 1), "ERR syntax error near 'FOO'"),
+    "TTL without value": (("k", "TTL"), "ERR syntax error near 'TTL'"),
+    "WAIT without value": (("k", "WAIT"), "ERR syntax error near 'WAIT'"),
+    "TTL twice": (("k", "TTL", 10, "TTL", 10), "ERR syntax error near 'TTL'"),
+    "trailing word": (("k", "TTL", 10, "extra"), "ERR syntax error near 'extra'"),
 }
 
 
 @pytest.mark.parametrize("case", BAD.keys())
 def test_bad_arguments(r, case):
+    args, expected = BAD[case]
     before = info(r)
     with pytest.raises(redis.ResponseError) as e:
-        r.execute_command("TAG.GETL", *BAD[case])
-    assert error_text(e.value).startswith("ERR"), error_text(e.value)
+        r.execute_command("TAG.GETL", *args)
+    assert error_text(e.value) == expected
     after = info(r)
     assert after["leases_outstanding"] == before["leases_outstanding"] == 0
     assert after["leases_granted"] == before["leases_granted"]
@@ -505,7 +523,7 @@ def test_getl_on_wrong_type(r):
     r.hset("h", "f", "v")
     with pytest.raises(redis.ResponseError) as e:
         getl(r, "h")
-    assert error_text(e.value).startswith("WRONGTYPE")
+    assert error_text(e.value) == WRONGTYPE
     assert info(r)["leases_outstanding"] == 0
 
 
@@ -513,12 +531,178 @@ def test_lease_option_missing_token(r):
     lease(r, "k")
     with pytest.raises(redis.ResponseError) as e:
         r.execute_command("TAG.SET", "k", "v", "LEASE")
-    assert error_text(e.value).startswith("ERR")
+    assert error_text(e.value) == "ERR wrong number of arguments for 'tag.set' command"
     assert not r.exists("k")
 
 
 def test_lease_ttl_config_range(r):
-    for bad in ("0", "-1", "abc"):
-        with pytest.raises(redis.ResponseError):
+    prefix = "ERR CONFIG SET failed (possibly related to argument 'tagcache.lease-ttl') - "
+    for bad, why in (("0", "argument must be between 1 and 86400000 inclusive"),
+                     ("-1", "argument must be between 1 and 86400000 inclusive"),
+                     ("abc", "argument couldn't be parsed into an integer")):
+        with pytest.raises(redis.ResponseError) as e:
             r.config_set("tagcache.lease-ttl", bad)
+        assert error_text(e.value) == prefix + why, bad
     assert r.config_get("tagcache.lease-ttl") == {"tagcache.lease-ttl": "10000"}
+
+
+# ---------------------------------------------------------------- blocked clients and the server
+# Waiters killed, unblocked or timing out around the fill never crash the
+# server, and each waiter gets one reply.
+
+
+@pytest.mark.parametrize("order", ["set-then-kill", "kill-then-set"])
+def test_waiters_killed_in_the_pipeline_that_fills_the_key(server, r, order):
+    for round_ in range(3):
+        key = f"k{round_}"
+        lease(r, key, "TTL", 5000)
+        waiters = [RawConn(server.port) for _ in range(3)]
+        try:
+            ids = [w.command("CLIENT", "ID") for w in waiters]
+            for w in waiters:
+                w.send("TAG.GETL", key, "WAIT", 20000)
+            wait_blocked(r, 3)
+            p = r.pipeline(transaction=False)
+            if order == "set-then-kill":
+                p.set(key, "v")
+            for i in ids:
+                p.execute_command("CLIENT", "KILL", "ID", i)
+            if order == "kill-then-set":
+                p.set(key, "v")
+            expected = [True, 1, 1, 1] if order == "set-then-kill" else [1, 1, 1, True]
+            assert p.execute() == expected
+            assert_alive(server.port)
+            assert r.ping()
+            assert r.get(key) == b"v"
+        finally:
+            for w in waiters:
+                w.close()
+    wait_blocked(r, 0)
+    assert_alive(server.port)
+
+
+def test_waiters_timing_out_as_the_key_is_filled_each_get_one_reply(server, r):
+    """WAIT 20, and the key written around the moment the waits run out:
+    every waiter gets one reply (the value or a timeout) and the server lives."""
+    for round_ in range(12):
+        key = f"t{round_}"
+        lease(r, key, "TTL", 5000)
+        waiters = [RawConn(server.port) for _ in range(3)]
+        try:
+            for w in waiters:
+                w.send("TAG.GETL", key, "WAIT", 20)
+            # The behaviour under test: the write lands around the moment
+            # the 20 ms waits run out, a little later each round.
+            time.sleep(0.015 + 0.002 * round_)
+            assert r.set(key, "v")
+            assert_alive(server.port)
+            for w in waiters:
+                assert reply_within(w, 2.0) in ([None, None], [b"v", None])
+            assert r.get(key) == b"v"
+        finally:
+            for w in waiters:
+                w.close()
+    wait_blocked(r, 0)
+    assert_alive(server.port)
+
+
+def test_client_unblock_releases_a_waiter(server, r):
+    token = lease(r, "k", "TTL", 5000)
+    w = RawConn(server.port)
+    w2 = RawConn(server.port)
+    try:
+        wid = w.command("CLIENT", "ID")
+        w.send("TAG.GETL", "k", "WAIT", 20000)
+        wait_blocked(r, 1)
+        assert r.execute_command("CLIENT", "UNBLOCK", wid) == 1
+        assert reply_within(w, 2.0) == [None, None]
+        assert_alive(server.port)
+
+        w2id = w2.command("CLIENT", "ID")
+        w2.send("TAG.GETL", "k", "WAIT", 20000)
+        wait_blocked(r, 1)
+        assert r.execute_command("CLIENT", "UNBLOCK", w2id, "ERROR") == 1
+        reply = reply_within(w2, 2.0)
+        assert isinstance(reply, RespError), reply
+        assert str(reply) == "UNBLOCKED client unblocked via CLIENT UNBLOCK"
+        assert_alive(server.port)
+        wait_blocked(r, 0)
+
+        # Both connections still work, and the lease is still the first caller's.
+        assert w.command("PING") == b"PONG"
+        assert w2.command("PING") == b"PONG"
+        assert r.execute_command("TAG.GETL", "k") == [None, None]
+        assert fill(r, "k", "v", token, "a") == b"OK"
+        assert r.get("k") == b"v"
+    finally:
+        w.close()
+        w2.close()
+    assert_alive(server.port)
+
+
+def test_client_unblock_in_the_pipeline_that_fills_the_key(server, r):
+    for round_ in range(3):
+        key = f"u{round_}"
+        lease(r, key, "TTL", 5000)
+        w = RawConn(server.port)
+        try:
+            wid = w.command("CLIENT", "ID")
+            w.send("TAG.GETL", key, "WAIT", 20000)
+            wait_blocked(r, 1)
+            p = r.pipeline(transaction=False)
+            p.set(key, "v")
+            p.execute_command("CLIENT", "UNBLOCK", wid)
+            set_reply, unblocked = p.execute()
+            assert set_reply is True
+            assert unblocked in (0, 1)
+            assert reply_within(w, 2.0) in ([b"v", None], [None, None])
+            assert w.command("PING") == b"PONG"
+            assert_alive(server.port)
+        finally:
+            w.close()
+    wait_blocked(r, 0)
+
+
+# ---------------------------------------------------------------- a refused fill; bounds
+
+
+def test_a_refused_fill_hands_the_lease_to_a_waiter(server, r):
+    a = server.client()
+    c = server.client()
+    t1 = lease(a, "g", "TTL", 5000)
+    b = RawConn(server.port)
+    try:
+        b.send("TAG.GETL", "g", "WAIT", 5000)
+        wait_blocked(r, 1)
+        assert c.execute_command("TAG.PURGE", "t") == 0
+        assert fill(a, "g", "v", t1, "t") is None
+        assert not r.exists("g")
+        reply = reply_within(b, 1.0)
+        assert isinstance(reply, list) and len(reply) == 2, reply
+        value, t2 = reply
+        assert value is None and isinstance(t2, bytes) and t2 and t2 != t1, reply
+        wait_blocked(r, 0)
+        # The purge came before B's lease: B's fill stores.
+        assert fill(r, "g", "v2", t2, "t") == b"OK"
+        assert r.get("g") == b"v2"
+        assert tags_of(r, "g") == {b"t"}
+    finally:
+        b.close()
+
+
+I64_MAX = "9223372036854775807"
+
+
+def test_lease_ttl_and_wait_bounds(r):
+    ttl_error = "ERR TTL must be between 1 and 86400000 milliseconds"
+    wait_error = "ERR WAIT must be between 0 and 86400000 milliseconds"
+    for ttl in (I64_MAX, 86400001, 0):
+        assert refused(r, "TAG.GETL", "g", "TTL", ttl) == ttl_error
+    for wait in (86400001, I64_MAX, -1):
+        assert refused(r, "TAG.GETL", "g", "WAIT", wait) == wait_error
+    # Nothing was handed out by the refused calls.
+    assert info(r)["leases_outstanding"] == 0
+    lease(r, "g")
+    lease(r, "g2", "TTL", 86400000)
+    lease(r, "g3", "WAIT", 86400000)
+    assert r.dbsize() == 0

@@ -2,7 +2,8 @@
 
 import pytest
 
-from harness import digest, tag_set, tag_sets, tags_of, wait_aof_rewrite
+from harness import (Server, digest, error_text, set_of, tag_info, tag_set, tag_sets, tags_of,
+                     wait_aof_rewrite, wait_until)
 import workload
 
 
@@ -124,10 +125,73 @@ def test_aof_replays_refused_and_failed_calls_as_nothing(servers):
     wait_aof_rewrite(r)
     tag_set(r, "k", "v", "a", opts=("EX", 1000))
     assert tag_set(r, "k", "v2", "b", opts=("NX",)) is None
-    with pytest.raises(redis.ResponseError):
+    with pytest.raises(redis.ResponseError) as e:
         r.execute_command("TAG.SET", "k", "v3", "EX", 0, "TAGS", 1, "c")
+    assert error_text(e.value) == "ERR invalid expire time in 'tag.set' command"
     before = snapshot(r)
     r = s.restart()
     assert_same_snapshot(snapshot(r), before)
     assert r.get("k") == b"v"
     assert not r.exists("tag:b") and not r.exists("tag:c")
+
+
+# ---------------------------------------------------------------- reloads
+
+
+def test_debug_reload_keeps_the_index(r):
+    tag_set(r, "a1", "v", "x", "y")
+    tag_set(r, "a2", "v", "y")
+    tag_set(r, "a3", "v", "z")
+    r.set("a4", "v")
+    r.sadd("tag:x", "a4")
+    keys = ["a1", "a2", "a3", "a4"]
+
+    def snapshot():
+        info = tag_info(r)
+        section = r.info("tagcache")
+        return {
+            "tag_info": (info["tagged_keys"], info["tags"]),
+            "info": (section["tagcache_tagged_keys"], section["tagcache_tags"]),
+            "tags": {k: tags_of(r, k) for k in keys},
+            "digest": digest(r),
+        }
+
+    before = snapshot()
+    assert before["tags"] == {"a1": {b"x", b"y"}, "a2": {b"y"}, "a3": {b"z"}, "a4": {b"x"}}
+    assert r.execute_command("DEBUG", "RELOAD") == b"OK"
+    assert snapshot() == before
+    assert r.execute_command("TAG.PURGE", "x") == 2
+    assert set(r.keys("*")) == {b"a2", b"a3", b"tag:y", b"tag:z"}
+    assert set_of(r, "tag:y") == {b"a2"}
+
+
+class BareServer(Server):
+    """A server started without the module (it is loaded later with MODULE LOAD)."""
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        i = argv.index("--loadmodule")
+        return argv[:i] + argv[i + 2 + len(self.module_args):]
+
+
+def test_module_load_into_a_running_server_indexes_its_tag_sets_and_rules(servers):
+    bare = BareServer(servers.tmp / "bare", servers.module,
+                      extra_args=["--enable-module-command", "yes"])
+    servers.servers.append(bare)
+    bare.start()
+    r = bare.client()
+    r.sadd("tag:t", "k1", "k2")
+    r.set("k1", "a")
+    r.set("k2", "b")
+    r.hset("tagcache:links", "user:", "u:")
+    assert r.execute_command("MODULE", "LOAD", str(servers.module)) == b"OK"
+    assert r.execute_command("TAG.TAGS", "k1") == [b"t"]
+    assert r.execute_command("TAG.LINKS") == [[b"user:", b"u:"]]
+    r.set("k1", "fresh")
+    assert r.execute_command("TAG.PURGE", "t") == 1
+    assert r.get("k1") == b"fresh"
+    assert not r.exists("k2")
+    assert tag_set(r, "ukey", "v", "u:1") == b"OK"
+    r.set("user:1", "x")
+    wait_until(lambda: r.exists("ukey") == 0, 2, what="ukey purged by the rule")
+    assert r.get("user:1") == b"x"

@@ -3,7 +3,8 @@
 import pytest
 import redis
 
-from harness import Push, RawConn, dataset, digest, error_text, tag_set, tags_of
+from harness import (WRONGTYPE, Push, RawConn, dataset, digest, error_text, refused, set_of,
+                     tag_set, tags_of, wait_sync)
 
 
 def populate(r):
@@ -115,7 +116,7 @@ def test_purge_wrongtype_changes_nothing(r, order):
     d = digest(r)
     with pytest.raises(redis.ResponseError) as e:
         r.execute_command("TAG.PURGE", *tags)
-    assert error_text(e.value).startswith("WRONGTYPE")
+    assert error_text(e.value) == WRONGTYPE
     assert dataset(r) == before
     assert digest(r) == d
     assert r.smembers("tag:a") == {b"k1", b"k2"}
@@ -199,3 +200,71 @@ def test_purge_sends_tracking_invalidation_resp3(server, r):
         assert b"k2" not in seen
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- index keys that are not sets
+
+
+def test_purge_past_a_tag_set_replaced_by_a_string(master_replica):
+    master, replica = master_replica
+    m, rc = master.client(), replica.client()
+    tag_set(m, "k1", "v", "a", "b")
+    tag_set(m, "k2", "v", "a", "c")
+    m.delete("tag:b")
+    m.set("tag:b", "str")
+    assert m.execute_command("TAG.PURGE", "a") == 2
+    assert not m.exists("k1") and not m.exists("k2")
+    assert m.get("tag:b") == b"str"
+    assert not m.exists("tag:a")
+    assert not m.exists("tag:c")
+    assert tags_of(m, "k1") == set()
+    assert tags_of(m, "k2") == set()
+    assert set(m.keys("*")) == {b"tag:b"}
+    m.set("k1", "fresh")
+    assert m.execute_command("TAG.PURGE", "a") == 0
+    assert m.get("k1") == b"fresh"
+    wait_sync(m, rc)
+    assert rc.get("k1") == b"fresh"
+    assert digest(rc) == digest(m)
+
+
+def test_purge_naming_a_tag_key_holding_a_string_is_all_or_nothing_on_master_and_replica(
+        master_replica):
+    master, replica = master_replica
+    m, rc = master.client(), replica.client()
+    tag_set(m, "k1", "v", "a")
+    m.set("tag:z", "str")
+    before = dataset(m)
+    d = digest(m)
+    assert refused(m, "TAG.PURGE", "a", "z") == WRONGTYPE
+    assert dataset(m) == before
+    assert digest(m) == d
+    assert m.get("k1") == b"v"
+    assert set_of(m, "tag:a") == {b"k1"}
+    wait_sync(m, rc)
+    assert rc.get("k1") == b"v"
+    assert digest(rc) == d
+
+
+# ---------------------------------------------------------------- earlier commands of one round trip
+# A module command sees the effects of the commands before it in the same
+# pipeline, transaction or script.
+
+
+@pytest.mark.parametrize("mode", ["pipeline", "multi", "eval"])
+def test_purge_sees_an_overwrite_earlier_in_the_same_pipeline_transaction_or_script(server, mode):
+    r = server.client(single_connection_client=True)
+    tag_set(r, "k", "v", "t")
+    if mode == "eval":
+        purged = r.eval("redis.call('SET', KEYS[1], 'fresh') "
+                        "return redis.call('TAG.PURGE', ARGV[1])", 1, "k", "t")
+    else:
+        p = r.pipeline(transaction=(mode == "multi"))
+        p.set("k", "fresh")
+        p.execute_command("TAG.PURGE", "t")
+        set_reply, purged = p.execute()
+        assert set_reply is True
+    assert purged == 0
+    assert r.get("k") == b"fresh"
+    assert r.execute_command("TAG.TAGS", "k") == []
+    assert not r.exists("tag:t")

@@ -1,6 +1,7 @@
 """A replica's dataset and tag index equal its master's."""
 
-from harness import digest, tag_set, tag_sets, tags_of, wait_sync
+from harness import (digest, tag_set, tag_sets, tags_of, wait_link_up, wait_sync,
+                     wait_until)
 import workload
 
 
@@ -154,3 +155,65 @@ def test_big_values_with_many_tags_and_versions_replicate_exactly(master_replica
     assert tags_of(rep, "k0") == tags_of(m, "k0")
     assert sorted(tags_of(m, "k0")) == sorted(t.encode() for t in tags[6:] + ["n1", "n2", "n3"])
     assert_same(m, rep)
+
+
+# ---------------------------------------------------------------- async loading
+# Replicas keep loading with repl-diskless-load swapdb (async loading).
+
+SKIP_LINE = ("Skipping diskless-load because there are modules that are not aware"
+             " of async replication.")
+SWAP_LINE = "REPLICA sync: Swapping active DB with loaded DB"  # MASTER/PRIMARY <-> ...
+DONE_LINE = "REPLICA sync: Finished with success"
+
+
+def replica_log(replica) -> str:
+    return replica.log.read_text(errors="replace")
+
+
+def test_a_swapdb_replica_loads_asynchronously_and_keeps_the_index(servers):
+    master = servers.start(name="master", extra_args=[
+        "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"])
+    m = master.client()
+    tag_set(m, "k1", "v1", "a", "b")
+    m.set("k2", "v2")
+    m.sadd("tag:c", "k2")
+    replica = servers.start_replica(master, extra_args=["--repl-diskless-load", "swapdb"])
+    rc = replica.client()
+    log = replica_log(replica)
+    assert log.count(DONE_LINE) == 1
+    assert SKIP_LINE not in log
+    assert log.count(SWAP_LINE) == 1
+    assert tags_of(rc, "k1") == {b"a", b"b"}
+    assert tags_of(rc, "k2") == {b"c"}
+    assert digest(rc) == digest(m)
+
+    # A second full sync from the same master (same replication id): the
+    # replica keeps serving the old data while it loads the new.
+    # One transaction, so that the replica cannot reconnect before the
+    # writes have overflowed the backlog.
+    m.config_set("repl-backlog-size", 16384)
+    p = m.pipeline(transaction=True)
+    p.execute_command("CLIENT", "KILL", "TYPE", "replica")
+    for i in range(8):
+        p.set(f"filler:{i}", "x" * (512 * 1024))
+    p.execute_command("TAG.SET", "k3", "v3", "TAGS", 1, "d")
+    p.delete("k1")
+    p.execute()
+    wait_until(lambda: replica_log(replica).count(DONE_LINE) >= 2, 15,
+               what="a second full sync")
+    wait_link_up(rc)
+    wait_sync(m, rc)
+    log = replica_log(replica)
+    assert SKIP_LINE not in log
+    assert log.count(SWAP_LINE) == 2
+    assert tags_of(rc, "k3") == {b"d"}
+    assert tags_of(rc, "k1") == set()
+    assert tags_of(rc, "k2") == {b"c"}
+    assert not rc.exists("tag:a") and not rc.exists("tag:b")
+    assert digest(rc) == digest(m)
+    # The index follows what the master does next.
+    assert m.execute_command("TAG.PURGE", "c") == 1
+    wait_sync(m, rc)
+    assert not rc.exists("k2")
+    assert rc.execute_command("TAG.MEMBERS", "d") == [b"k3"]
+    assert digest(rc) == digest(m)
