@@ -4,9 +4,10 @@
 use super::args;
 use crate::engine::plan::Access;
 use crate::engine::stats;
+use crate::server::acl::Caller;
 use crate::server::blocked::{self, pair};
 use crate::server::config;
-use crate::server::keys::{self, argv, Caller};
+use crate::server::keys::{self, argv};
 use redis_module::{Context, ContextFlags, RedisResult, RedisString, RedisValue};
 
 pub fn tag_getl(ctx: &Context, args: &[RedisString]) -> RedisResult {

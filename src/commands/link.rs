@@ -11,10 +11,10 @@ use crate::engine::error::{Error, Result};
 use crate::engine::plan::{Access, Kind, Plan, Write};
 use crate::engine::rules::Rule;
 use crate::engine::{self, stats};
+use crate::server::acl::Caller;
 use crate::server::apply::{self, Cause};
 use crate::server::config;
-use crate::server::keys::{self, argv, Caller};
-use crate::server::rebuild;
+use crate::server::keys::{self, argv};
 use crate::server::{cluster, rules};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 
@@ -39,7 +39,7 @@ fn apply_links(ctx: &Context, plan: &Plan, source: &[u8], value: Option<Vec<u8>>
     let replies = apply::apply(ctx, plan, Cause::Command)?;
     let db = keys::selected_db(ctx);
     engine::with(|s| s.vouch(db, source, value))?;
-    rebuild::reload_rules(ctx, db, false);
+    crate::server::rules::reload_rules(ctx, db, false);
     Ok(replies.iter().sum::<i64>().min(1))
 }
 
@@ -58,7 +58,7 @@ pub fn tag_link(ctx: &Context, args: &[RedisString]) -> RedisResult {
             Error::Invalid("source-prefix must not cover the tag index keys".into()).into(),
         );
     }
-    let owner = keys::user_name(ctx);
+    let owner = crate::server::acl::user_name(ctx);
     let value = Rule {
         tag_prefix: tag_prefix.to_vec(),
         owner: owner.clone(),

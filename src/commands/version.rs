@@ -11,10 +11,11 @@ use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Expiry, Kind, Plan};
 use crate::engine::version::{self, value_key};
 use crate::engine::{self, stats};
+use crate::server::acl::Caller;
 use crate::server::apply::{self, Cause};
 use crate::server::config;
 use crate::server::events::{self, Event, Op};
-use crate::server::keys::{self, argv, Caller};
+use crate::server::keys::{self, argv};
 use redis_module::{Context, RedisResult, RedisString, RedisValue};
 use std::sync::atomic::{AtomicI64, Ordering};
 

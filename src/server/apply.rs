@@ -4,15 +4,15 @@
 //! the tag sets (`Owed`), which every module write command does before and
 //! after it acts, so no command reads or leaves work pending.
 
+use super::acl::Caller;
 use super::blocked;
 use super::config;
-use super::events::{self, Event};
-use super::keys::{self, Applying, Caller, Mode};
+use super::guards::Applying;
+use super::keys::{self, Mode};
 use crate::engine::error::Result;
 use crate::engine::index::{Db, Scope};
-use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, TagSets, Write};
-use crate::engine::purge::{ReplyTo, Request};
-use crate::engine::{self, stats, Owed};
+use crate::engine::plan::{self, Access, Bytes, Kind, Plan, Prefix, Write};
+use crate::engine::{self};
 use redis_module::Context;
 
 /// Checks the whole plan before anything is written: every key in the
@@ -194,178 +194,6 @@ fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Bytes])
     args.push(first);
     args.extend(rest.iter().map(|a| a.as_ref()));
     Ok(keys::call(ctx, mode, cmd, &args)?.int())
-}
-
-/// Pays, now, the owed removals of keys from tag sets (and re-additions of
-/// renamed ones), leaving other owed work (rule firings) for `settle`:
-/// where the server has no post-notification jobs (Redis 7.0), a plain
-/// command later in the same pipeline must not read a tag set that still
-/// names a key the index has already untagged. Called from inside a
-/// notification, so every call replicates as it is made.
-pub fn settle_untags(ctx: &Context) {
-    let Ok(due) = engine::with(|s| {
-        let mut due = Vec::new();
-        s.owed.retain(|o| match o {
-            Owed::Untag { .. } | Owed::Retag { .. } => {
-                due.push(o.clone());
-                false
-            }
-            _ => true,
-        });
-        due
-    }) else {
-        return;
-    };
-    if due.is_empty() || !keys::may_write(ctx) {
-        return;
-    }
-    let home = keys::selected_db(ctx);
-    for o in due {
-        if engine::with(|s| s.still_due(&o)).unwrap_or(false) {
-            pay(ctx, o);
-        }
-    }
-    keys::select_db(ctx, home);
-}
-
-/// Pays every owed write (a bounded number per call; the rest on the next
-/// turn). Only a master that is not loading writes: elsewhere the master's
-/// own writes arrive by replication, and nothing is owed.
-pub fn settle(ctx: &Context) {
-    if engine::with(|s| s.owed.is_empty()).unwrap_or(true) {
-        return;
-    }
-    if !keys::may_write(ctx) {
-        super::update(|s| s.owed.clear());
-        return;
-    }
-    let home = keys::selected_db(ctx);
-    for _ in 0..100_000 {
-        let Some(next) = engine::with(|s| {
-            while let Some(o) = s.owed.pop_front() {
-                if s.still_due(&o) {
-                    return Some(o);
-                }
-            }
-            None
-        })
-        .ok()
-        .flatten() else {
-            break;
-        };
-        pay(ctx, next);
-    }
-    keys::select_db(ctx, home);
-    let more = engine::with(|s| {
-        s.named.settled();
-        // A burst of owed writes keeps no memory once paid.
-        if s.owed.is_empty() && s.owed.capacity() > 64 {
-            s.owed = Default::default();
-        }
-        !s.owed.is_empty()
-    });
-    if more.unwrap_or(false) {
-        super::notify::settle_later(ctx);
-    }
-}
-
-fn pay(ctx: &Context, owed: Owed) {
-    let p = config::layout();
-    let db = match &owed {
-        Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
-        Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
-        Owed::Rehome { db } | Owed::Disown { db } => *db,
-    };
-    keys::select_db(ctx, db);
-    let done = match owed {
-        Owed::Untag {
-            tag,
-            key,
-            seq,
-            in_exec,
-            ..
-        } => {
-            let sets = p.sets_holding(&tag, &key);
-            // Client code that rewrites a key and then adds it to its tag set
-            // again (its SADD changed nothing: the key was still a member)
-            // keeps it there.
-            let readded = sets.iter().any(|set| {
-                engine::with(|s| s.named.claim(set, &key, seq, in_exec)).unwrap_or(false)
-                    && keys::call2(ctx, Mode::Local, c"SISMEMBER", set, &key) == Ok(1)
-            });
-            if readded {
-                super::update(|s| {
-                    s.index.add(db, &key, &tag);
-                });
-                return;
-            }
-            stats::bump(&stats::INDEX_CLEANUPS);
-            let _applying = Applying::begin();
-            sets.iter().try_for_each(|set| {
-                keys::call2(ctx, Mode::Replicated, c"SREM", set, &key).map(drop)
-            })
-        }
-        Owed::Retag { tag, key, .. } => {
-            let _applying = Applying::begin();
-            keys::call2(ctx, Mode::Replicated, c"SADD", &p.set_for(&tag, &key), &key).map(drop)
-        }
-        Owed::Orphans { db, keys: orphans } => {
-            let plan =
-                engine::with(|s| plan::purge(&s.index, db, &p, &[], &orphans, TagSets::Remove))
-                    .unwrap_or_default();
-            apply(ctx, &plan, Cause::Rule).map(drop)
-        }
-        Owed::Fire { db, source, tags } => fire(ctx, db, &source, tags),
-        Owed::Rehome { db } => super::rules::rehome(ctx, db),
-        Owed::Disown { db } => super::rules::disown(ctx, db),
-    };
-    if let Err(e) = done {
-        super::log::warning(ctx, &format!("tagcache: index upkeep failed: {e}"));
-    }
-}
-
-/// A rule fired by a change of `source`: each rule's tags are purged, on
-/// every master, with its owner's permissions, as any purge is (sliced
-/// above `purge-atomic-max`); keys the owner may not delete stay, tagged,
-/// and are counted. The source key is spared.
-fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-    // Rules of one owner fired by one change purge together: one event.
-    type Owner = Option<Vec<u8>>;
-    let mut by_owner: Vec<(Owner, Vec<Vec<u8>>)> = Vec::new();
-    for (tag, owner) in tags {
-        match by_owner.iter_mut().find(|(o, _)| *o == owner) {
-            Some((_, list)) => list.push(tag),
-            None => by_owner.push((owner, vec![tag])),
-        }
-    }
-    for (owner, tags) in by_owner {
-        let req = Request {
-            db,
-            tags,
-            user: owner,
-            rule_source: Some(source.to_vec()),
-            reply_to: ReplyTo::Nobody,
-            publish: true,
-        };
-        super::cluster::purge_elsewhere(ctx, &req);
-        let caller = req.user.as_deref().map(Caller::named);
-        let event = req.clone();
-        if let super::purge::Here::Done { deleted, .. } =
-            super::purge::here(ctx, req, caller.as_ref(), super::purge::Wait::Detached)?
-        {
-            super::purge::published(ctx, &event, deleted);
-        }
-    }
-    Ok(())
-}
-
-/// A purge (a call, a rule firing, the end of a sliced purge) is done: its
-/// keys are counted, leases on its tags are refused from now on, and its
-/// one event is published.
-pub fn purged(ctx: &Context, ev: &Event) {
-    stats::add(&stats::KEYS_PURGED, ev.keys.max(0) as u64);
-    super::update(|s| s.leases.tags_purged(ev.tags));
-    events::emit(ctx, ev);
 }
 
 /// Keys a purge plan deleted: the replies of its deletions of members

@@ -47,9 +47,18 @@ pub fn emit(ctx: &Context, ev: &Event) {
         ];
         // The module's own record of a change: no rule fires on it (a rule
         // on the stream's name would otherwise fire itself for ever).
-        let _own = keys::Applying::begin();
+        let _own = super::guards::Applying::begin();
         if let Err(e) = keys::call(ctx, Mode::Replicated, "XADD", &args) {
             super::log::warning(ctx, &format!("tagcache: events stream append failed: {e}"));
         }
     }
+}
+
+/// A purge (a call, a rule firing, the end of a sliced purge) is done: its
+/// keys are counted, leases on its tags are refused from now on, and its
+/// one event is published.
+pub fn purged(ctx: &Context, ev: &Event) {
+    stats::add(&stats::KEYS_PURGED, ev.keys.max(0) as u64);
+    super::update(|s| s.leases.tags_purged(ev.tags));
+    emit(ctx, ev);
 }

@@ -2,14 +2,14 @@
 //! access, the caller's ACL, the selected database, and the guards that tell
 //! the notification handler where it is called from.
 
+use super::guards::InNotification;
 use crate::engine::error::{Error, Result};
 use crate::engine::index::Db;
-use crate::engine::plan::{Access, Kind};
+use crate::engine::plan::Kind;
 use redis_module::{
     raw, CallOptionResp, CallOptions, CallOptionsBuilder, CallReply, CallResult, Context, KeyType,
     RedisString,
 };
-use std::cell::Cell;
 use std::ffi::CStr;
 
 /// An owned reply from a call into Redis.
@@ -324,250 +324,6 @@ pub fn smembers(ctx: &Context, key: &[u8]) -> Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
-/// A user whose ACL a command's keys are checked against: the caller of a
-/// command, or the owner of a rule.
-pub struct Caller {
-    /// Looked up when a key is first checked (most callers have every key
-    /// and never need it). `None`: a user that does not exist (deleted
-    /// while connected, or a rule's owner since removed): it may touch
-    /// nothing.
-    user: std::cell::OnceCell<Option<std::ptr::NonNull<raw::RedisModuleUser>>>,
-    /// The user's name, to ask the server about the user as a whole.
-    name: Option<RedisString>,
-    /// Called inside `MULTI`/`EXEC` (see `all_keys`); `None`: not known
-    /// when the Caller was made (a user by name).
-    in_multi: Option<bool>,
-}
-
-impl Caller {
-    /// The calling user. `None` for the replication link, the AOF loader
-    /// and other contexts without a user, which Redis does not restrict
-    /// either (and asking for their user crashes Redis 7.0).
-    pub fn of(ctx: &Context) -> Option<Caller> {
-        let f = ctx.get_flags();
-        if f.intersects(
-            redis_module::ContextFlags::REPLICATED | redis_module::ContextFlags::LOADING,
-        ) {
-            return None;
-        }
-        // SAFETY: a module API call with the running context; the name
-        // returned is owned by the Caller.
-        unsafe {
-            let name = raw::RedisModule_GetCurrentUserName?(ctx.ctx);
-            if name.is_null() {
-                return None;
-            }
-            Some(Caller {
-                user: std::cell::OnceCell::new(),
-                name: Some(RedisString::from_redis_module_string(ctx.ctx, name)),
-                in_multi: Some(f.intersects(redis_module::ContextFlags::MULTI)),
-            })
-        }
-    }
-
-    /// The user called `name`, as it is now.
-    pub fn named(name: &[u8]) -> Caller {
-        Caller {
-            user: std::cell::OnceCell::new(),
-            name: Some(RedisString::create_from_slice(std::ptr::null_mut(), name)),
-            in_multi: None,
-        }
-    }
-
-    /// The server's user, looked up by name once per Caller (as it is at
-    /// the first check of a command, which runs without yielding).
-    fn user(&self) -> Option<std::ptr::NonNull<raw::RedisModuleUser>> {
-        *self.user.get_or_init(|| {
-            let name = self.name.as_ref()?;
-            // SAFETY: `name` is a live string for the call; the returned
-            // user is owned by this Caller and freed in Drop.
-            unsafe {
-                raw::RedisModule_GetModuleUserFromUserName
-                    .and_then(|f| std::ptr::NonNull::new(f(name.inner)))
-            }
-        })
-    }
-
-    /// The user's name (kept even if the user no longer exists, so that
-    /// whoever checks by it later is refused as well).
-    pub fn name(&self) -> Option<Vec<u8>> {
-        self.name.as_ref().map(|n| n.as_slice().to_vec())
-    }
-
-    /// Whether the user may run every command on every key: its root
-    /// selector is `~*` and `+@all` (other selectors only ever add to
-    /// it), so its keys need no checking one by one. `ACL GETUSER` costs as much as checking
-    /// hundreds of keys, so the answer is kept until an ACL may have changed
-    /// (`acl_may_have_changed`).
-    pub fn all_keys(&self, ctx: &Context) -> bool {
-        let Some(name) = &self.name else {
-            return false;
-        };
-        // Inside a transaction an ACL command queued before this one may
-        // have run already: keys are checked one by one there.
-        let in_multi = self.in_multi.unwrap_or_else(|| {
-            ctx.get_flags()
-                .intersects(redis_module::ContextFlags::MULTI)
-        });
-        if in_multi {
-            return false;
-        }
-        let name = name.as_slice();
-        let epoch = ACL_EPOCH.with(Cell::get);
-        let known = ALL_KEYS.with_borrow(|seen| {
-            seen.iter()
-                .find(|(e, n, _)| *e == epoch && n.as_slice() == name)
-                .map(|(_, _, all)| *all)
-        });
-        if let Some(all) = known {
-            return all;
-        }
-        // Every key and every command in the root selector (other
-        // selectors only ever add to it).
-        let all = match call(ctx, Mode::Local, "ACL", &[b"GETUSER", name]) {
-            Ok(Reply::Array(fields)) => {
-                let field = |name: &[u8]| {
-                    fields.chunks(2).find_map(|f| match f {
-                        [Reply::Bytes(k), Reply::Bytes(v)] if k == name => Some(v.clone()),
-                        _ => None,
-                    })
-                };
-                field(b"keys").as_deref() == Some(b"~*")
-                    && field(b"commands").as_deref() == Some(b"+@all")
-            }
-            _ => false,
-        };
-        ALL_KEYS.with_borrow_mut(|seen| {
-            seen.retain(|(e, _, _)| *e == epoch);
-            if seen.len() >= 16 {
-                seen.clear();
-            }
-            seen.push((epoch, name.to_vec(), all));
-        });
-        all
-    }
-
-    /// Whether the user may do `access` to `key` as the server would let
-    /// it with the plain command for that access (`plain_command`): asked
-    /// as for a real call, so that a selector whose keys match but whose
-    /// commands do not allow it does not count.
-    pub fn check(&self, ctx: &Context, key: &[u8], access: Access) -> Result<()> {
-        let denied = || Error::NoPerm(key.to_vec());
-        let Some(user) = self.user() else {
-            return Err(denied());
-        };
-        let (cmd, extra) = plain_command(access);
-        let mut argv: smallvec::SmallVec<[RedisString; 3]> = smallvec::SmallVec::new();
-        argv.push(RedisString::create_from_slice(ctx.ctx, cmd));
-        argv.push(RedisString::create_from_slice(ctx.ctx, key));
-        for a in extra {
-            argv.push(RedisString::create_from_slice(ctx.ctx, a));
-        }
-        let mut raw_argv: smallvec::SmallVec<[*mut raw::RedisModuleString; 3]> =
-            argv.iter().map(|s| s.inner).collect();
-        let argc = i32::try_from(raw_argv.len()).unwrap_or(0);
-        // SAFETY: `user` is live while self is; the strings in `argv` are
-        // live for the call, which only reads them.
-        let ok = unsafe {
-            raw::RedisModule_ACLCheckCommandPermissions.map_or(raw::REDISMODULE_ERR as i32, |f| {
-                f(user.as_ptr(), raw_argv.as_mut_ptr(), argc)
-            })
-        };
-        if ok == raw::REDISMODULE_OK as i32 {
-            Ok(())
-        } else {
-            Err(denied())
-        }
-    }
-}
-
-/// The plain command a key access on a user's behalf stands for, with
-/// the arguments after the key: deleting a key is `DEL` (SPEC: a key is
-/// deleted only if the user could `DEL` it); reading one is what
-/// `TAG.TAGS` (read-only key) needs, writing one what `TAG.ADD` (read-write
-/// key) needs, so that a user given the module's commands (`+@tagcache`)
-/// uses them on the keys its selector names.
-pub fn plain_command(access: Access) -> (&'static [u8], &'static [&'static [u8]]) {
-    match access {
-        Access::Delete => (b"DEL", &[]),
-        Access::Read => (b"TAG.TAGS", &[]),
-        Access::Write => (b"TAG.ADD", &[b"t"]),
-    }
-}
-
-impl Drop for Caller {
-    fn drop(&mut self) {
-        if let Some(Some(user)) = self.user.get().copied() {
-            // SAFETY: the user was returned by GetModuleUserFromUserName and
-            // is freed once, here.
-            unsafe {
-                if let Some(free) = raw::RedisModule_FreeModuleUser {
-                    free(user.as_ptr());
-                }
-            }
-        }
-    }
-}
-
-thread_local! {
-    /// Counts the commands seen that may have changed an ACL.
-    static ACL_EPOCH: Cell<u64> = const { Cell::new(0) };
-    /// Users known to have every key (`Caller::all_keys`), per ACL epoch.
-    static ALL_KEYS: std::cell::RefCell<Vec<(u64, Vec<u8>, bool)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-    static APPLYING: Cell<u32> = const { Cell::new(0) };
-    static IN_NOTIFICATION: Cell<u32> = const { Cell::new(0) };
-}
-
-/// A nesting depth kept while a guard lives (commands and notifications
-/// nest: a command's write fires a notification that runs a command).
-pub struct Depth(&'static std::thread::LocalKey<Cell<u32>>);
-
-impl Depth {
-    fn enter(depth: &'static std::thread::LocalKey<Cell<u32>>) -> Depth {
-        depth.with(|c| c.set(c.get() + 1));
-        Depth(depth)
-    }
-
-    fn inside(depth: &'static std::thread::LocalKey<Cell<u32>>) -> bool {
-        depth.with(|c| c.get() > 0)
-    }
-}
-
-impl Drop for Depth {
-    fn drop(&mut self) {
-        self.0.with(|c| c.set(c.get().saturating_sub(1)));
-    }
-}
-
-/// While its guard lives, calls are made from inside a keyspace notification.
-pub struct InNotification;
-
-impl InNotification {
-    pub fn begin() -> Depth {
-        Depth::enter(&IN_NOTIFICATION)
-    }
-
-    pub fn active() -> bool {
-        Depth::inside(&IN_NOTIFICATION)
-    }
-}
-
-/// While its guard lives, the module is applying a plan: it mirrors its own
-/// writes into the index itself, and the notification handler leaves their
-/// events alone.
-pub struct Applying;
-
-impl Applying {
-    pub fn begin() -> Depth {
-        Depth::enter(&APPLYING)
-    }
-
-    pub fn active() -> bool {
-        Depth::inside(&APPLYING)
-    }
-}
-
 /// Whether the command is replayed from the master link or the AOF.
 pub fn from_master(ctx: &Context) -> bool {
     ctx.get_flags()
@@ -612,28 +368,6 @@ pub fn read_string(ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>> {
         KeyType::Empty => Ok(None),
         KeyType::String => Ok(k.read().map_err(|_| Error::WrongType)?.map(<[u8]>::to_vec)),
         _ => Err(Error::WrongType),
-    }
-}
-
-/// The name of the calling user, `None` where there is none (the master
-/// link, the AOF loader).
-pub fn user_name(ctx: &Context) -> Option<Vec<u8>> {
-    if from_master(ctx) {
-        return None;
-    }
-    // SAFETY: plain function pointers of the module API; the returned
-    // string is copied and freed here.
-    unsafe {
-        let name_of = raw::RedisModule_GetCurrentUserName?;
-        let name = name_of(ctx.ctx);
-        if name.is_null() {
-            return None;
-        }
-        let bytes = RedisString::string_as_slice(name).to_vec();
-        if let Some(free) = raw::RedisModule_FreeString {
-            free(ctx.ctx, name);
-        }
-        Some(bytes)
     }
 }
 
@@ -803,13 +537,6 @@ pub fn reply_ok(ctx: &Context) -> redis_module::RedisResult {
     Ok(redis_module::RedisValue::SimpleStringStatic("OK"))
 }
 
-/// An ACL may have changed: an `ACL` command, or an `EXEC` (which may run
-/// one queued earlier), went by. Users can change no other way (`ACL` is
-/// refused in scripts; module users are not named users).
-pub fn acl_may_have_changed() {
-    ACL_EPOCH.with(|e| e.set(e.get().wrapping_add(1)));
-}
-
 /// Sets one field of a hash through the key API, from wherever the module
 /// runs (a keyspace notification included): neither replicated nor
 /// notified. The caller replicates the change itself.
@@ -849,4 +576,37 @@ pub fn hash_set_here(ctx: &Context, key: &[u8], field: &[u8], value: &[u8]) -> R
         return Err(Error::Internal("hash write failed".into()));
     }
     Ok(())
+}
+
+/// Escapes glob characters so the prefix matches literally in SCAN MATCH.
+pub fn glob_literal(prefix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(prefix.len() + 1);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'*');
+    out
+}
+
+/// Every key of `kind` under `prefix` in the selected database.
+pub fn keys_under(ctx: &Context, prefix: &[u8], kind: &[u8]) -> Vec<Vec<u8>> {
+    let pattern = glob_literal(prefix);
+    let mut cursor = b"0".to_vec();
+    let mut out = Vec::new();
+    loop {
+        let args: [&[u8]; 7] = [
+            &cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", kind,
+        ];
+        let Ok(Reply::Array(mut parts)) = call(ctx, Mode::Local, "SCAN", &args) else {
+            return out;
+        };
+        out.extend(parts.pop().map(Reply::into_bytes_list).unwrap_or_default());
+        match parts.pop() {
+            Some(Reply::Bytes(c)) if c != b"0" => cursor = c,
+            _ => return out,
+        }
+    }
 }

@@ -2,16 +2,20 @@
 //! (with replication and ACL), keyspace notifications turned into changes
 //! of the engine's state, blocked clients, timers, settings, command info.
 
+pub mod acl;
 pub mod apply;
 pub mod blocked;
+pub mod bus;
 pub mod cluster;
 pub mod cmdinfo;
 pub mod config;
 pub mod events;
+pub mod guards;
 pub mod info;
 pub mod keys;
 pub mod log;
 pub mod notify;
+pub mod owed;
 pub mod purge;
 pub mod rebuild;
 pub mod rules;
@@ -29,9 +33,9 @@ pub fn write_command(
     args: &[RedisString],
     f: fn(&Context, &[RedisString]) -> RedisResult,
 ) -> RedisResult {
-    apply::settle(ctx);
+    owed::settle(ctx);
     let reply = f(ctx, args);
-    apply::settle(ctx);
+    owed::settle(ctx);
     reply
 }
 

@@ -9,9 +9,10 @@
 //! The module's own writes are mirrored by `apply` and ignored here. While
 //! a dataset loads nothing is tracked: the index is rebuilt when it ends.
 
-use super::apply;
 use super::config;
-use super::keys::{self, Applying, InNotification, Mode};
+use super::guards::{Applying, InNotification};
+use super::keys::{self, Mode};
+use super::owed;
 use super::rebuild;
 use super::rules;
 use crate::engine::index::{Db, Scope};
@@ -54,7 +55,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         MOVING.with(|m| m.set(moving));
     }
     match name.len() {
-        3 if is(b"acl") => return keys::acl_may_have_changed(),
+        3 if is(b"acl") => return super::acl::acl_may_have_changed(),
         4 if argc == 1 && is(b"exec") => return end_transaction(),
         4 if argc >= 3 && (is(b"sadd") || is(b"srem")) => {}
         5 if argc == 1 && is(b"multi") => {
@@ -95,7 +96,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
 
 fn end_transaction() {
     super::update(|s| s.named.transaction(false, 0));
-    keys::acl_may_have_changed();
+    super::acl::acl_may_have_changed();
 }
 
 pub fn register_filter(ctx: &Context) {
@@ -203,7 +204,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         // not vouch for acts for nobody, and is written again as such. A
         // replica takes its master's word.
         if flags.intersects(ContextFlags::SLAVE) {
-            rebuild::reload_rules(ctx, db, true);
+            super::rules::reload_rules(ctx, db, true);
         } else {
             rules::disown_now(ctx, db);
         }
@@ -231,20 +232,11 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
         // Expiry and eviction run outside any command: nobody reads in
         // between, and the server's own DELs are being queued then.
-        if !POST_JOBS.with(|p| *p.get_or_init(has_post_jobs))
-            && !matches!(event, b"expired" | b"evicted")
-        {
-            apply::settle_untags(ctx);
+        if !owed::has_post_jobs() && !matches!(event, b"expired" | b"evicted") {
+            owed::settle_untags(ctx);
         }
-        settle_later(ctx);
+        owed::settle_later(ctx);
     }
-}
-
-/// Whether the server runs post-notification jobs (Redis 7.2+, Valkey).
-fn has_post_jobs() -> bool {
-    // SAFETY: reading a function pointer of the module API.
-    let f = unsafe { raw::RedisModule_AddPostNotificationJob };
-    f.is_some()
 }
 
 /// The key as a cached value: its tags, its lease, the rules it fires.
@@ -387,30 +379,10 @@ fn apply_wakes(ctx: &Context, wakes: Vec<Wake>) {
 }
 
 thread_local! {
-    static TIMER_ARMED: Cell<bool> = const { Cell::new(false) };
-    static POST_JOBS: std::cell::OnceCell<bool> = const { std::cell::OnceCell::new() };
     /// The command running moves keys between cluster nodes (`MIGRATE` on
     /// the node they leave, `RESTORE-ASKING` on the one they reach): their
     /// index sets move with them, so the keys keep their tags.
     static MOVING: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Arranges for the owed writes to be paid soon: in a post-notification job
-/// where the server has them (Redis 7.2+, Valkey), else in a 0 ms timer;
-/// and in any case before the server sleeps, and before the next module
-/// command acts.
-pub fn settle_later(ctx: &Context) {
-    if ctx.add_post_notification_job(apply::settle) == Ok(redis_module::Status::Ok) {
-        return;
-    }
-    if !TIMER_ARMED.with(|t| t.replace(true)) {
-        ctx.create_timer(std::time::Duration::ZERO, settle_on_timer, ());
-    }
-}
-
-fn settle_on_timer(ctx: &Context, (): ()) {
-    TIMER_ARMED.with(|t| t.set(false));
-    apply::settle(ctx);
 }
 
 unsafe extern "C" fn on_event_loop(
@@ -425,7 +397,7 @@ unsafe extern "C" fn on_event_loop(
     // No command runs now: an expiry or eviction is not a migration.
     MOVING.with(|m| m.set(false));
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
-        apply::settle(&Context::new(ctx));
+        owed::settle(&Context::new(ctx));
     }
     // Notes of commands that have run, once nothing is owed, count no more.
     super::update(|s| {

@@ -12,12 +12,13 @@
 //! an ordinary plan whose deletions and set updates are replicated as they
 //! are made, so whatever a restart interrupts is still tagged.
 
+use super::acl::Caller;
 use super::apply::{self, Cause};
 use super::blocked;
-use super::cluster;
+use super::bus;
 use super::config;
 use super::events::{Event, Op};
-use super::keys::{self, Caller};
+use super::keys;
 use crate::engine::cluster::Gathered;
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Kind, Plan, TagSets};
@@ -263,7 +264,7 @@ fn slice(ctx: &Context) {
     // index sets are on two nodes: the purge waits for the move to end.
     if config::slotted()
         && engine::with(|s| !s.purges.jobs.is_empty()).unwrap_or(false)
-        && cluster::migrating(ctx)
+        && bus::migrating(ctx)
     {
         if !ARMED.with(|a| a.replace(true)) {
             ctx.create_timer(Duration::from_millis(10), on_timer, ());
@@ -361,7 +362,7 @@ fn fail(ctx: &Context, id: u64, e: Error) {
     .flatten()
     .unwrap_or((None, ReplyTo::Nobody));
     if matches!(reply_to, ReplyTo::Gather(_) | ReplyTo::Remote(..)) {
-        cluster::answer(ctx, &reply_to, Err(e.to_string()));
+        bus::answer(ctx, &reply_to, Err(e.to_string()));
         return;
     }
     match waiter {
@@ -393,7 +394,7 @@ fn ended(ctx: &Context, job: Job) {
     }
     match &job.req.reply_to {
         ReplyTo::Gather(_) | ReplyTo::Remote(..) => {
-            cluster::answer(ctx, &job.req.reply_to, Ok(Gathered::Count(job.deleted)));
+            bus::answer(ctx, &job.req.reply_to, Ok(Gathered::Count(job.deleted)));
         }
         ReplyTo::Caller | ReplyTo::Nobody => {}
     }
@@ -416,7 +417,7 @@ pub fn published(ctx: &Context, req: &Request, deleted: i64) {
     } else {
         stats::bump(&stats::PURGES);
     }
-    apply::purged(
+    super::events::purged(
         ctx,
         &Event {
             op: if req.by_rule() { Op::Link } else { Op::Purge },

@@ -5,24 +5,11 @@
 //! then taken out of their sets.
 
 use super::config;
-use super::keys::{self, Mode, Reply};
+use super::keys::{self, Mode};
 use crate::engine::index::Db;
 use crate::engine::plan::SLOT_INDEX;
 use crate::engine::{self, Owed};
 use redis_module::Context;
-
-/// Escapes glob characters so the prefix matches literally in SCAN MATCH.
-pub fn glob_literal(prefix: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(prefix.len() + 1);
-    for &b in prefix {
-        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
-            out.push(b'\\');
-        }
-        out.push(b);
-    }
-    out.push(b'*');
-    out
-}
 
 fn databases(ctx: &Context) -> Db {
     let reply = keys::call(ctx, Mode::Local, "CONFIG", &[b"GET", b"databases"]);
@@ -34,36 +21,6 @@ fn databases(ctx: &Context) -> Db {
         .unwrap_or(16)
 }
 
-/// Every key of `kind` under `prefix` in the selected database.
-pub fn keys_under(ctx: &Context, prefix: &[u8], kind: &[u8]) -> Vec<Vec<u8>> {
-    let pattern = glob_literal(prefix);
-    let mut cursor = b"0".to_vec();
-    let mut out = Vec::new();
-    loop {
-        let args: [&[u8]; 7] = [
-            &cursor, b"MATCH", &pattern, b"COUNT", b"1000", b"TYPE", kind,
-        ];
-        let Ok(Reply::Array(mut parts)) = keys::call(ctx, Mode::Local, "SCAN", &args) else {
-            return out;
-        };
-        out.extend(parts.pop().map(Reply::into_bytes_list).unwrap_or_default());
-        match parts.pop() {
-            Some(Reply::Bytes(c)) if c != b"0" => cursor = c,
-            _ => return out,
-        }
-    }
-}
-
-/// The rules of `db`, read again from its `tagcache:links` hash.
-/// `vouch`: the module itself wrote the hash, or loaded it with the data.
-pub fn reload_rules(ctx: &Context, db: Db, vouch: bool) {
-    let home = keys::selected_db(ctx);
-    keys::select_db(ctx, db);
-    let pairs = super::rules::read_rules(ctx);
-    keys::select_db(ctx, home);
-    super::update(|s| s.set_rules(db, pairs, vouch));
-}
-
 pub fn rebuild(ctx: &Context) {
     super::update(|s| s.flush(None));
     let p = config::layout();
@@ -71,10 +28,10 @@ pub fn rebuild(ctx: &Context) {
     let writes = keys::may_write(ctx);
     for db in 0..databases(ctx) {
         keys::select_db(ctx, db);
-        reload_rules(ctx, db, true);
-        let mut sets = keys_under(ctx, p.tags, b"set");
+        super::rules::reload_rules(ctx, db, true);
+        let mut sets = keys::keys_under(ctx, p.tags, b"set");
         if p.slotted {
-            sets.extend(keys_under(ctx, SLOT_INDEX, b"set"));
+            sets.extend(keys::keys_under(ctx, SLOT_INDEX, b"set"));
         }
         for set in sets {
             let Some((tag, scope)) = p.index_of(&set) else {
@@ -107,7 +64,7 @@ pub fn rebuild(ctx: &Context) {
     }
     keys::select_db(ctx, home);
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
-        super::notify::settle_later(ctx);
+        super::owed::settle_later(ctx);
     }
 }
 
@@ -117,7 +74,10 @@ pub fn rebuild(ctx: &Context) {
 mod tests {
     #[test]
     fn glob_escaping() {
-        assert_eq!(super::glob_literal(b"tag:"), b"tag:*".to_vec());
-        assert_eq!(super::glob_literal(b"a*[b]"), b"a\\*\\[b\\]*".to_vec());
+        assert_eq!(super::super::keys::glob_literal(b"tag:"), b"tag:*".to_vec());
+        assert_eq!(
+            super::super::keys::glob_literal(b"a*[b]"),
+            b"a\\*\\[b\\]*".to_vec()
+        );
     }
 }

@@ -7,7 +7,6 @@
 use super::apply::{self, Cause};
 use super::config;
 use super::keys::{self, Mode, Reply};
-use super::rebuild;
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{Access, Kind, Plan, Write};
 use crate::engine::rules::Rule;
@@ -87,7 +86,7 @@ pub fn rehome(ctx: &Context, db: crate::engine::index::Db) -> Result<()> {
     }
     apply::check(ctx, None, &plan)?;
     apply::apply(ctx, &plan, Cause::Rule)?;
-    rebuild::reload_rules(ctx, db, false);
+    reload_rules(ctx, db, false);
     Ok(())
 }
 
@@ -121,9 +120,8 @@ pub fn disown_now(ctx: &Context, db: crate::engine::index::Db) {
     }
     if changed {
         super::update(|s| s.owed.push_back(crate::engine::Owed::Disown { db }));
-        super::notify::settle_later(ctx);
     }
-    rebuild::reload_rules(ctx, db, false);
+    reload_rules(ctx, db, false);
 }
 
 /// Sends replicas and the AOF the rules of `db` owned by nobody, as they
@@ -145,7 +143,7 @@ pub fn links_keys(ctx: &Context) -> Vec<Vec<u8>> {
     if !config::slotted() {
         return vec![LINKS_KEY.to_vec()];
     }
-    let mut out = rebuild::keys_under(ctx, CLUSTER_LINKS, b"hash");
+    let mut out = keys::keys_under(ctx, CLUSTER_LINKS, b"hash");
     out.retain(|k| k.ends_with(b"}"));
     out
 }
@@ -194,7 +192,7 @@ pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) ->
         .encode()
     });
     crate::engine::with(|s| s.vouch(db, source, written))?;
-    rebuild::reload_rules(ctx, db, false);
+    reload_rules(ctx, db, false);
     Ok(match rule {
         Some(_) => 0,
         None => replies.iter().sum::<i64>().min(1),
@@ -224,4 +222,14 @@ fn read_hash(ctx: &Context, key: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
             _ => None,
         })
         .collect()
+}
+
+/// The rules of `db`, read again from its `tagcache:links` hash.
+/// `vouch`: the module itself wrote the hash, or loaded it with the data.
+pub fn reload_rules(ctx: &Context, db: crate::engine::index::Db, vouch: bool) {
+    let home = keys::selected_db(ctx);
+    keys::select_db(ctx, db);
+    let pairs = read_rules(ctx);
+    keys::select_db(ctx, home);
+    super::update(|s| s.set_rules(db, pairs, vouch));
 }

@@ -1,0 +1,216 @@
+//! The writes the keyspace owes the tag sets (`engine::Owed`): a key
+//! deleted, overwritten or renamed by a client leaves its sets, a rule's
+//! source written fires its purge, rules a client wrote are disowned. A
+//! change is in the index at once; its Redis writes are paid here before
+//! any module command acts, in a post-notification job where the server
+//! has them, and before the server sleeps.
+
+use super::acl::Caller;
+use super::apply::{self, Cause};
+use super::config;
+use super::guards::Applying;
+use super::keys::{self, Mode};
+use crate::engine::error::Result;
+use crate::engine::index::Db;
+use crate::engine::plan::{self, TagSets};
+use crate::engine::purge::{ReplyTo, Request};
+use crate::engine::{self, stats, Owed};
+use redis_module::Context;
+use std::cell::{Cell, OnceCell};
+
+thread_local! {
+    static TIMER_ARMED: Cell<bool> = const { Cell::new(false) };
+    static POST_JOBS: OnceCell<bool> = const { OnceCell::new() };
+}
+
+/// Pays, now, the owed removals of keys from tag sets (and re-additions of
+/// renamed ones), leaving other owed work (rule firings) for `settle`:
+/// where the server has no post-notification jobs (Redis 7.0), a plain
+/// command later in the same pipeline must not read a tag set that still
+/// names a key the index has already untagged. Called from inside a
+/// notification, so every call replicates as it is made.
+pub fn settle_untags(ctx: &Context) {
+    let Ok(due) = engine::with(|s| {
+        let mut due = Vec::new();
+        s.owed.retain(|o| match o {
+            Owed::Untag { .. } | Owed::Retag { .. } => {
+                due.push(o.clone());
+                false
+            }
+            _ => true,
+        });
+        due
+    }) else {
+        return;
+    };
+    if due.is_empty() || !keys::may_write(ctx) {
+        return;
+    }
+    let home = keys::selected_db(ctx);
+    for o in due {
+        if engine::with(|s| s.still_due(&o)).unwrap_or(false) {
+            pay(ctx, o);
+        }
+    }
+    keys::select_db(ctx, home);
+}
+
+/// Pays every owed write (a bounded number per call; the rest on the next
+/// turn). Only a master that is not loading writes: elsewhere the master's
+/// own writes arrive by replication, and nothing is owed.
+pub fn settle(ctx: &Context) {
+    if engine::with(|s| s.owed.is_empty()).unwrap_or(true) {
+        return;
+    }
+    if !keys::may_write(ctx) {
+        super::update(|s| s.owed.clear());
+        return;
+    }
+    let home = keys::selected_db(ctx);
+    for _ in 0..100_000 {
+        let Some(next) = engine::with(|s| {
+            while let Some(o) = s.owed.pop_front() {
+                if s.still_due(&o) {
+                    return Some(o);
+                }
+            }
+            None
+        })
+        .ok()
+        .flatten() else {
+            break;
+        };
+        pay(ctx, next);
+    }
+    keys::select_db(ctx, home);
+    let more = engine::with(|s| {
+        s.named.settled();
+        // A burst of owed writes keeps no memory once paid.
+        if s.owed.is_empty() && s.owed.capacity() > 64 {
+            s.owed = Default::default();
+        }
+        !s.owed.is_empty()
+    });
+    if more.unwrap_or(false) {
+        settle_later(ctx);
+    }
+}
+
+fn pay(ctx: &Context, owed: Owed) {
+    let p = config::layout();
+    let db = match &owed {
+        Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
+        Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
+        Owed::Rehome { db } | Owed::Disown { db } => *db,
+    };
+    keys::select_db(ctx, db);
+    let done = match owed {
+        Owed::Untag {
+            tag,
+            key,
+            seq,
+            in_exec,
+            ..
+        } => {
+            let sets = p.sets_holding(&tag, &key);
+            // Client code that rewrites a key and then adds it to its tag set
+            // again (its SADD changed nothing: the key was still a member)
+            // keeps it there.
+            let readded = sets.iter().any(|set| {
+                engine::with(|s| s.named.claim(set, &key, seq, in_exec)).unwrap_or(false)
+                    && keys::call2(ctx, Mode::Local, c"SISMEMBER", set, &key) == Ok(1)
+            });
+            if readded {
+                super::update(|s| {
+                    s.index.add(db, &key, &tag);
+                });
+                return;
+            }
+            stats::bump(&stats::INDEX_CLEANUPS);
+            let _applying = Applying::begin();
+            sets.iter().try_for_each(|set| {
+                keys::call2(ctx, Mode::Replicated, c"SREM", set, &key).map(drop)
+            })
+        }
+        Owed::Retag { tag, key, .. } => {
+            let _applying = Applying::begin();
+            keys::call2(ctx, Mode::Replicated, c"SADD", &p.set_for(&tag, &key), &key).map(drop)
+        }
+        Owed::Orphans { db, keys: orphans } => {
+            let plan =
+                engine::with(|s| plan::purge(&s.index, db, &p, &[], &orphans, TagSets::Remove))
+                    .unwrap_or_default();
+            apply::apply(ctx, &plan, Cause::Rule).map(drop)
+        }
+        Owed::Fire { db, source, tags } => fire(ctx, db, &source, tags),
+        Owed::Rehome { db } => super::rules::rehome(ctx, db),
+        Owed::Disown { db } => super::rules::disown(ctx, db),
+    };
+    if let Err(e) = done {
+        super::log::warning(ctx, &format!("tagcache: index upkeep failed: {e}"));
+    }
+}
+
+/// A rule fired by a change of `source`: each rule's tags are purged, on
+/// every master, with its owner's permissions, as any purge is (sliced
+/// above `purge-atomic-max`); keys the owner may not delete stay, tagged,
+/// and are counted. The source key is spared.
+fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+    // Rules of one owner fired by one change purge together: one event.
+    type Owner = Option<Vec<u8>>;
+    let mut by_owner: Vec<(Owner, Vec<Vec<u8>>)> = Vec::new();
+    for (tag, owner) in tags {
+        match by_owner.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, list)) => list.push(tag),
+            None => by_owner.push((owner, vec![tag])),
+        }
+    }
+    for (owner, tags) in by_owner {
+        let req = Request {
+            db,
+            tags,
+            user: owner,
+            rule_source: Some(source.to_vec()),
+            reply_to: ReplyTo::Nobody,
+            publish: true,
+        };
+        super::bus::purge_elsewhere(ctx, &req);
+        let caller = req.user.as_deref().map(Caller::named);
+        let event = req.clone();
+        if let super::purge::Here::Done { deleted, .. } =
+            super::purge::here(ctx, req, caller.as_ref(), super::purge::Wait::Detached)?
+        {
+            super::purge::published(ctx, &event, deleted);
+        }
+    }
+    Ok(())
+}
+
+/// Arranges for the owed writes to be paid soon: in a post-notification job
+/// where the server has them (Redis 7.2+, Valkey), else in a 0 ms timer;
+/// and in any case before the server sleeps, and before the next module
+/// command acts.
+pub fn settle_later(ctx: &Context) {
+    if ctx.add_post_notification_job(settle) == Ok(redis_module::Status::Ok) {
+        return;
+    }
+    if !TIMER_ARMED.with(|t| t.replace(true)) {
+        ctx.create_timer(std::time::Duration::ZERO, settle_on_timer, ());
+    }
+}
+
+fn settle_on_timer(ctx: &Context, (): ()) {
+    TIMER_ARMED.with(|t| t.set(false));
+    settle(ctx);
+}
+
+/// Whether the server runs post-notification jobs (Redis 7.2+, Valkey).
+pub fn has_post_jobs() -> bool {
+    POST_JOBS.with(|p| {
+        *p.get_or_init(|| {
+            // SAFETY: reading a function pointer of the module API.
+            let f = unsafe { redis_module::raw::RedisModule_AddPostNotificationJob };
+            f.is_some()
+        })
+    })
+}
