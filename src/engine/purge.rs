@@ -131,9 +131,13 @@ pub struct Job {
     left: usize,
     /// Keys this purge deleted.
     pub deleted: i64,
-    /// The caller, blocked until the end (`None` with `ASYNC`, or once it
-    /// left).
+    /// The caller, blocked until the end (or, with `early`, until every key
+    /// is checked; `None` once it left or was answered).
     pub waiter: Option<Client>,
+    /// `ASYNC` of a user checked key by key: the count the caller is told
+    /// once every key passed (a key it may not delete fails the call with
+    /// `NOPERM` instead, as for a purge it waits for).
+    pub early: Option<i64>,
     refused: bool,
 }
 
@@ -142,7 +146,7 @@ fn bit(i: usize) -> (usize, u64) {
 }
 
 impl Job {
-    fn new(id: u64, req: Request, selected: &[Vec<u8>]) -> Job {
+    fn new(id: u64, req: Request, selected: &[Vec<u8>], check: bool) -> Job {
         let mut names = Names::default();
         let mut pending = vec![0u64; selected.len() / 64 + 1];
         let mut left = 0;
@@ -155,7 +159,7 @@ impl Job {
                 }
             }
         }
-        let phase = if req.user.is_some() && !req.by_rule() {
+        let phase = if check {
             Phase::Checking
         } else {
             Phase::Deleting
@@ -170,6 +174,7 @@ impl Job {
             left,
             deleted: 0,
             waiter: None,
+            early: None,
             refused: false,
         }
     }
@@ -312,11 +317,12 @@ pub struct Purges {
 
 impl Purges {
     /// A purge of `selected`, the keys that carry the request's tags now
-    /// (their names, as the index lists them). Returns its id and how many
-    /// keys it holds.
-    pub fn start(&mut self, req: Request, selected: &[Vec<u8>]) -> (u64, usize) {
+    /// (their names, as the index lists them); `check`: each key is checked
+    /// against the user's ACL before any is deleted. Returns its id and how
+    /// many keys it holds.
+    pub fn start(&mut self, req: Request, selected: &[Vec<u8>], check: bool) -> (u64, usize) {
         self.last_id += 1;
-        let job = Job::new(self.last_id, req, selected);
+        let job = Job::new(self.last_id, req, selected, check);
         let n = job.left();
         self.jobs.push(job);
         (self.last_id, n)
@@ -432,7 +438,7 @@ mod tests {
     #[test]
     fn checks_then_deletes_what_nobody_wrote() {
         let mut p = Purges::default();
-        let (id, n) = p.start(request(Some(b"u")), &names(10));
+        let (id, n) = p.start(request(Some(b"u")), &names(10), true);
         assert_eq!(n, 10);
         p.touched(0, b"k1");
         p.touched(0, b"late"); // never selected: nothing to forget
@@ -460,7 +466,7 @@ mod tests {
         }
         let mut p = Purges::default();
         let sel = select(&ix, 0, &[b"t".to_vec()]);
-        let (id, _) = p.start(request(None), &sel);
+        let (id, _) = p.start(request(None), &sel, false);
         ix.remove(0, b"k3", b"t");
         ix.add(0, b"victim", b"other");
         let got = drain(p.get(id).unwrap());
@@ -474,7 +480,7 @@ mod tests {
     #[test]
     fn a_job_follows_a_rename_and_spares_what_was_written() {
         let mut p = Purges::default();
-        let (id, _) = p.start(request(None), &names(4));
+        let (id, _) = p.start(request(None), &names(4), false);
         // Half way through, k0 renamed to a name behind the cursor.
         let first = p.get(id).unwrap().batch(2);
         assert_eq!(first, vec![b"k0".to_vec(), b"k1".to_vec()]);
@@ -489,7 +495,7 @@ mod tests {
     fn repeated_names_count_once() {
         let mut p = Purges::default();
         let sel = vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()];
-        let (id, n) = p.start(request(None), &sel);
+        let (id, n) = p.start(request(None), &sel, false);
         assert_eq!(n, 2);
         assert_eq!(
             drain(p.get(id).unwrap()),
@@ -500,7 +506,7 @@ mod tests {
     #[test]
     fn callers_swaps_and_flushes() {
         let mut p = Purges::default();
-        let (id, _) = p.start(request(None), &names(5));
+        let (id, _) = p.start(request(None), &names(5), false);
         p.get(id).unwrap().waiter = Some(9);
         assert!(p.forget_waiter(9));
         assert!(!p.forget_waiter(9));

@@ -183,7 +183,7 @@ fn handle(ctx: &Context, m: Inbound) {
                     let n = if is_async { carried } else { deleted };
                     answer(ctx, &reply_to, Ok(Gathered::Count(n)));
                 }
-                Ok(Here::Sliced { carried }) if is_async => {
+                Ok(Here::Sliced { carried, .. }) if is_async => {
                     // The count goes now; the purge's own end tells no one.
                     silence(&reply_to);
                     answer(ctx, &reply_to, Ok(Gathered::Count(carried)));
@@ -296,7 +296,7 @@ pub fn purge(
     };
     let local = match purge::here(ctx, local_req, caller, Wait::Detached) {
         Ok(Here::Done { deleted, carried }) => Some(if is_async { carried } else { deleted }),
-        Ok(Here::Sliced { carried }) if is_async => {
+        Ok(Here::Sliced { carried, .. }) if is_async => {
             silence(&reply_to);
             Some(carried)
         }

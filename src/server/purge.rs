@@ -40,7 +40,9 @@ pub enum Here {
     /// Done at once: keys deleted, and keys that carried the tags.
     Done { deleted: i64, carried: i64 },
     /// Going on in slices; its end goes where the request says.
-    Sliced { carried: i64 },
+    /// `answered`: the calling client is blocked, and answered by the job
+    /// (at its end, or once its keys are checked).
+    Sliced { carried: i64, answered: bool },
 }
 
 /// How the caller of a purge may wait for it.
@@ -51,6 +53,10 @@ pub enum Wait {
     Never,
     /// The calling client is blocked until a sliced purge ends.
     Blocked,
+    /// `ASYNC`: the calling client gets the count of keys that carried the
+    /// tags at once, or, if its keys are checked one by one, once every
+    /// key passed (blocked until then; `NOPERM` if one does not).
+    Async,
     /// Nobody waits here: a sliced purge's end goes to `reply_to` only.
     Detached,
 }
@@ -217,12 +223,14 @@ fn sliced(
         }
         apply::check(ctx, caller, &sets)?;
     }
-    let waiter = match wait {
-        Wait::Blocked => Some(
+    let check = !req.by_rule() && caller.is_some_and(|c| !c.all_keys(ctx));
+    let block = wait == Wait::Blocked || (wait == Wait::Async && check);
+    let waiter = match block {
+        true => Some(
             blocked::block_for_purge(ctx)
                 .ok_or_else(|| Error::Internal("cannot block the caller".into()))?,
         ),
-        _ => None,
+        false => None,
     };
     // The checks read the tag sets, and a set that expired on the way took
     // its members' tags with it: list them again then.
@@ -230,15 +238,19 @@ fn sliced(
         selected = select(db, &req.tags)?.0;
     }
     let n = engine::with(|s| {
-        let (id, n) = s.purges.start(req, &selected);
+        let (id, n) = s.purges.start(req, &selected, check);
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
+            if wait == Wait::Async && waiter.is_some() {
+                job.early = Some(i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
         n
     })?;
     later(ctx);
     Ok(Here::Sliced {
         carried: i64::try_from(n).unwrap_or(i64::MAX),
+        answered: waiter.is_some(),
     })
 }
 
@@ -320,6 +332,22 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
             for k in &names {
                 c.check(ctx, k, Access::Delete)?;
             }
+        }
+        // Every key passed: an `ASYNC` caller gets its count now.
+        let early = engine::with(|s| {
+            s.purges
+                .get(id)
+                .filter(|j| j.phase == Phase::Deleting && j.early.is_some())
+                .and_then(|j| Some((j.waiter.take()?, j.early.take()?)))
+        })?;
+        if let Some((client, carried)) = early {
+            blocked::wake(
+                ctx,
+                vec![Wake::Purged {
+                    client,
+                    deleted: carried,
+                }],
+            );
         }
         return Ok(true);
     }
@@ -443,12 +471,12 @@ pub fn alone(
     let wait = match (can_wait, is_async) {
         (false, _) => Wait::Never,
         (true, false) => Wait::Blocked,
-        (true, true) => Wait::Detached,
+        (true, true) => Wait::Async,
     };
     let event = req.clone();
     Ok(match here(ctx, req, caller, wait)? {
-        Here::Sliced { carried } if is_async => RedisValue::Integer(carried),
-        Here::Sliced { .. } => RedisValue::NoReply,
+        Here::Sliced { answered: true, .. } => RedisValue::NoReply,
+        Here::Sliced { carried, .. } => RedisValue::Integer(carried),
         Here::Done { deleted, carried } => {
             published(ctx, &event, deleted);
             RedisValue::Integer(if is_async { carried } else { deleted })
