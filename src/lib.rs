@@ -58,6 +58,7 @@ command_table! {
     ["tag.add", commands::tag_add],
     ["tag.rem", commands::tag_rem],
     ["tag.purge", commands::tag_purge],
+    ["tag.invalidate", commands::tag_invalidate],
     ["tag.members", commands::tag_members],
     ["tag.card", commands::tag_card],
     ["tag.tags", commands::tag_tags],

@@ -116,12 +116,20 @@ pub fn distinct_tags<'a>(tags: &[&'a [u8]]) -> Result<Tags<'a>> {
     Ok(out)
 }
 
-/// `TAG.PURGE tag [tag ...] [ASYNC]`.
+/// `TAG.PURGE tag [tag ...] [ASYNC]`, and its general form
+/// `TAG.INVALIDATE [ALL] [SOFT grace-ms] [ASYNC] TAGS numtags tag [tag ...]`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PurgeArgs<'a> {
     pub tags: Tags<'a>,
     pub is_async: bool,
+    /// Keys that carry every tag, rather than any.
+    pub all: bool,
+    /// Mark stale for this long at most, rather than delete.
+    pub grace_ms: Option<i64>,
 }
+
+/// Bound on a soft invalidation's grace and a soft expiry: 30 days.
+pub const GRACE_MS_MAX: i64 = 2_592_000_000;
 
 /// `TAG.PURGE tag [tag ...] [ASYNC]` — `args` excludes the command name. A
 /// last argument `ASYNC` (any case) is the option, never a tag: a tag of
@@ -139,7 +147,58 @@ pub fn parse_purge<'a>(args: &[&'a [u8]]) -> Result<PurgeArgs<'a>> {
     Ok(PurgeArgs {
         tags: distinct_tags(tags)?,
         is_async,
+        all: false,
+        grace_ms: None,
     })
+}
+
+/// A grace in milliseconds: 1 … `GRACE_MS_MAX`.
+pub fn parse_grace(value: &[u8]) -> Result<i64> {
+    let n = parse_i64(value)?;
+    if !(1..=GRACE_MS_MAX).contains(&n) {
+        return Err(Error::Invalid(format!(
+            "grace-ms must be between 1 and {GRACE_MS_MAX}"
+        )));
+    }
+    Ok(n)
+}
+
+/// `TAG.INVALIDATE [ALL] [SOFT grace-ms] [ASYNC] TAGS numtags tag [tag ...]`
+/// — options before `TAGS`, in any order and any case, each at most once.
+pub fn parse_invalidate<'a>(args: &[&'a [u8]]) -> Result<PurgeArgs<'a>> {
+    const CMD: &str = "tag.invalidate";
+    let mut a = PurgeArgs {
+        tags: Tags::new(),
+        is_async: false,
+        all: false,
+        grace_ms: None,
+    };
+    let mut i = 0;
+    loop {
+        let Some(word) = args.get(i) else {
+            return Err(Error::WrongArity(CMD));
+        };
+        i += 1;
+        match upper(word).as_str() {
+            "ALL" if !a.all => a.all = true,
+            "ASYNC" if !a.is_async => a.is_async = true,
+            "SOFT" if a.grace_ms.is_none() => {
+                let value = args.get(i).ok_or(Error::WrongArity(CMD))?;
+                i += 1;
+                a.grace_ms = Some(parse_grace(value)?);
+            }
+            "TAGS" => break,
+            _ => return Err(Error::Syntax(word.to_vec())),
+        }
+    }
+    let n = args.get(i).ok_or(Error::WrongArity(CMD))?;
+    let tags = args.get(i + 1..).unwrap_or_default();
+    let n = parse_i64(n).map_err(|_| Error::NumTags)?;
+    if n < 1 || usize::try_from(n).ok() != Some(tags.len()) {
+        return Err(Error::NumTags);
+    }
+    a.tags = distinct_tags(tags)?;
+    Ok(a)
 }
 
 /// `TAG.SET key value [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL] [NX|XX] [LEASE token]
@@ -518,5 +577,56 @@ mod tests {
         assert_eq!(p(&[b"ASYNC", b"x"]).unwrap().tags.len(), 2);
         assert_eq!(p(&[]), Err(Error::WrongArity("tag.purge")));
         assert_eq!(p(&[b"", b"ASYNC"]), Err(Error::EmptyTag));
+    }
+
+    #[test]
+    fn invalidate_arguments() {
+        fn p<'a>(a: &[&'a [u8]]) -> Result<PurgeArgs<'a>> {
+            parse_invalidate(a)
+        }
+        let got = p(&[b"soft", b"500", b"all", b"ASYNC", b"TAGS", b"2", b"a", b"b"]).unwrap();
+        assert_eq!(got.tags.as_slice(), &[b"a".as_slice(), b"b"]);
+        assert!(got.all && got.is_async);
+        assert_eq!(got.grace_ms, Some(500));
+        let plain = p(&[b"TAGS", b"1", b"ALL"]).unwrap();
+        assert_eq!(plain.tags.as_slice(), &[b"ALL".as_slice()]);
+        assert!(!plain.all && !plain.is_async && plain.grace_ms.is_none());
+        assert_eq!(p(&[]).unwrap_err(), Error::WrongArity("tag.invalidate"));
+        assert_eq!(
+            p(&[b"ALL"]).unwrap_err(),
+            Error::WrongArity("tag.invalidate")
+        );
+        assert_eq!(
+            p(&[b"TAGS"]).unwrap_err(),
+            Error::WrongArity("tag.invalidate")
+        );
+        assert_eq!(p(&[b"TAGS", b"2", b"a"]).unwrap_err(), Error::NumTags);
+        assert_eq!(p(&[b"TAGS", b"0"]).unwrap_err(), Error::NumTags);
+        assert_eq!(p(&[b"TAGS", b"x", b"a"]).unwrap_err(), Error::NumTags);
+        assert_eq!(
+            p(&[b"ALL", b"ALL", b"TAGS", b"1", b"a"]).unwrap_err(),
+            Error::Syntax(b"ALL".to_vec())
+        );
+        assert_eq!(
+            p(&[b"SOFT", b"0", b"TAGS", b"1", b"a"]).unwrap_err(),
+            Error::Invalid("grace-ms must be between 1 and 2592000000".into())
+        );
+        assert_eq!(
+            p(&[b"SOFT", b"2592000001", b"TAGS", b"1", b"a"]).unwrap_err(),
+            Error::Invalid("grace-ms must be between 1 and 2592000000".into())
+        );
+        assert_eq!(
+            p(&[b"SOFT", b"x", b"TAGS", b"1", b"a"]).unwrap_err(),
+            Error::NotInteger
+        );
+        assert_eq!(
+            p(&[b"SOFT"]).unwrap_err(),
+            Error::WrongArity("tag.invalidate")
+        );
+        assert_eq!(
+            p(&[b"BOGUS", b"TAGS", b"1", b"a"]).unwrap_err(),
+            Error::Syntax(b"BOGUS".to_vec())
+        );
+        assert_eq!(p(&[b"TAGS", b"1", b""]).unwrap_err(), Error::EmptyTag);
     }
 }

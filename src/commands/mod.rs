@@ -31,6 +31,7 @@ writes! {
     tag_add => tag::tag_add,
     tag_rem => tag::tag_rem,
     tag_purge => tag::tag_purge,
+    tag_invalidate => tag::tag_invalidate,
     tag_link => link::tag_link,
     tag_unlink => link::tag_unlink,
     tag_getl => lease::tag_getl,

@@ -7,7 +7,7 @@
 use super::args::{self, Condition};
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{self, Access, Expiry, Plan, Prefix};
-use crate::engine::purge::{ReplyTo, Request};
+use crate::engine::purge::{ReplyTo, Request, Soft};
 use crate::engine::{self, stats};
 use crate::server::acl::Caller;
 use crate::server::apply::{self, Cause};
@@ -185,11 +185,27 @@ fn tag_change(ctx: &Context, args: &[RedisString], add: bool) -> RedisResult {
 pub fn tag_purge(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(args);
-    let a = args::parse_purge(&argv)?;
+    invalidate(ctx, args::parse_purge(&argv)?)
+}
+
+pub fn tag_invalidate(ctx: &Context, args: &[RedisString]) -> RedisResult {
+    stats::bump(&stats::COMMANDS);
+    let argv = argv(args);
+    invalidate(ctx, args::parse_invalidate(&argv)?)
+}
+
+/// `TAG.INVALIDATE`, and `TAG.PURGE`, its short form: one request, run on
+/// this server, or in a cluster on every master.
+fn invalidate(ctx: &Context, a: args::PurgeArgs) -> RedisResult {
     let caller = Caller::of(ctx);
     let req = Request {
         db: keys::selected_db(ctx),
         tags: a.tags.iter().map(|t| t.to_vec()).collect(),
+        all: a.all,
+        soft: a.grace_ms.map(|grace_ms| Soft {
+            grace_ms,
+            until: keys::now_ms().saturating_add(grace_ms),
+        }),
         user: caller.as_ref().and_then(Caller::name),
         rule_source: None,
         reply_to: ReplyTo::Caller,

@@ -202,6 +202,8 @@ pub fn ver_bump(ctx: &Context, args: &[RedisString]) -> RedisResult {
             scopes: &scope_names,
             keys: 0,
             source: None,
+            all: false,
+            grace_ms: None,
         },
     );
     // One reply per scope named, repeats included, in order.

@@ -63,13 +63,17 @@ pub enum How {
 }
 
 /// A `PURGE` message: one master's request to another, as the fields
-/// `id user how [source] tag...` (`how` is `wait`, `async` or `rule`, the
-/// last followed by the rule's source key; an empty user is the server).
+/// `id user how [source] match soft tag...` (`how` is `wait`, `async` or
+/// `rule`, the last followed by the rule's source key; an empty user is
+/// the server; `match` is `any` or `all`; `soft` is empty, or the grace
+/// and the time the keys expire by, as `grace:until`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PurgeAsk {
     pub id: u64,
     pub user: Option<Vec<u8>>,
     pub how: How,
+    pub all: bool,
+    pub soft: Option<super::purge::Soft>,
     pub tags: Vec<Vec<u8>>,
 }
 
@@ -87,6 +91,15 @@ impl PurgeAsk {
                 out.push(source.clone());
             }
         }
+        out.push(if self.all {
+            b"all".to_vec()
+        } else {
+            b"any".to_vec()
+        });
+        out.push(match self.soft {
+            Some(s) => format!("{}:{}", s.grace_ms, s.until).into_bytes(),
+            None => Vec::new(),
+        });
         out.extend(self.tags.iter().cloned());
         out
     }
@@ -106,6 +119,22 @@ impl PurgeAsk {
             }
             _ => return None,
         };
+        let (all, tags) = match tags.split_first()? {
+            (m, rest) if m.as_slice() == b"all" => (true, rest),
+            (m, rest) if m.as_slice() == b"any" => (false, rest),
+            _ => return None,
+        };
+        let (soft, tags) = tags.split_first()?;
+        let soft = match soft.as_slice() {
+            b"" => None,
+            s => {
+                let (g, u) = std::str::from_utf8(s).ok()?.split_once(':')?;
+                Some(super::purge::Soft {
+                    grace_ms: g.parse().ok()?,
+                    until: u.parse().ok()?,
+                })
+            }
+        };
         if tags.is_empty() {
             return None;
         }
@@ -113,6 +142,8 @@ impl PurgeAsk {
             id,
             user: (!user.is_empty()).then(|| user.clone()),
             how,
+            all,
+            soft,
             tags: tags.to_vec(),
         })
     }
@@ -142,6 +173,10 @@ pub struct Gather {
     pub error: Option<String>,
     /// A purge: one event when it ends.
     pub purge: bool,
+    /// The purge's selection was `ALL`, and its grace if soft (its event
+    /// says so).
+    pub all: bool,
+    pub grace_ms: Option<i64>,
     /// The request as sent (kind, bytes): sent again to masters that have
     /// not answered, since the cluster bus may lose a message.
     pub request: Option<(u8, Vec<u8>)>,
@@ -197,6 +232,8 @@ impl Gathers {
                 sum,
                 error: None,
                 purge,
+                all: false,
+                grace_ms: None,
                 request: None,
             },
         );
@@ -335,18 +372,27 @@ mod tests {
                 id: 7,
                 user: Some(b"alice".to_vec()),
                 how: How::Wait,
+                all: true,
+                soft: Some(crate::engine::purge::Soft {
+                    grace_ms: 5,
+                    until: 1_700_000_000_005,
+                }),
                 tags: vec![b"t".to_vec(), b"".to_vec()],
             },
             PurgeAsk {
                 id: 0,
                 user: None,
                 how: How::Rule(b"user:1\0".to_vec()),
+                all: false,
+                soft: None,
                 tags: vec![b"u:1".to_vec()],
             },
             PurgeAsk {
                 id: u64::MAX,
                 user: None,
                 how: How::Async,
+                all: false,
+                soft: None,
                 tags: vec![b"async".to_vec()],
             },
         ];
@@ -355,11 +401,13 @@ mod tests {
             let back = decode(&wire).and_then(|f| PurgeAsk::from_fields(&f));
             assert_eq!(back, Some(ask));
         }
-        let bad: [&[&[u8]]; 4] = [
-            &[b"x", b"", b"wait", b"t"],
-            &[b"1", b"", b"later", b"t"],
+        let bad: [&[&[u8]]; 6] = [
+            &[b"x", b"", b"wait", b"any", b"", b"t"],
+            &[b"1", b"", b"later", b"any", b"", b"t"],
             &[b"1", b"", b"rule"],
             &[b"1", b""],
+            &[b"1", b"", b"wait", b"some", b"", b"t"],
+            &[b"1", b"", b"wait", b"any", b"5", b"t"],
         ];
         for f in bad {
             let f: Vec<Vec<u8>> = f.iter().map(|b| b.to_vec()).collect();

@@ -4,6 +4,8 @@ use serde_json::json;
 
 pub enum Op {
     Purge,
+    /// A soft invalidation (`TAG.INVALIDATE … SOFT`).
+    Stale,
     Bump,
     Link,
 }
@@ -12,6 +14,7 @@ impl Op {
     fn name(&self) -> &'static str {
         match self {
             Op::Purge => "purge",
+            Op::Stale => "stale",
             Op::Bump => "bump",
             Op::Link => "link",
         }
@@ -24,6 +27,10 @@ pub struct Event<'a> {
     pub scopes: &'a [Vec<u8>],
     pub keys: i64,
     pub source: Option<&'a [u8]>,
+    /// An `ALL` selection (keys that carry every tag).
+    pub all: bool,
+    /// A soft invalidation's grace.
+    pub grace_ms: Option<i64>,
 }
 
 fn lossy(items: &[Vec<u8>]) -> Vec<String> {
@@ -35,15 +42,23 @@ fn lossy(items: &[Vec<u8>]) -> Vec<String> {
 
 /// The JSON payload, as subscribers receive it.
 pub fn payload(ev: &Event, ts: i64) -> String {
-    json!({
+    let mut doc = json!({
         "op": ev.op.name(),
         "tags": lossy(ev.tags),
         "scopes": lossy(ev.scopes),
         "keys": ev.keys,
         "source": ev.source.map(|s| String::from_utf8_lossy(s).into_owned()),
         "ts": ts,
-    })
-    .to_string()
+    });
+    if let Some(map) = doc.as_object_mut() {
+        if ev.all {
+            map.insert("match".into(), json!("all"));
+        }
+        if let Some(g) = ev.grace_ms {
+            map.insert("grace_ms".into(), json!(g));
+        }
+    }
+    doc.to_string()
 }
 
 // Unit tests only: compiled out of the module (`cfg(test)`), they never
@@ -61,6 +76,8 @@ mod tests {
             scopes: &[],
             keys: 3,
             source: None,
+            all: false,
+            grace_ms: None,
         };
         let v: serde_json::Value = serde_json::from_str(&payload(&ev, 7)).unwrap();
         assert_eq!(v["op"], "purge");

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod purge;
 pub mod rules;
 pub mod slot;
+pub mod stale;
 pub mod stats;
 pub mod version;
 
@@ -107,6 +108,9 @@ pub enum Owed {
         source: Vec<u8>,
         tags: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     },
+    /// `key` was deleted, expired or overwritten while stale: its stale
+    /// state leaves the stale hash, unless it is stale again by then.
+    Fresh { db: Db, key: Vec<u8> },
     /// In a cluster, the hash holding this master's rules moved to another
     /// master with its slot: the rules are written again in a slot it keeps.
     Rehome { db: Db },
@@ -153,6 +157,8 @@ pub struct State {
     /// (source prefix -> stored value): a rule a client writes into the hash
     /// with a plain command is not vouched for.
     pub vouched: HashMap<Db, HashMap<Vec<u8>, Vec<u8>>>,
+    /// The keys the stale hashes name (`stale`).
+    pub stale: stale::Stale,
 }
 
 thread_local! {
@@ -395,6 +401,7 @@ impl State {
         match owed {
             Owed::Untag { db, tag, key, .. } => !self.index.has(*db, key, tag),
             Owed::Retag { db, tag, key } => self.index.has(*db, key, tag),
+            Owed::Fresh { db, key } => !self.stale.contains(*db, key),
             Owed::Orphans { .. }
             | Owed::Fire { .. }
             | Owed::Rehome { .. }
@@ -404,6 +411,7 @@ impl State {
 
     pub fn flush(&mut self, db: Option<Db>) {
         self.index.flush(db);
+        self.stale.flush(db);
         self.purges.flushed(db);
         self.ghosts.retain(|(d, _)| db.is_some_and(|x| x != *d));
         match db {
@@ -424,6 +432,7 @@ impl State {
         index::swap_dbs(&mut self.rules, a, b);
         index::swap_dbs(&mut self.vouched, a, b);
         self.purges.swapped(a, b);
+        self.stale.swap(a, b);
         self.ghosts = std::mem::take(&mut self.ghosts)
             .into_iter()
             .map(|(d, k)| {
@@ -443,6 +452,7 @@ impl State {
             let d = match o {
                 Owed::Untag { db, .. }
                 | Owed::Retag { db, .. }
+                | Owed::Fresh { db, .. }
                 | Owed::Orphans { db, .. }
                 | Owed::Fire { db, .. }
                 | Owed::Rehome { db }
@@ -461,6 +471,7 @@ fn owed_db(o: &Owed) -> Db {
     match o {
         Owed::Untag { db, .. }
         | Owed::Retag { db, .. }
+        | Owed::Fresh { db, .. }
         | Owed::Orphans { db, .. }
         | Owed::Fire { db, .. }
         | Owed::Rehome { db }

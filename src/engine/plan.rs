@@ -6,7 +6,7 @@
 
 use super::index::{Db, Index, Scope};
 use super::slot;
-use super::{State, Wake};
+use super::{Owed, State, Wake};
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -25,6 +25,8 @@ pub enum Access {
     Read,
     Write,
     Delete,
+    /// Changing the key's expiry (marking it stale).
+    Expire,
 }
 
 /// The type a key must have, if it exists.
@@ -77,6 +79,14 @@ pub enum Write<'a> {
     },
     /// `HDEL key field`.
     HashDel { key: Bytes<'a>, field: Bytes<'a> },
+    /// Marks `key` stale, if it exists: it expires at `until` at the latest
+    /// (an earlier expiry is kept), and the stale hash `hash` names it.
+    /// Replicated as `PEXPIREAT` and `HSET`.
+    MarkStale {
+        key: Bytes<'a>,
+        hash: Bytes<'a>,
+        until: i64,
+    },
 }
 
 impl Write<'_> {
@@ -93,6 +103,7 @@ impl Write<'_> {
             Write::HashSet { key, .. } | Write::HashDel { key, .. } => {
                 out.push((key, Access::Write, Kind::Hash))
             }
+            Write::MarkStale { key, .. } => out.push((key, Access::Expire, Kind::Any)),
         }
     }
 
@@ -106,6 +117,8 @@ impl Write<'_> {
             Write::Del { keys } | Write::Unlink { keys } => {
                 keys.iter().map(|k| (k.as_ref(), true)).collect()
             }
+            // Its value stays: a purge in progress still deletes it.
+            Write::MarkStale { .. } => Vec::new(),
         }
     }
 }
@@ -263,6 +276,25 @@ impl<'a> Prefix<'a> {
         out.push(b'}');
         out.extend_from_slice(tag);
         out
+    }
+
+    /// The hash that holds `key`'s stale state: one per database, in a
+    /// cluster one per slot (it moves with the slot).
+    pub fn stale_hash(&self, key: &[u8]) -> Vec<u8> {
+        use super::stale::STALE_HASH;
+        if !self.slotted {
+            return STALE_HASH.to_vec();
+        }
+        [STALE_HASH, b"{", slot::name_in(slot::slot(key)), b"}"].concat()
+    }
+
+    /// Whether `key` is a stale hash.
+    pub fn is_stale_hash(&self, key: &[u8]) -> bool {
+        use super::stale::STALE_HASH;
+        match key.strip_prefix(STALE_HASH) {
+            Some(rest) => rest.is_empty() || (self.slotted && rest.starts_with(b"{")),
+            None => false,
+        }
     }
 
     /// Every set that may hold `key` for `tag`: the module's, and in a
@@ -569,6 +601,25 @@ pub fn purge<'a>(
     plan
 }
 
+/// Marks `keys` stale (soft invalidation): each expires at `until` at the
+/// latest and is named in its stale hash. Each reply counts a key that
+/// existed.
+pub fn mark_stale<'a>(p: &Prefix, keys: &'a [Vec<u8>], until: i64) -> Plan<'a> {
+    let mut plan = Plan {
+        local: true,
+        ..Plan::default()
+    };
+    for k in keys {
+        plan.counted.push(plan.writes.len());
+        plan.write(Write::MarkStale {
+            key: Cow::Borrowed(k.as_slice()),
+            hash: p.stale_hash(k).into(),
+            until,
+        });
+    }
+    plan
+}
+
 /// The index sets of `tags`: on a standalone server one per tag; in a
 /// cluster, those that hold `members` (one per tag and slot, and the
 /// client-written sets of the same slots).
@@ -618,6 +669,12 @@ impl State {
                 if !stated {
                     ix.forget_key(db, key);
                 }
+                if self.stale.clear(db, key) {
+                    self.owed.push_back(Owed::Fresh {
+                        db,
+                        key: key.to_vec(),
+                    });
+                }
                 if let Some((tag, scope)) = p.index_of(key) {
                     ix.drop_tag_in(db, tag, scope);
                 }
@@ -642,6 +699,12 @@ impl State {
                 let mut slots: BTreeMap<&[u8], Vec<u16>> = BTreeMap::new();
                 for k in keys {
                     ix.forget_key(db, k);
+                    if self.stale.clear(db, k) {
+                        self.owed.push_back(Owed::Fresh {
+                            db,
+                            key: k.to_vec(),
+                        });
+                    }
                     match p.index_of(k) {
                         Some((tag, Scope::All)) => ix.forget_tag(db, tag),
                         Some((tag, Scope::Slot(s))) => slots.entry(tag).or_default().push(s),
@@ -652,7 +715,19 @@ impl State {
                     ix.drop_tag_in_slots(db, tag, &list);
                 }
             }
+            Write::HashSet { key, field, .. } if p.is_stale_hash(key) => {
+                self.stale.mark(db, field);
+            }
+            Write::HashDel { key, field } if p.is_stale_hash(key) => {
+                self.stale.clear(db, field);
+            }
             Write::HashSet { .. } | Write::HashDel { .. } => {}
+            Write::MarkStale { key, .. } => {
+                self.stale.mark(db, key);
+                // A refresh lease out before the key was marked again is
+                // void: the next reader gets a new one at once.
+                self.leases.key_changed(db, key);
+            }
         }
         let fire = fire && self.has_rules(db);
         if !fire && !self.watching() {

@@ -30,13 +30,25 @@ pub enum ReplyTo {
     Nobody,
 }
 
-/// One purge, as asked for: what to select, for whom, and where its end
-/// goes. Every purge (a command's, a rule's, another master's) is one.
+/// A soft invalidation: the selected keys are marked stale rather than
+/// deleted, and expire at `until` (unix ms) at the latest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Soft {
+    pub grace_ms: i64,
+    pub until: i64,
+}
+
+/// One purge (or soft invalidation), as asked for: what to select, what to
+/// do to it, for whom, and where its end goes. Every purge (a command's, a
+/// rule's, another master's) is one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub db: Db,
-    /// Every key that carries any of them.
+    /// Every key that carries any of them (`all`: every one of them).
     pub tags: Vec<Vec<u8>>,
+    pub all: bool,
+    /// Marks stale instead of deleting.
+    pub soft: Option<Soft>,
     /// Whose permissions it has (`None`: the server's).
     pub user: Option<Vec<u8>>,
     /// A rule's purge, fired by a change of this key: a key the user may
@@ -396,9 +408,19 @@ impl Purges {
     }
 }
 
-/// The keys that carry any of `tags` now, each once: a purge's selection.
-pub fn select(ix: &Index, db: Db, tags: &[Vec<u8>]) -> Vec<Vec<u8>> {
-    super::plan::purge_members(ix, db, tags)
+/// The keys that carry any of `tags` now (`all`: every one of them), each
+/// once: a purge's selection.
+pub fn select(ix: &Index, db: Db, tags: &[Vec<u8>], all: bool) -> Vec<Vec<u8>> {
+    if !all {
+        return super::plan::purge_members(ix, db, tags);
+    }
+    let Some((first, rest)) = tags.split_first() else {
+        return Vec::new();
+    };
+    ix.members(db, first)
+        .into_iter()
+        .filter(|k| rest.iter().all(|t| ix.has(db, k, t)))
+        .collect()
 }
 
 // Unit tests only: compiled out of the module (`cfg(test)`), they never
@@ -411,6 +433,8 @@ mod tests {
         Request {
             db: 0,
             tags: vec![b"t".to_vec()],
+            all: false,
+            soft: None,
             user: user.map(<[u8]>::to_vec),
             rule_source: None,
             reply_to: ReplyTo::Caller,
@@ -465,7 +489,7 @@ mod tests {
             ix.add(0, &k, b"t");
         }
         let mut p = Purges::default();
-        let sel = select(&ix, 0, &[b"t".to_vec()]);
+        let sel = select(&ix, 0, &[b"t".to_vec()], false);
         let (id, _) = p.start(request(None), &sel, false);
         ix.remove(0, b"k3", b"t");
         ix.add(0, b"victim", b"other");
@@ -489,6 +513,21 @@ mod tests {
         p.touched(1, b"a"); // another database: changes nothing here
         let rest = drain(p.get(id).unwrap());
         assert_eq!(rest, vec![b"a".to_vec()]);
+    }
+
+    #[test]
+    fn all_selects_keys_that_carry_every_tag() {
+        let mut ix = Index::default();
+        ix.add(0, b"a", b"x");
+        ix.add(0, b"a", b"y");
+        ix.add(0, b"b", b"x");
+        ix.add(0, b"c", b"y");
+        let tags = [b"x".to_vec(), b"y".to_vec()];
+        assert_eq!(select(&ix, 0, &tags, true), vec![b"a".to_vec()]);
+        let mut any = select(&ix, 0, &tags, false);
+        any.sort();
+        assert_eq!(any, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(select(&ix, 0, &[b"x".to_vec(), b"none".to_vec()], true).is_empty());
     }
 
     #[test]

@@ -12,6 +12,12 @@ pub static RULE_FIRINGS: AtomicU64 = AtomicU64::new(0);
 /// Keys a rule left in place because its owner may not delete them.
 pub static RULE_KEYS_DENIED: AtomicU64 = AtomicU64::new(0);
 pub static EVENTS: AtomicU64 = AtomicU64::new(0);
+/// Keys a soft invalidation marked stale.
+pub static KEYS_MARKED_STALE: AtomicU64 = AtomicU64::new(0);
+/// Stale values `TAG.GETL` served.
+pub static STALE_SERVED: AtomicU64 = AtomicU64::new(0);
+/// Refresh leases handed out with a stale value.
+pub static REFRESH_LEASES: AtomicU64 = AtomicU64::new(0);
 /// Times the module state could not be reached (see `engine::with`).
 pub static STATE_BUSY: AtomicU64 = AtomicU64::new(0);
 pub static LEASES_GRANTED: AtomicU64 = AtomicU64::new(0);

@@ -184,6 +184,7 @@ pub fn plain_command(access: Access) -> (&'static [u8], &'static [&'static [u8]]
         Access::Delete => (b"DEL", &[]),
         Access::Read => (b"TAG.TAGS", &[]),
         Access::Write => (b"TAG.ADD", &[b"t"]),
+        Access::Expire => (b"PEXPIRE", &[b"0"]),
     }
 }
 

@@ -160,6 +160,9 @@ fn write(
             keys::call(ctx, mode, "HSET", &[key, field, value])?.int()
         }
         Write::HashDel { key, field } => keys::call(ctx, mode, "HDEL", &[key, field])?.int(),
+        Write::MarkStale { key, hash, until } => {
+            i64::from(keys::mark_stale(ctx, key, hash, *until, mode)?)
+        }
     };
     Ok(reply)
 }

@@ -277,11 +277,17 @@ pub fn finish(ctx: &Context, g: Gather) {
         events::purged(
             ctx,
             &Event {
-                op: Op::Purge,
+                op: if g.grace_ms.is_some() {
+                    Op::Stale
+                } else {
+                    Op::Purge
+                },
                 tags: &g.tags,
                 scopes: &[],
                 keys: n,
                 source: None,
+                all: g.all,
+                grace_ms: g.grace_ms,
             },
         );
     }
@@ -317,6 +323,8 @@ pub fn purge_elsewhere(ctx: &Context, req: &Request) {
         id: 0,
         user: req.user.clone(),
         how: How::Rule(source),
+        all: req.all,
+        soft: req.soft,
         tags: req.tags.clone(),
     }
     .to_fields();

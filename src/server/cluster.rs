@@ -169,6 +169,8 @@ fn handle(ctx: &Context, m: Inbound) {
             let req = Request {
                 db: keys::selected_db(ctx),
                 tags: ask.tags,
+                all: ask.all,
+                soft: ask.soft,
                 user: ask.user,
                 rule_source,
                 reply_to: reply_to.clone(),
@@ -263,6 +265,7 @@ pub fn purge(
         return purge::alone(ctx, req, caller, can_wait, is_async);
     }
     let tags = req.tags.clone();
+    let (all, soft) = (req.all, req.soft);
     if !can_wait {
         return Err(Error::Invalid(
             "a purge of a cluster waits for the other masters: not inside MULTI or a script".into(),
@@ -285,6 +288,12 @@ pub fn purge(
         )
     })
     .unwrap_or(0);
+    super::update(|s| {
+        if let Some(g) = s.gathers.open.get_mut(&id) {
+            g.all = all;
+            g.grace_ms = soft.map(|x| x.grace_ms);
+        }
+    });
     // This master's part first: a call it refuses (NOPERM, WRONGTYPE)
     // is sent nowhere else.
     let reply_to = ReplyTo::Gather(id);
@@ -315,6 +324,8 @@ pub fn purge(
         id,
         user,
         how: if is_async { How::Async } else { How::Wait },
+        all,
+        soft,
         tags,
     }
     .to_fields();

@@ -260,7 +260,22 @@ pub fn table() -> Vec<Info> {
             complexity: "O(N) where N is the number of keys deleted",
             arity: -2,
             keys: Keys::Rest(1, not_key()),
-            args: vec![string(c"tag").multi()],
+            args: vec![string(c"tag").multi(), pure(c"ASYNC").opt()],
+        },
+        Info {
+            name: "tag.invalidate",
+            flags: "write",
+            summary: "Deletes, or marks stale, every key that carries any (or all) of the tags",
+            complexity: "O(N) where N is the number of keys selected",
+            arity: -4,
+            keys: Keys::None,
+            args: vec![
+                pure(c"ALL").opt(),
+                int(c"grace-ms").token(c"SOFT").opt(),
+                pure(c"ASYNC").opt(),
+                int(c"numtags").token(c"TAGS"),
+                string(c"tag").multi(),
+            ],
         },
         Info {
             name: "tag.members",

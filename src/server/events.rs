@@ -58,7 +58,11 @@ pub fn emit(ctx: &Context, ev: &Event) {
 /// keys are counted, leases on its tags are refused from now on, and its
 /// one event is published.
 pub fn purged(ctx: &Context, ev: &Event) {
-    stats::add(&stats::KEYS_PURGED, ev.keys.max(0) as u64);
+    let counter = match ev.grace_ms {
+        Some(_) => &stats::KEYS_MARKED_STALE,
+        None => &stats::KEYS_PURGED,
+    };
+    stats::add(counter, ev.keys.max(0) as u64);
     super::update(|s| s.leases.tags_purged(ev.tags));
     emit(ctx, ev);
 }

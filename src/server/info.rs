@@ -12,7 +12,7 @@ pub enum Field {
 }
 
 pub fn fields() -> Vec<(&'static str, Field)> {
-    let (keys, tags, leases, waiters, purges, purge_left) = engine::with(|s| {
+    let (keys, tags, leases, waiters, purges, purge_left, stale) = engine::with(|s| {
         (
             s.index.keys(),
             s.index.tag_count(),
@@ -23,6 +23,7 @@ pub fn fields() -> Vec<(&'static str, Field)> {
                 .sum::<usize>(),
             s.purges.jobs.len(),
             s.purges.keys_left(),
+            s.stale.len(),
         )
     })
     .unwrap_or_default();
@@ -32,6 +33,7 @@ pub fn fields() -> Vec<(&'static str, Field)> {
         ("commands", n(get(&stats::COMMANDS))),
         ("tagged_keys", u(keys)),
         ("tags", u(tags)),
+        ("stale_keys", u(stale)),
         ("tag_writes", n(get(&stats::TAG_WRITES))),
         ("purges", n(get(&stats::PURGES))),
         ("keys_purged", n(get(&stats::KEYS_PURGED))),
@@ -41,6 +43,9 @@ pub fn fields() -> Vec<(&'static str, Field)> {
         ("rule_keys_denied", n(get(&stats::RULE_KEYS_DENIED))),
         ("events_published", n(get(&stats::EVENTS))),
         ("state_busy", n(get(&stats::STATE_BUSY))),
+        ("keys_marked_stale", n(get(&stats::KEYS_MARKED_STALE))),
+        ("stale_served", n(get(&stats::STALE_SERVED))),
+        ("refresh_leases", n(get(&stats::REFRESH_LEASES))),
         ("leases_granted", n(get(&stats::LEASES_GRANTED))),
         ("leases_rejected", n(get(&stats::LEASES_REJECTED))),
         ("leases_outstanding", u(leases)),

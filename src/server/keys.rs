@@ -610,3 +610,73 @@ pub fn keys_under(ctx: &Context, prefix: &[u8], kind: &[u8]) -> Vec<Vec<u8>> {
         }
     }
 }
+
+/// Marks `key` stale, if it exists: it expires at `until` at the latest
+/// (an earlier expiry is kept) and the stale hash `hash` names it. Returns
+/// whether the key existed. Opening it for writing signals WATCH and client
+/// tracking as `PEXPIREAT` would, so an in-process copy asks again.
+pub fn mark_stale(ctx: &Context, key: &[u8], hash: &[u8], until: i64, mode: Mode) -> Result<bool> {
+    let missing = || Error::Internal("key API unavailable".into());
+    // SAFETY: reading function pointers of the module API.
+    let (open, close, kind, get_ttl, set_abs) = unsafe {
+        (
+            raw::RedisModule_OpenKey.ok_or_else(missing)?,
+            raw::RedisModule_CloseKey.ok_or_else(missing)?,
+            raw::RedisModule_KeyType.ok_or_else(missing)?,
+            raw::RedisModule_GetExpire.ok_or_else(missing)?,
+            raw::RedisModule_SetAbsExpire.ok_or_else(missing)?,
+        )
+    };
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    let now = now_ms();
+    // SAFETY: the key is opened, read, written and closed here with the
+    // running context; `name` outlives the calls. A missing key is not
+    // asked for its TTL (that crashes Redis 8.2).
+    let end = unsafe {
+        let kp = open(
+            ctx.ctx,
+            name.inner,
+            (raw::REDISMODULE_READ | raw::REDISMODULE_WRITE) as i32,
+        );
+        if kp.is_null() {
+            return Err(Error::Internal("cannot open key".into()));
+        }
+        if kind(kp) == raw::REDISMODULE_KEYTYPE_EMPTY as i32 {
+            close(kp);
+            return Ok(false);
+        }
+        let ttl = get_ttl(kp);
+        let current = (ttl >= 0).then(|| now.saturating_add(ttl));
+        let end = current.map_or(until, |c| c.min(until));
+        if current != Some(end) {
+            set_abs(kp, end);
+        }
+        close(kp);
+        (current != Some(end)).then_some(end)
+    };
+    if let Some(end) = end {
+        notify(ctx, raw::REDISMODULE_NOTIFY_GENERIC, c"expire", name.inner);
+        if mode == Mode::Replicated {
+            let at = end.to_string();
+            replicate(ctx, c"PEXPIREAT", &[key, at.as_bytes()]);
+        }
+    }
+    call(ctx, mode, "HSET", &[hash, key, b"0"])?;
+    Ok(true)
+}
+
+/// The fields of a hash (none if it is not one).
+pub fn hash_fields(ctx: &Context, key: &[u8]) -> Vec<Vec<u8>> {
+    match call(ctx, Mode::Local, "HKEYS", &[key]) {
+        Ok(reply) => reply.into_bytes_list(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// One field of a hash, if the key is a hash that has it.
+pub fn hash_get(ctx: &Context, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
+    match call(ctx, Mode::Local, "HGET", &[key, field]) {
+        Ok(Reply::Bytes(v)) => Some(v),
+        _ => None,
+    }
+}

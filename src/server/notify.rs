@@ -180,6 +180,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     {
         let quiet = engine::with(|s| {
             !s.index.is_tagged(db, key)
+                && !s.stale.contains(db, key)
                 && !s.has_rules(db)
                 && !s.watching()
                 && s.purges.jobs.is_empty()
@@ -211,6 +212,11 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     }
     if let Some((tag, scope)) = index {
         tag_set_changed(ctx, db, &p, (tag, scope), key, event);
+    }
+    // A client wrote a stale hash itself: the master reads it again (a
+    // replica keeps no stale state of its own; it reads it when promoted).
+    if p.is_stale_hash(key) && is_change(event) && !flags.intersects(ContextFlags::SLAVE) {
+        rebuild::load_stale(ctx, db);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
     if index.is_none() && p.slotted && MOVING.with(Cell::get) {
@@ -265,6 +271,17 @@ fn key_changed(
     // follows a renamed one.
     if is_change(event) && !matches!(event, b"rename_from" | b"rename_to") {
         s.purges.touched(db, key);
+    }
+    // A value deleted, expired, replaced or moved away is fresh: its
+    // stale state goes (an in-place change, an EXPIRE, keep it).
+    if master
+        && (removes(event) || replaces(event) || matches!(event, b"rename_from" | b"rename_to"))
+        && s.stale.clear(db, key)
+    {
+        s.owed.push_back(engine::Owed::Fresh {
+            db,
+            key: key.to_vec(),
+        });
     }
     if event == b"rename_from" {
         s.renaming = Some(key.to_vec());
@@ -487,6 +504,18 @@ unsafe extern "C" fn on_async_load(
     }
 }
 
+/// A replica promoted to master takes over the upkeep of stale state.
+unsafe extern "C" fn on_role_changed(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    _data: *mut std::ffi::c_void,
+) {
+    if sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
+        rebuild::load_all_stale(&Context::new(ctx));
+    }
+}
+
 pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
     let ok = subscribe(ctx, raw::REDISMODULE_EVENT_FLUSHDB, Some(on_flush))
         && subscribe(ctx, raw::REDISMODULE_EVENT_SWAPDB, Some(on_swapdb))
@@ -496,6 +525,11 @@ pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
             ctx,
             raw::REDISMODULE_EVENT_REPL_ASYNC_LOAD,
             Some(on_async_load),
+        )
+        && subscribe(
+            ctx,
+            raw::REDISMODULE_EVENT_REPLICATION_ROLE_CHANGED,
+            Some(on_role_changed),
         );
     if !ok {
         return Err("could not subscribe to server events".into());

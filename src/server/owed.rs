@@ -101,10 +101,14 @@ fn pay(ctx: &Context, owed: Owed) {
     let db = match &owed {
         Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
         Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
-        Owed::Rehome { db } | Owed::Disown { db } => *db,
+        Owed::Rehome { db } | Owed::Disown { db } | Owed::Fresh { db, .. } => *db,
     };
     keys::select_db(ctx, db);
     let done = match owed {
+        Owed::Fresh { key, .. } => {
+            let _applying = Applying::begin();
+            keys::call(ctx, Mode::Replicated, "HDEL", &[&p.stale_hash(&key), &key]).map(drop)
+        }
         Owed::Untag {
             tag,
             key,
@@ -169,6 +173,8 @@ fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>
         let req = Request {
             db,
             tags,
+            all: false,
+            soft: None,
             user: owner,
             rule_source: Some(source.to_vec()),
             reply_to: ReplyTo::Nobody,

@@ -73,7 +73,7 @@ pub fn here(ctx: &Context, req: Request, caller: Option<&Caller>, wait: Wait) ->
     // The sum of the tags' sizes bounds the count without listing them.
     let bound = engine::with(|s| s.index.member_count_bound(db, &req.tags))?;
     if wait != Wait::Never && over(bound) {
-        let (selected, listed) = select(db, &req.tags)?;
+        let (selected, listed) = select(db, &req.tags, req.all)?;
         if over(selected.len()) {
             return sliced(ctx, req, caller, wait, selected, listed);
         }
@@ -81,10 +81,14 @@ pub fn here(ctx: &Context, req: Request, caller: Option<&Caller>, wait: Wait) ->
     atomic(ctx, &req, caller)
 }
 
-fn select(db: crate::engine::index::Db, tags: &[Vec<u8>]) -> Result<(Vec<Vec<u8>>, u64)> {
+fn select(
+    db: crate::engine::index::Db,
+    tags: &[Vec<u8>],
+    all: bool,
+) -> Result<(Vec<Vec<u8>>, u64)> {
     engine::with(|s| {
         (
-            crate::engine::purge::select(&s.index, db, tags),
+            crate::engine::purge::select(&s.index, db, tags, all),
             s.index.changes(),
         )
     })
@@ -111,7 +115,7 @@ fn allowed(
         if &k == source {
             continue;
         }
-        if c.check(ctx, &k, Access::Delete).is_ok() {
+        if c.check(ctx, &k, access(req)).is_ok() {
             out.push(k);
         } else {
             stats::bump(&stats::RULE_KEYS_DENIED);
@@ -137,6 +141,25 @@ fn sets_allowed(
         .all(|set| c.check(ctx, set, Access::Write).is_ok())
 }
 
+/// What the request does to each key it selects, as the user's ACL sees
+/// it: deleting, or (soft) changing its expiry.
+fn access(req: &Request) -> Access {
+    match req.soft {
+        Some(_) => Access::Expire,
+        None => Access::Delete,
+    }
+}
+
+/// The plan for `members`: deleting them, and taking them out of their tag
+/// sets (`sets`), or marking them stale.
+fn plan_for<'a>(req: &Request, members: &'a [Vec<u8>], sets: TagSets) -> Result<plan::Plan<'a>> {
+    let p = config::layout();
+    match req.soft {
+        Some(soft) => Ok(plan::mark_stale(&p, members, soft.until)),
+        None => engine::with(|s| plan::purge(&s.index, req.db, &p, &req.tags, members, sets)),
+    }
+}
+
 fn cause(req: &Request) -> Cause {
     if req.by_rule() {
         Cause::Rule
@@ -148,10 +171,9 @@ fn cause(req: &Request) -> Cause {
 /// The purge in one step: the plan that passed its check is the one
 /// applied (if checking let a key expire, the index moved: plan again).
 fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here> {
-    let p = config::layout();
     let db = req.db;
     for _ in 0..3 {
-        let (found, before) = select(db, &req.tags)?;
+        let (found, before) = select(db, &req.tags, req.all)?;
         let carried = i64::try_from(found.len()).unwrap_or(i64::MAX);
         let (members, sets) = if req.by_rule() {
             if !sets_allowed(ctx, req, caller, &found) {
@@ -162,11 +184,14 @@ fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here>
                 });
             }
             (allowed(ctx, req, caller, found), TagSets::Remove)
+        } else if req.all {
+            // Keys that carry only some of the tags stay in their sets.
+            (Some(found), TagSets::Remove)
         } else {
             (Some(found), TagSets::Delete)
         };
         let members = members.unwrap_or_default();
-        let plan = engine::with(|s| plan::purge(&s.index, db, &p, &req.tags, &members, sets))?;
+        let plan = plan_for(req, &members, sets)?;
         if req.by_rule() {
             // The index sets may have been replaced by another type since:
             // then the rule has nothing to purge there.
@@ -218,7 +243,8 @@ fn sliced(
             local: true,
             ..Plan::default()
         };
-        for set in names {
+        // A soft invalidation leaves the tag sets as they are.
+        for set in names.into_iter().filter(|_| req.soft.is_none()) {
             sets.check(set, Access::Delete, Kind::Set);
         }
         apply::check(ctx, caller, &sets)?;
@@ -235,7 +261,7 @@ fn sliced(
     // The checks read the tag sets, and a set that expired on the way took
     // its members' tags with it: list them again then.
     if engine::with(|s| s.index.changes())? != listed {
-        selected = select(db, &req.tags)?.0;
+        selected = select(db, &req.tags, req.all)?.0;
     }
     let n = engine::with(|s| {
         let (id, n) = s.purges.start(req, &selected, check);
@@ -330,7 +356,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
             engine::with(|s| s.purges.get(id).map(|j| j.next_to_check(BATCH)))?.unwrap_or_default();
         if let Some(c) = caller.as_ref().filter(|c| !c.all_keys(ctx)) {
             for k in &names {
-                c.check(ctx, k, Access::Delete)?;
+                c.check(ctx, k, access(&req))?;
             }
         }
         // Every key passed: an `ASYNC` caller gets its count now.
@@ -359,9 +385,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
     // Every slice takes its keys out of their sets (those it untags on the
     // way included), so the sets are exact at every turn: a client that
     // rewrites one in the middle reads no deleted key back into the index.
-    let p = config::layout();
-    let plan =
-        engine::with(|s| plan::purge(&s.index, req.db, &p, &req.tags, &members, TagSets::Remove))?;
+    let plan = plan_for(&req, &members, TagSets::Remove)?;
     let deleted = match apply::apply(ctx, &plan, cause(&req)) {
         Ok(replies) => apply::deleted_count(&plan, &replies),
         Err(e) => {
@@ -448,11 +472,17 @@ pub fn published(ctx: &Context, req: &Request, deleted: i64) {
     super::events::purged(
         ctx,
         &Event {
-            op: if req.by_rule() { Op::Link } else { Op::Purge },
+            op: match (req.by_rule(), req.soft) {
+                (true, _) => Op::Link,
+                (false, Some(_)) => Op::Stale,
+                (false, None) => Op::Purge,
+            },
             tags: &req.tags,
             scopes: &[],
             keys: deleted,
             source: req.rule_source.as_deref(),
+            all: req.all,
+            grace_ms: req.soft.map(|s| s.grace_ms),
         },
     );
 }

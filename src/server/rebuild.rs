@@ -29,6 +29,7 @@ pub fn rebuild(ctx: &Context) {
     for db in 0..databases(ctx) {
         keys::select_db(ctx, db);
         super::rules::reload_rules(ctx, db, true);
+        load_stale(ctx, db);
         let mut sets = keys::keys_under(ctx, p.tags, b"set");
         if p.slotted {
             sets.extend(keys::keys_under(ctx, SLOT_INDEX, b"set"));
@@ -61,6 +62,42 @@ pub fn rebuild(ctx: &Context) {
                 });
             }
         }
+    }
+    keys::select_db(ctx, home);
+    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+        super::owed::settle_later(ctx);
+    }
+}
+
+/// The stale state of the selected database `db`, read from its stale
+/// hashes. On a master, a field naming a key that no longer exists (it
+/// expired while the server was down) is owed its removal.
+pub fn load_stale(ctx: &Context, db: Db) {
+    let p = config::layout();
+    let writes = keys::may_write(ctx);
+    let mut live = Vec::new();
+    for hash in keys::keys_under(ctx, crate::engine::stale::STALE_HASH, b"hash") {
+        if !p.is_stale_hash(&hash) {
+            continue;
+        }
+        for key in keys::hash_fields(ctx, &hash) {
+            if keys::exists(ctx, &key) {
+                live.push(key);
+            } else if writes {
+                super::update(|s| s.owed.push_back(Owed::Fresh { db, key }));
+            }
+        }
+    }
+    super::update(|s| s.stale.set_db(db, live));
+}
+
+/// Every database's stale state again (this server just became a master:
+/// as a replica it kept none, its master's writes being the truth).
+pub fn load_all_stale(ctx: &Context) {
+    let home = keys::selected_db(ctx);
+    for db in 0..databases(ctx) {
+        keys::select_db(ctx, db);
+        load_stale(ctx, db);
     }
     keys::select_db(ctx, home);
     if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
