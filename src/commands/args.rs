@@ -46,6 +46,8 @@ pub struct TagSetArgs<'a> {
     pub expiry: Expiry,
     pub condition: Condition,
     pub lease: Option<&'a [u8]>,
+    /// `STALE ms`: stale for this long after the expiry, then gone.
+    pub stale_ms: Option<i64>,
     /// Distinct tags, in the order first given.
     pub tags: Tags<'a>,
 }
@@ -64,8 +66,8 @@ pub fn parse_i64(arg: &[u8]) -> Result<i64> {
 /// The option word `arg` spells, in any case ("" for none): compared in
 /// place, since every TAG.SET passes here.
 fn option_word(arg: &[u8]) -> &'static str {
-    const WORDS: [&str; 9] = [
-        "TAGS", "EX", "PX", "EXAT", "PXAT", "KEEPTTL", "NX", "XX", "LEASE",
+    const WORDS: [&str; 10] = [
+        "TAGS", "EX", "PX", "EXAT", "PXAT", "KEEPTTL", "NX", "XX", "LEASE", "STALE",
     ];
     WORDS
         .iter()
@@ -211,6 +213,7 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
     let mut expiry: Option<Expiry> = None;
     let mut condition = Condition::Always;
     let mut lease = None;
+    let mut stale_ms = None;
     let mut i = 0;
     loop {
         let Some(word_raw) = rest.get(i) else {
@@ -228,12 +231,19 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                     return Err(Error::NumTags);
                 }
                 let tags = distinct_tags(given)?;
+                let expiry = expiry.unwrap_or(Expiry::Persist);
+                if stale_ms.is_some() && matches!(expiry, Expiry::Persist | Expiry::Keep) {
+                    return Err(Error::Invalid(
+                        "STALE needs an expiry: EX, PX, EXAT or PXAT".into(),
+                    ));
+                }
                 return Ok(TagSetArgs {
                     key,
                     value,
-                    expiry: expiry.unwrap_or(Expiry::Persist),
+                    expiry,
                     condition,
                     lease,
+                    stale_ms,
                     tags,
                 });
             }
@@ -265,6 +275,21 @@ pub fn parse_tag_set<'a>(args: &[&'a [u8]]) -> Result<TagSetArgs<'a>> {
                 }
                 condition = c;
                 i += 1;
+            }
+            "STALE" => {
+                if stale_ms.is_some() {
+                    return Err(Error::Syntax(word_raw.to_vec()));
+                }
+                let v = rest
+                    .get(i + 1)
+                    .ok_or_else(|| Error::Syntax(word_raw.to_vec()))?;
+                stale_ms = Some(parse_grace(v).map_err(|e| match e {
+                    Error::Invalid(_) => Error::Invalid(format!(
+                        "STALE must be between 1 and {GRACE_MS_MAX} milliseconds"
+                    )),
+                    other => other,
+                })?);
+                i += 2;
             }
             "LEASE" => {
                 if lease.is_some() {

@@ -54,7 +54,12 @@ pub fn tag_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let p = config::layout();
     same_tag_set(&p, a.key, &a.tags)?;
     let now = keys::now_ms();
-    let deadline = a.expiry.deadline(now, "tag.set")?;
+    let fresh_until = a.expiry.deadline(now, "tag.set")?;
+    // With `STALE`, the key lives on, stale, after its fresh time.
+    let deadline = match (fresh_until, a.stale_ms) {
+        (Some(d), Some(ms)) => Some(d.checked_add(ms).ok_or(Error::InvalidExpire("tag.set"))?),
+        (d, _) => d,
+    };
     let db = keys::selected_db(ctx);
     let expiry = Expiry {
         deadline,
@@ -69,6 +74,9 @@ pub fn tag_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let plan = planned(ctx, |s| {
         let mut plan = plan::tag_set(&s.index, db, &p, &fill, now);
         plan.declared = Some(a.key);
+        if let (Some(until), Some(_)) = (fresh_until, a.stale_ms) {
+            plan::soft_expiry(&mut plan, &p, a.key, until);
+        }
         plan
     })?;
     let refused = match a.condition {

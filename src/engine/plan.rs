@@ -408,6 +408,25 @@ pub fn tag_set<'a>(ix: &Index, db: Db, p: &Prefix, fill: &Fill<'a>, now_ms: i64)
     string_with_sets(key, value, expiry, add, rem)
 }
 
+/// `TAG.SET … STALE`: the key is fresh until `fresh_until`, stale after
+/// (its expiry, already in the plan, is later). The plan is replicated
+/// write by write then (`TAG.APPLY` carries no stale state).
+pub fn soft_expiry<'a>(plan: &mut Plan<'a>, p: &Prefix, key: &'a [u8], fresh_until: i64) {
+    if !plan
+        .writes
+        .iter()
+        .any(|w| matches!(w, Write::SetString { .. }))
+    {
+        return;
+    }
+    plan.as_apply = false;
+    plan.write(Write::HashSet {
+        key: p.stale_hash(key).into(),
+        field: Cow::Borrowed(key),
+        value: fresh_until.to_string().into_bytes().into(),
+    });
+}
+
 /// A string value written with the tag sets it joins (`add`) and leaves
 /// (`rem`), by absolute name: what TAG.SET does, and what it replicates as
 /// `TAG.APPLY key value unix-ms|KEEPTTL|PERSIST numadd set...`.
