@@ -7,6 +7,7 @@
 //! every master: `server::rules`). A rule records the user who created it:
 //! its purges have that user's permissions.
 
+use super::args;
 use crate::engine::error::{Error, Result};
 use crate::engine::plan::{Access, Kind, Plan, Write};
 use crate::engine::rules::Rule;
@@ -46,8 +47,13 @@ fn apply_links(ctx: &Context, plan: &Plan, source: &[u8], value: Option<Vec<u8>>
 pub fn tag_link(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(args);
-    let [source, tag_prefix] = argv.as_slice() else {
-        return Err(Error::WrongArity("tag.link").into());
+    let (source, tag_prefix, grace_ms) = match argv.as_slice() {
+        [source, tag_prefix] => (source, tag_prefix, None),
+        [source, tag_prefix, soft, grace] if soft.eq_ignore_ascii_case(b"SOFT") => {
+            (source, tag_prefix, Some(args::parse_grace(grace)?))
+        }
+        [_, _, word, ..] if argv.len() <= 4 => return Err(Error::Syntax(word.to_vec()).into()),
+        _ => return Err(Error::WrongArity("tag.link").into()),
     };
     if source.is_empty() {
         return Err(Error::Invalid("source-prefix must not be empty".into()).into());
@@ -61,7 +67,8 @@ pub fn tag_link(ctx: &Context, args: &[RedisString]) -> RedisResult {
     let owner = crate::server::acl::user_name(ctx);
     let value = Rule {
         tag_prefix: tag_prefix.to_vec(),
-        owner: owner.clone(),
+        owner,
+        grace_ms,
     }
     .encode();
     let plan = links_plan(&[rules::links_key(ctx)?], |key| Write::HashSet {
@@ -69,9 +76,8 @@ pub fn tag_link(ctx: &Context, args: &[RedisString]) -> RedisResult {
         field: (*source).into(),
         value: value.clone().into(),
     });
-    apply_links(ctx, &plan, source, Some(value))?;
-    let owner = owner.unwrap_or_default();
-    cluster::share_rule(ctx, source, Some((tag_prefix, &owner)));
+    apply_links(ctx, &plan, source, Some(value.clone()))?;
+    cluster::share_rule(ctx, source, Some(&value));
     Ok(RedisValue::SimpleStringStatic("OK"))
 }
 
@@ -111,10 +117,16 @@ pub fn tag_links(ctx: &Context, args: &[RedisString]) -> RedisResult {
         rules
             .into_iter()
             .map(|(s, value)| {
-                RedisValue::Array(vec![
+                let rule = Rule::decode(&value);
+                let mut row = vec![
                     RedisValue::StringBuffer(s),
-                    RedisValue::StringBuffer(Rule::decode(&value).tag_prefix),
-                ])
+                    RedisValue::StringBuffer(rule.tag_prefix),
+                ];
+                if let Some(g) = rule.grace_ms {
+                    row.push(RedisValue::SimpleStringStatic("SOFT"));
+                    row.push(RedisValue::Integer(g));
+                }
+                RedisValue::Array(row)
             })
             .collect(),
     ))

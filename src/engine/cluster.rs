@@ -20,8 +20,8 @@ pub mod kind {
     /// `id user tag`: list the tag's keys here, reply `LISTED`.
     pub const MEMBERS: u8 = 5;
     pub const LISTED: u8 = 6;
-    /// `source-prefix tag-prefix|"" owner`: a rule made or removed
-    /// (empty tag prefix) on another master.
+    /// `source-prefix rule|""`: a rule made (as the rules hash stores it)
+    /// or removed (empty) on another master.
     pub const LINK: u8 = 7;
 }
 

@@ -106,7 +106,7 @@ pub enum Owed {
     Fire {
         db: Db,
         source: Vec<u8>,
-        tags: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        tags: Vec<rules::Fired>,
     },
     /// `key` was deleted, expired or overwritten while stale: its stale
     /// state leaves the stale hash, unless it is stale again by then.
@@ -577,11 +577,11 @@ mod tests {
             |s: &State, k: &[u8]| s.rules.get(&0).map(|r| r.fired_by(k)).unwrap_or_default();
         assert_eq!(
             fired(&s, b"a:1"),
-            vec![(b"t:1".to_vec(), Some(b"alice".to_vec()))]
+            vec![(b"t:1".to_vec(), Some(b"alice".to_vec()), None)]
         );
         assert_eq!(
             fired(&s, b"b:1"),
-            vec![(b"u:1".to_vec(), Some(rules::Rule::NOBODY.to_vec()))]
+            vec![(b"u:1".to_vec(), Some(rules::Rule::NOBODY.to_vec()), None)]
         );
 
         s.set_rules(0, vec![], false);

@@ -10,18 +10,25 @@ struct Node {
     rule: Option<Rule>,
 }
 
-/// A rule: its tag prefix, and the user whose permissions its purges have
-/// (`None` for a rule written without one, which acts for the server).
+/// A rule: its tag prefix, the user whose permissions its purges have
+/// (`None` for a rule written without one, which acts for the server), and
+/// for a `SOFT` rule the grace of its soft invalidations.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     pub tag_prefix: Vec<u8>,
     pub owner: Option<Vec<u8>>,
+    pub grace_ms: Option<i64>,
 }
 
+/// What a change of a key fires: a tag, whose rule's owner, and the grace
+/// if the rule is soft.
+pub type Fired = (Vec<u8>, Option<Vec<u8>>, Option<i64>);
+
 /// How a rule is kept in the `tagcache:links` hash: the field is the source
-/// prefix; the value is the owner's name, a NUL, then the tag prefix. (ACL
-/// user names cannot hold a NUL; a value without one is a rule with no
-/// owner.)
+/// prefix; the value is the owner's name (then, for a `SOFT` rule, a space
+/// and the grace in milliseconds), a NUL, then the tag prefix. (ACL user
+/// names cannot hold a NUL or a space; a value without a NUL is a rule with
+/// no owner.)
 impl Rule {
     /// The owner of a rule nobody vouches for (one a client wrote into the
     /// hash): no user has this name (ACL user names cannot hold a space),
@@ -30,22 +37,40 @@ impl Rule {
     pub const NOBODY: &'static [u8] = b"(no owner)";
 
     pub fn encode(&self) -> Vec<u8> {
-        match &self.owner {
-            Some(o) => [o.as_slice(), b"\0", &self.tag_prefix].concat(),
-            None => self.tag_prefix.clone(),
+        let grace = self
+            .grace_ms
+            .map(|g| format!(" {g}").into_bytes())
+            .unwrap_or_default();
+        match (&self.owner, self.grace_ms) {
+            (Some(o), _) => [o.as_slice(), &grace, b"\0", &self.tag_prefix].concat(),
+            (None, Some(_)) => [&grace[..], b"\0", &self.tag_prefix].concat(),
+            (None, None) => self.tag_prefix.clone(),
         }
     }
 
     pub fn decode(value: &[u8]) -> Rule {
-        match value.iter().position(|&b| b == 0) {
-            Some(i) => Rule {
-                owner: Some(value.get(..i).unwrap_or_default().to_vec()),
-                tag_prefix: value.get(i + 1..).unwrap_or_default().to_vec(),
-            },
-            None => Rule {
+        let Some(i) = value.iter().position(|&b| b == 0) else {
+            return Rule {
                 tag_prefix: value.to_vec(),
                 owner: None,
-            },
+                grace_ms: None,
+            };
+        };
+        let head = value.get(..i).unwrap_or_default();
+        let tag_prefix = value.get(i + 1..).unwrap_or_default().to_vec();
+        // The grace follows the last space, if what follows is a grace.
+        let split = head.iter().rposition(|&b| b == b' ').and_then(|s| {
+            let g: i64 = std::str::from_utf8(head.get(s + 1..)?).ok()?.parse().ok()?;
+            (g > 0).then_some((s, g))
+        });
+        let (owner, grace_ms) = match split {
+            Some((s, g)) => (head.get(..s).unwrap_or_default(), Some(g)),
+            None => (head, None),
+        };
+        Rule {
+            owner: (!owner.is_empty() || grace_ms.is_none()).then(|| owner.to_vec()),
+            tag_prefix,
+            grace_ms,
         }
     }
 }
@@ -107,7 +132,7 @@ impl Rules {
     /// What a change to `key` purges: for each rule whose source prefix
     /// starts the key, its tag prefix followed by the rest of the key, and
     /// the rule's owner.
-    pub fn fired_by(&self, key: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    pub fn fired_by(&self, key: &[u8]) -> Vec<Fired> {
         let mut out = Vec::new();
         let Some(mut node) = self.nodes.first() else {
             return out;
@@ -122,6 +147,7 @@ impl Rules {
                 out.push((
                     [rule.tag_prefix.as_slice(), rest].concat(),
                     rule.owner.clone(),
+                    rule.grace_ms,
                 ));
             }
         }
@@ -137,7 +163,7 @@ mod tests {
 
     impl Rules {
         fn tags_for(&self, key: &[u8]) -> Vec<Vec<u8>> {
-            self.fired_by(key).into_iter().map(|(t, _)| t).collect()
+            self.fired_by(key).into_iter().map(|(t, _, _)| t).collect()
         }
     }
 
@@ -146,14 +172,39 @@ mod tests {
         let r = Rule {
             tag_prefix: b"t\0x".to_vec(),
             owner: Some(b"alice".to_vec()),
+            grace_ms: None,
         };
         assert_eq!(Rule::decode(&r.encode()), r);
         assert_eq!(Rule::decode(b"plain").owner, None);
         let rules = Rules::from_pairs([(b"s:".to_vec(), r.encode())]);
         assert_eq!(
             rules.fired_by(b"s:1"),
-            vec![(b"t\0x1".to_vec(), Some(b"alice".to_vec()))]
+            vec![(b"t\0x1".to_vec(), Some(b"alice".to_vec()), None)]
         );
+        for r in [
+            Rule {
+                tag_prefix: b"p:".to_vec(),
+                owner: Some(b"bob".to_vec()),
+                grace_ms: Some(5000),
+            },
+            Rule {
+                tag_prefix: b"p: 5".to_vec(),
+                owner: Some(Rule::NOBODY.to_vec()),
+                grace_ms: Some(1),
+            },
+            Rule {
+                tag_prefix: b"p:".to_vec(),
+                owner: Some(Rule::NOBODY.to_vec()),
+                grace_ms: None,
+            },
+            Rule {
+                tag_prefix: b"p:".to_vec(),
+                owner: None,
+                grace_ms: Some(7),
+            },
+        ] {
+            assert_eq!(Rule::decode(&r.encode()), r);
+        }
     }
 
     fn rules(pairs: &[(&str, &str)]) -> Rules {

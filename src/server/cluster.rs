@@ -236,10 +236,9 @@ fn handle(ctx: &Context, m: Inbound) {
             }
         }
         (kind::LINK, _) => {
-            if let [source, tag_prefix, owner] = f.as_slice() {
-                let rule =
-                    (!tag_prefix.is_empty()).then_some((tag_prefix.as_slice(), owner.as_slice()));
-                if let Err(e) = super::rules::store_here(ctx, source, rule) {
+            if let [source, value] = f.as_slice() {
+                let value = (!value.is_empty()).then(|| value.clone());
+                if let Err(e) = super::rules::store_here(ctx, source, value) {
                     super::log::warning(ctx, &format!("tagcache: a rule from another master: {e}"));
                 }
             }
@@ -409,10 +408,9 @@ pub fn read(ctx: &Context, tag: &[u8], what: Read) -> RedisResult {
 }
 
 /// A rule made (`Some`) or removed here: the other masters make it too.
-pub fn share_rule(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) {
+pub fn share_rule(ctx: &Context, source: &[u8], value: Option<&[u8]>) {
     if !config::slotted() {
         return;
     }
-    let (tag_prefix, owner) = rule.unwrap_or((b"", b""));
-    ask_all(ctx, kind::LINK, &[source, tag_prefix, owner]);
+    ask_all(ctx, kind::LINK, &[source, value.unwrap_or_default()]);
 }

@@ -359,9 +359,13 @@ pub fn table() -> Vec<Info> {
             flags: "write deny-oom",
             summary: "Adds a rule: a change to a key under source-prefix purges the matching tag",
             complexity: "O(L) where L is the length of the prefix",
-            arity: 3,
+            arity: -3,
             keys: Keys::None,
-            args: vec![string(c"source-prefix"), string(c"tag-prefix")],
+            args: vec![
+                string(c"source-prefix"),
+                string(c"tag-prefix"),
+                int(c"grace-ms").token(c"SOFT").opt(),
+            ],
         },
         Info {
             name: "tag.unlink",

@@ -13,7 +13,8 @@ use super::keys::{self, Mode};
 use crate::engine::error::Result;
 use crate::engine::index::Db;
 use crate::engine::plan::{self, TagSets};
-use crate::engine::purge::{ReplyTo, Request};
+use crate::engine::purge::{ReplyTo, Request, Soft};
+use crate::engine::rules::Fired;
 use crate::engine::{self, stats, Owed};
 use redis_module::Context;
 use std::cell::{Cell, OnceCell};
@@ -159,22 +160,28 @@ fn pay(ctx: &Context, owed: Owed) {
 /// every master, with its owner's permissions, as any purge is (sliced
 /// above `purge-atomic-max`); keys the owner may not delete stay, tagged,
 /// and are counted. The source key is spared.
-fn fire(ctx: &Context, db: Db, source: &[u8], tags: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
-    // Rules of one owner fired by one change purge together: one event.
-    type Owner = Option<Vec<u8>>;
-    let mut by_owner: Vec<(Owner, Vec<Vec<u8>>)> = Vec::new();
-    for (tag, owner) in tags {
-        match by_owner.iter_mut().find(|(o, _)| *o == owner) {
+fn fire(ctx: &Context, db: Db, source: &[u8], fired: Vec<Fired>) -> Result<()> {
+    // Rules of one owner and grace fired by one change purge together: one
+    // event.
+    type Group = (Option<Vec<u8>>, Option<i64>);
+    let mut groups: Vec<(Group, Vec<Vec<u8>>)> = Vec::new();
+    for (tag, owner, grace) in fired {
+        let group = (owner, grace);
+        match groups.iter_mut().find(|(g, _)| *g == group) {
             Some((_, list)) => list.push(tag),
-            None => by_owner.push((owner, vec![tag])),
+            None => groups.push((group, vec![tag])),
         }
     }
-    for (owner, tags) in by_owner {
+    let now = keys::now_ms();
+    for ((owner, grace), tags) in groups {
         let req = Request {
             db,
             tags,
             all: false,
-            soft: None,
+            soft: grace.map(|grace_ms| Soft {
+                grace_ms,
+                until: now.saturating_add(grace_ms),
+            }),
             user: owner,
             rule_source: Some(source.to_vec()),
             reply_to: ReplyTo::Nobody,

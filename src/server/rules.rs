@@ -148,27 +148,22 @@ pub fn links_keys(ctx: &Context) -> Vec<Vec<u8>> {
     out
 }
 
-/// Makes (`Some`) or removes the rule for `source` on this master, as the
-/// module (the caller was checked where the call arrived). Returns how
-/// many rules it removed.
-pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) -> Result<i64> {
+/// Makes (`Some`: the rule as stored) or removes the rule for `source`
+/// on this master, as the module (the caller was checked where the call
+/// arrived). Returns how many rules it removed.
+pub fn store_here(ctx: &Context, source: &[u8], value: Option<Vec<u8>>) -> Result<i64> {
     let mut plan = Plan {
         local: true,
         ..Plan::default()
     };
-    match rule {
-        Some((tag_prefix, owner)) => {
+    match &value {
+        Some(value) => {
             let key = links_key(ctx)?;
-            let value = Rule {
-                tag_prefix: tag_prefix.to_vec(),
-                owner: (!owner.is_empty()).then(|| owner.to_vec()),
-            }
-            .encode();
             plan.check(key.clone(), Access::Write, Kind::Hash);
             plan.write(Write::HashSet {
                 key: key.into(),
                 field: source.to_vec().into(),
-                value: value.into(),
+                value: value.clone().into(),
             });
         }
         None => {
@@ -184,18 +179,12 @@ pub fn store_here(ctx: &Context, source: &[u8], rule: Option<(&[u8], &[u8])>) ->
     apply::check(ctx, None, &plan)?;
     let replies = apply::apply(ctx, &plan, Cause::Command)?;
     let db = keys::selected_db(ctx);
-    let written = rule.map(|(tag_prefix, owner)| {
-        Rule {
-            tag_prefix: tag_prefix.to_vec(),
-            owner: (!owner.is_empty()).then(|| owner.to_vec()),
-        }
-        .encode()
-    });
-    crate::engine::with(|s| s.vouch(db, source, written))?;
+    let removed = value.is_none();
+    crate::engine::with(|s| s.vouch(db, source, value))?;
     reload_rules(ctx, db, false);
-    Ok(match rule {
-        Some(_) => 0,
-        None => replies.iter().sum::<i64>().min(1),
+    Ok(match removed {
+        false => 0,
+        true => replies.iter().sum::<i64>().min(1),
     })
 }
 
