@@ -191,8 +191,7 @@ def test_read_only_everywhere_is_not_every_key(server, admin):
 
 def module_commands(r) -> set:
     """The module's commands, as the server lists them."""
-    return {c.decode() for c in r.execute_command("COMMAND", "LIST", "FILTERBY", "MODULE",
-                                                     "tagcache")}
+    return {c.decode() if isinstance(c, bytes) else c for c in r.command_list(module="tagcache")}
 
 
 def test_acl_category_where_the_server_has_module_categories(r):
