@@ -181,8 +181,8 @@ fn handle(ctx: &Context, m: Inbound) {
                 return;
             }
             match here {
-                Ok(Here::Done { deleted, carried }) => {
-                    let n = if is_async { carried } else { deleted };
+                Ok(Here::Done { deleted, .. }) => {
+                    let n = deleted;
                     answer(ctx, &reply_to, Ok(Gathered::Count(n)));
                 }
                 Ok(Here::Sliced { carried, .. }) if is_async => {
@@ -303,7 +303,7 @@ pub fn purge(
         ..req
     };
     let local = match purge::here(ctx, local_req, caller, Wait::Detached) {
-        Ok(Here::Done { deleted, carried }) => Some(if is_async { carried } else { deleted }),
+        Ok(Here::Done { deleted, .. }) => Some(deleted),
         Ok(Here::Sliced { carried, .. }) if is_async => {
             silence(&reply_to);
             Some(carried)

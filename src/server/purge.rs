@@ -37,8 +37,9 @@ thread_local! {
 
 /// How a purge on this node went.
 pub enum Here {
-    /// Done at once: keys deleted, and keys that carried the tags.
-    Done { deleted: i64, carried: i64 },
+    /// Done at once: the keys deleted (soft: marked), of those selected
+    /// that existed.
+    Done { deleted: i64 },
     /// Going on in slices; its end goes where the request says.
     /// `answered`: the calling client is blocked, and answered by the job
     /// (at its end, or once its keys are checked).
@@ -174,14 +175,10 @@ fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here>
     let db = req.db;
     for _ in 0..3 {
         let (found, before) = select(db, &req.tags, req.all)?;
-        let carried = i64::try_from(found.len()).unwrap_or(i64::MAX);
         let (members, sets) = if req.by_rule() {
             if !sets_allowed(ctx, req, caller, &found) {
                 stats::add(&stats::RULE_KEYS_DENIED, found.len() as u64);
-                return Ok(Here::Done {
-                    deleted: 0,
-                    carried,
-                });
+                return Ok(Here::Done { deleted: 0 });
             }
             (allowed(ctx, req, caller, found), TagSets::Remove)
         } else if req.all {
@@ -196,10 +193,7 @@ fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here>
             // The index sets may have been replaced by another type since:
             // then the rule has nothing to purge there.
             if apply::check(ctx, None, &plan).is_err() {
-                return Ok(Here::Done {
-                    deleted: 0,
-                    carried,
-                });
+                return Ok(Here::Done { deleted: 0 });
             }
         } else {
             apply::check(ctx, caller, &plan)?;
@@ -211,7 +205,6 @@ fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here>
         super::update(|s| s.leases.tags_purged(&req.tags));
         return Ok(Here::Done {
             deleted: apply::deleted_count(&plan, &replies),
-            carried,
         });
     }
     Err(Error::Internal("the index kept changing".into()))
@@ -232,10 +225,7 @@ fn sliced(
     if req.by_rule() {
         if !sets_allowed(ctx, &req, caller, &selected) {
             stats::add(&stats::RULE_KEYS_DENIED, selected.len() as u64);
-            return Ok(Here::Done {
-                deleted: 0,
-                carried: i64::try_from(selected.len()).unwrap_or(i64::MAX),
-            });
+            return Ok(Here::Done { deleted: 0 });
         }
     } else {
         let names = engine::with(|s| plan::index_sets(&s.index, db, &p, &req.tags, &selected))?;
@@ -264,6 +254,11 @@ fn sliced(
         selected = select(db, &req.tags, req.all)?.0;
     }
     let n = engine::with(|s| {
+        // A name a client put in a tag set that was never a key carries
+        // nothing: not counted (nor in the job).
+        if !s.ghosts.is_empty() {
+            selected.retain(|k| !s.ghosts.contains(&(db, k.clone())));
+        }
         let (id, n) = s.purges.start(req, &selected, check);
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
@@ -466,7 +461,7 @@ fn ended(ctx: &Context, job: Job) {
 pub fn published(ctx: &Context, req: &Request, deleted: i64) {
     if req.by_rule() {
         stats::bump(&stats::RULE_FIRINGS);
-    } else {
+    } else if req.soft.is_none() {
         stats::bump(&stats::PURGES);
     }
     super::events::purged(
@@ -507,9 +502,9 @@ pub fn alone(
     Ok(match here(ctx, req, caller, wait)? {
         Here::Sliced { answered: true, .. } => RedisValue::NoReply,
         Here::Sliced { carried, .. } => RedisValue::Integer(carried),
-        Here::Done { deleted, carried } => {
+        Here::Done { deleted } => {
             published(ctx, &event, deleted);
-            RedisValue::Integer(if is_async { carried } else { deleted })
+            RedisValue::Integer(deleted)
         }
     })
 }
