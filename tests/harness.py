@@ -565,11 +565,16 @@ def set_of(client: redis.Redis, key) -> set:
     return set(client.smembers(key))
 
 
+def info_pairs(reply) -> dict:
+    """A name/value reply (TAG.INFO) as a dict with str names: a map under
+    RESP3, a flat array under RESP2."""
+    items = reply.items() if isinstance(reply, dict) else zip(reply[0::2], reply[1::2])
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in items}
+
+
 def tag_info(client: redis.Redis) -> dict:
     """TAG.INFO as a dict with str names."""
-    flat = client.execute_command("TAG.INFO")
-    return {(k.decode() if isinstance(k, bytes) else k): v
-            for k, v in zip(flat[0::2], flat[1::2])}
+    return info_pairs(client.execute_command("TAG.INFO"))
 
 
 def wait_tag_info(client: redis.Redis, field: str, value, timeout: float = 5.0) -> None:

@@ -17,17 +17,12 @@ import time
 import pytest
 import redis
 
-from harness import (RawConn, digest, error_text, members, server_time_ms, set_of, tag_set, tag_sets,
+from harness import (RawConn, digest, info_pairs, error_text, members, server_time_ms, set_of, tag_set, tag_sets,
                      tags_of, wait_server_time_past, wait_sync, wait_until)
 
 
 def tag_info(r) -> dict:
-    flat = r.execute_command("TAG.INFO")
-    out = {}
-    for name, value in zip(flat[0::2], flat[1::2]):
-        name = name.decode() if isinstance(name, bytes) else name
-        out[name] = value
-    return out
+    return info_pairs(r.execute_command("TAG.INFO"))
 
 
 def assert_index_clean(r, prefix=b"tag:"):

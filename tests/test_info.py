@@ -180,3 +180,20 @@ def test_command_getkeys_add_rem(resp3, name):
 def test_command_list_has_every_command(resp3):
     names = set(resp3.command("COMMAND", "LIST", "FILTERBY", "MODULE", "tagcache"))
     assert set(n.encode() for n in ALL_COMMANDS) <= names, names
+
+
+def test_tag_info_is_a_map_under_resp3_and_a_flat_array_under_resp2(server):
+    """As Redis's own CONFIG GET and XINFO reply: name/value pairs are a map
+    under RESP3, a flat array under RESP2, in the same order."""
+    v3 = RawConn(server.port)
+    v3.command("HELLO", 3)
+    m = v3.command("TAG.INFO")
+    v3.close()
+    v2 = RawConn(server.port)
+    flat = v2.command("TAG.INFO")
+    v2.close()
+    assert isinstance(m, dict), m
+    assert isinstance(flat, list) and len(flat) == 2 * len(m), flat
+    assert list(m.keys()) == flat[0::2]
+    assert flat[0:2] == [b"commands", 2] and m[b"commands"] == 1
+    assert m[b"tag_prefix"] == b"tag:"

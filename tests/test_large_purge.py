@@ -10,7 +10,8 @@ import time
 import pytest
 import redis
 
-from harness import digest, error_text, noperm_key, wait_aof_rewrite, wait_sync, wait_until
+from harness import (digest, error_text, info_pairs, noperm_key, wait_aof_rewrite, wait_sync,
+                     wait_until)
 
 SMALL = ("purge-atomic-max", "100")
 
@@ -27,8 +28,7 @@ def fill(r, n, tag="big", prefix="k", extra=None):
 
 
 def info(r):
-    flat = r.execute_command("TAG.INFO")
-    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+    return info_pairs(r.execute_command("TAG.INFO"))
 
 
 def test_settings_and_bounds(server, r):

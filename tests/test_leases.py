@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from harness import (WRONGTYPE, RawConn, RespError, assert_alive, error_text, refused,
+from harness import (WRONGTYPE, RawConn, RespError, assert_alive, error_text, info_pairs, refused,
                      reply_within, tag_set, tags_of, wait_blocked, wait_until)
 
 
@@ -30,8 +30,7 @@ def fill(r, key, value, token, *tags, opts=()):
 
 
 def info(r) -> dict:
-    flat = r.execute_command("TAG.INFO")
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in zip(flat[0::2], flat[1::2])}
+    return info_pairs(r.execute_command("TAG.INFO"))
 
 
 def lease(r, key="k", *opts):

@@ -10,7 +10,7 @@ replicate with the dataset; they never fire on a replica.
 import pytest
 import redis
 
-from harness import (WRONGTYPE, dataset, digest, error_text, tag_set, tag_sets, tags_of,
+from harness import (WRONGTYPE, dataset, digest, error_text, info_pairs, tag_set, tag_sets, tags_of,
                      wait_aof_rewrite, wait_sync, wait_until)
 
 
@@ -171,12 +171,12 @@ def test_links_listing(r):
     # A rule a client writes into the hash with a plain command is vouched
     # for by nobody: it fires, and may delete nothing (the keys it would have
     # purged are counted).
-    denied = int(dict(zip(*[iter(r.execute_command("TAG.INFO"))] * 2))[b"rule_keys_denied"])
+    denied = int(info_pairs(r.execute_command("TAG.INFO"))["rule_keys_denied"])
     r.hset("tagcache:links", "hand:", "h:")
     tag_set(r, "by-hand", "v", "h:1")
     r.set("hand:1", "x")
-    wait_until(lambda: int(dict(zip(*[iter(r.execute_command("TAG.INFO"))] * 2))[
-        b"rule_keys_denied"]) == denied + 1, 2, what="hand-written rule fired")
+    wait_until(lambda: int(info_pairs(r.execute_command("TAG.INFO"))[
+        "rule_keys_denied"]) == denied + 1, 2, what="hand-written rule fired")
     assert r.get("by-hand") == b"v"
     r.hdel("tagcache:links", "hand:")
     # Relinking a source replaces its tag prefix.

@@ -53,7 +53,7 @@ import time
 import pytest
 import redis
 
-from harness import dataset, digest, error_text, tag_info, wait_sync, wait_until
+from harness import dataset, digest, error_text, info_pairs, tag_info, wait_sync, wait_until
 
 SEEDS = [int(s) for s in os.environ.get("TAGCACHE_SLICED_SEEDS", "1,2,3,4,5,6").split(",")
          if s.strip()]
@@ -299,8 +299,8 @@ def random_tags(rng: random.Random, pool=TAGS) -> list[str]:
     return rng.sample(pool, rng.randint(1, min(3, len(pool))))
 
 
-def info_dict(flat) -> dict:
-    return dict(zip(flat[0::2], flat[1::2]))
+def info_dict(reply) -> dict:
+    return info_pairs(reply)
 
 
 def expire_now(master, model: Model) -> None:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import (Push, RawConn, acl_client, dataset, digest, noperm_key, refused, tag_set,
+from harness import (Push, RawConn, acl_client, dataset, digest, info_pairs, noperm_key, refused, tag_set,
                      tag_info, tags_of, wait_sync, wait_tag_info, wait_until)
 
 STALE = b"tagcache:stale"
@@ -610,7 +610,7 @@ def test_async_soft_invalidation_replies_at_once_with_the_selected_count(servers
         p.execute_command("TAG.INFO")
         reply, flat = p.execute()
         assert reply == n
-        info = {k.decode(): v for k, v in zip(flat[0::2], flat[1::2])}
+        info = info_pairs(flat)
         assert info["purges_in_progress"] == 1
         assert 0 < info["purge_keys_left"] <= n
         wait_until(lambda: tag_info(r)["purges_in_progress"] == 0, 10, what="the slices ended")
@@ -640,7 +640,7 @@ def test_a_large_all_selection_runs_in_slices(servers):
     p.execute_command("TAG.INFO")
     reply, flat = p.execute()
     assert reply == n
-    info = {k.decode(): v for k, v in zip(flat[0::2], flat[1::2])}
+    info = info_pairs(flat)
     assert info["purges_in_progress"] == 1
     wait_until(lambda: tag_info(r)["purges_in_progress"] == 0, 10, what="the slices ended")
     assert r.keys("ab*") == []

@@ -99,3 +99,28 @@ pub fn register(ctx: &Context) {
         }
     }
 }
+
+/// Replies name/value pairs in their order: a map, which the server sends
+/// as a flat array to a RESP2 client.
+pub fn reply_map(ctx: &Context, pairs: &[(&'static str, Field)]) {
+    // SAFETY: module API calls with the running command's context, in the
+    // order a map reply needs (its length, then each name and value); the
+    // strings outlive the calls.
+    unsafe {
+        let (Some(map), Some(int), Some(bulk)) = (
+            raw::RedisModule_ReplyWithMap,
+            raw::RedisModule_ReplyWithLongLong,
+            raw::RedisModule_ReplyWithStringBuffer,
+        ) else {
+            return;
+        };
+        map(ctx.ctx, i64::try_from(pairs.len()).unwrap_or(0));
+        for (name, value) in pairs {
+            bulk(ctx.ctx, name.as_ptr().cast(), name.len());
+            match value {
+                Field::Int(i) => drop(int(ctx.ctx, *i)),
+                Field::Text(s) => drop(bulk(ctx.ctx, s.as_ptr().cast(), s.len())),
+            }
+        }
+    }
+}
