@@ -11,7 +11,6 @@ mod server;
 
 use redis_module::configuration::ConfigurationFlags;
 use redis_module::{redis_module, Context, RedisString, Status};
-use server::cmdinfo::flags;
 use server::config;
 
 // Unit tests run without a server, so they cannot use the server's allocator.
@@ -25,52 +24,7 @@ type Alloc = std::alloc::System;
 const ALLOC: Alloc = std::alloc::System;
 
 fn init(ctx: &Context, args: &[RedisString]) -> Status {
-    server::init(ctx, args, register_commands)
-}
-
-/// The command table. Each command gets an entry of its own that hands its
-/// handler the arguments as the server holds them (`server::dispatch`),
-/// rather than the crate's entry, which retains and frees every argument
-/// of every call.
-macro_rules! command_table {
-    ($([$name:literal, $handler:path]),* $(,)?) => {
-        fn register_commands(ctx: &Context) -> Result<(), String> {
-            $(
-                {
-                    extern "C" fn entry(
-                        ctx: *mut redis_module::raw::RedisModuleCtx,
-                        argv: *mut *mut redis_module::raw::RedisModuleString,
-                        argc: std::os::raw::c_int,
-                    ) -> std::os::raw::c_int {
-                        server::dispatch(ctx, argv, argc, $handler)
-                    }
-                    server::create_command(ctx, $name, flags($name), Some(entry))?;
-                }
-            )*
-            Ok(())
-        }
-    };
-}
-
-command_table! {
-    ["tag.set", commands::tag_set],
-    ["tag.apply", commands::tag_apply],
-    ["tag.add", commands::tag_add],
-    ["tag.rem", commands::tag_rem],
-    ["tag.purge", commands::tag_purge],
-    ["tag.invalidate", commands::tag_invalidate],
-    ["tag.members", commands::tag_members],
-    ["tag.card", commands::tag_card],
-    ["tag.tags", commands::tag_tags],
-    ["tag.info", commands::tag_info],
-    ["tag.link", commands::tag_link],
-    ["tag.unlink", commands::tag_unlink],
-    ["tag.links", commands::tag_links],
-    ["tag.getl", commands::tag_getl],
-    ["ver.get", commands::ver_get],
-    ["ver.set", commands::ver_set],
-    ["ver.bump", commands::ver_bump],
-    ["ver.current", commands::ver_current],
+    server::init(ctx, args, commands::table())
 }
 
 redis_module! {

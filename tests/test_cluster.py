@@ -510,3 +510,317 @@ def test_rules_stay_with_a_master_whose_rules_slot_moves(fresh):
     fresh.rc.set(on_a, "changed")
     wait_until(lambda: all(fresh.rc.exists(k) == 0 for k in keys), 5,
                what="keys tagged by the rule purged on every master")
+
+
+# ---------------------------------------------------------------- stale-while-revalidate
+#
+# TAG.INVALIDATE [ALL] [SOFT grace-ms] [ASYNC] TAGS n tag... sent to any
+# master answers for the whole cluster, as TAG.PURGE does. A soft
+# invalidation marks each selected key stale in the hash
+# `tagcache:stale{<slot-name>}` of the key's own slot (field = key, value
+# "0"), caps its expiry at grace-ms, and replies the number of selected keys
+# that exist; TAG.GETL then hands the first caller a refresh token.
+
+import binascii  # noqa: E402
+import json  # noqa: E402
+
+from harness import digest  # noqa: E402
+
+GRACE = 60000
+
+
+def stale_marks(c: Cluster) -> dict:
+    """Every stale mark of the cluster, key -> value. Each lives in a
+    `tagcache:stale{…}` hash of its key's slot, on the master that holds the
+    key, and names a key that exists."""
+    marks = {}
+    for m in c.masters():
+        cl = c.client(m)
+        for h in cl.keys("tagcache:stale*"):
+            assert h.startswith(b"tagcache:stale{") and h.endswith(b"}"), h
+            for field, value in cl.hgetall(h).items():
+                assert slot_of(field) == slot_of(h), (h, field)
+                assert cl.exists(field) == 1, (h, field)
+                assert field not in marks, field
+                marks[field] = value
+    return marks
+
+
+def stale_count(c: Cluster) -> int:
+    n = 0
+    for m in c.masters():
+        cl = c.client(m)
+        n += sum(cl.hlen(h) for h in cl.keys("tagcache:stale*"))
+    return n
+
+
+def assert_replicas_match(c: Cluster) -> None:
+    """Each replica's dataset equals its master's (DEBUG DIGEST)."""
+    c.sync_replicas()
+    masters, replicas = c.roles()
+    assert len(replicas) == 3
+    for r in replicas:
+        rcl = c.client(r)
+        port = rcl.info("replication")["master_port"]
+        mcl = c.client(next(m for m in masters if m.port == port))
+        wait_until(lambda: digest(mcl) == digest(rcl), 10,
+                   what=f"replica {r.port} digest equals its master's")
+
+
+def data_keys(c: Cluster) -> set:
+    """Every key of every master but the module's own and tag sets."""
+    return {k for k in c.all_keys() if not k.startswith((b"tagcache:", b"tag:"))}
+
+
+def owners(c: Cluster, keys) -> set:
+    return {c.rc.get_node_from_key(k).port for k in keys}
+
+
+def key_in_slot_of(name: str, prefix: str) -> bytes:
+    """A key `<prefix><n>` (no hash tag) in the slot of `name`."""
+    want = slot_of(name)
+    return next(k for k in (f"{prefix}{i}".encode() for i in range(1_000_000))
+                if binascii.crc_hqx(k, 0) & 16383 == want)
+
+
+class Events:
+    """The events channel, as seen by a subscriber of one node (a module's
+    PUBLISH reaches every node of a cluster)."""
+
+    def __init__(self, c: Cluster, s):
+        self.ps = c.client(s).pubsub()
+        self.ps.subscribe("tagcache:events")
+        assert self.ps.get_message(timeout=2)["type"] == "subscribe"
+
+    def drain(self, quiet: float = 0.5, timeout: float = 10) -> list:
+        """Every event until none came for `quiet` seconds, without "ts"."""
+        out = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - last < quiet:
+            msg = self.ps.get_message(timeout=0.05)
+            if msg and msg["type"] == "message":
+                ev = json.loads(msg["data"])
+                assert isinstance(ev.pop("ts"), int), ev
+                out.append(ev)
+                last = time.monotonic()
+        return out
+
+    def close(self):
+        self.ps.close()
+
+
+def getl(c: Cluster, key):
+    """TAG.GETL routed to the key's owner."""
+    return c.rc.execute_command("TAG.GETL", key)
+
+
+def assert_refresh_token_then_none(c: Cluster, key, value) -> None:
+    first = getl(c, key)
+    assert isinstance(first, list) and len(first) == 2, first
+    assert first[0] == value and isinstance(first[1], bytes) and first[1], (key, first)
+    assert getl(c, key) == [value, None], key
+
+
+def value_of(k: bytes) -> bytes:
+    return b"v" + k.split(b":")[1]
+
+
+def test_soft_invalidation_from_each_master_marks_keys_stale_on_every_master(cluster):
+    masters = cluster.masters()
+    rc = cluster.rc
+    assert len(masters) == 3
+    for i, m in enumerate(masters):
+        cluster.flush()
+        keys = cluster.fill(60, tags=lambda j: ("soft", f"g{j % 2}"))
+        assert owners(cluster, keys) == {s.port for s in masters}
+        spare = [f"spare:{j}".encode() for j in range(12)]
+        for k in spare:
+            assert rc.execute_command("TAG.SET", k, "s", "TAGS", 1, "other") == b"OK"
+        assert owners(cluster, spare) == {s.port for s in masters}
+        # A key tagged then deleted is no longer selected.
+        assert rc.execute_command("TAG.SET", "gone:1", "x", "TAGS", 1, "soft") == b"OK"
+        assert rc.delete("gone:1") == 1
+        # A client-written set in its own slot: an existing plain key is
+        # selected and counted, a name that is no key is not.
+        plain = key_in_slot_of("tag:soft", "plain:")
+        never = key_in_slot_of("tag:soft", "never:")
+        rc.set(plain, "p")
+        assert rc.sadd("tag:soft", plain, never) == 2
+        events = Events(cluster, m)
+        try:
+            assert cluster.on(m, "TAG.INVALIDATE", "SOFT", GRACE, "TAGS", 1, "soft") == 61
+            assert events.drain() == [{"op": "stale", "grace_ms": GRACE, "tags": ["soft"],
+                                       "scopes": [], "keys": 61, "source": None}]
+        finally:
+            events.close()
+        assert stale_marks(cluster) == {**{k: b"0" for k in keys}, plain: b"0"}
+        assert rc.exists(never) == 0
+        for k in keys:
+            assert rc.get(k) == value_of(k)
+            assert 0 < rc.pttl(k) <= GRACE, (k, rc.pttl(k))
+            assert sorted(rc.execute_command("TAG.TAGS", k)) == sorted(
+                [b"soft", f"g{int(k.split(b':')[1]) % 2}".encode()])
+        assert rc.get(plain) == b"p" and 0 < rc.pttl(plain) <= GRACE
+        for k in spare:
+            assert rc.pttl(k) == -1
+        # Again from the next master, longer grace, half the keys: all
+        # already stale, all counted, their earlier end kept.
+        nxt = masters[(i + 1) % 3]
+        assert cluster.on(nxt, "TAG.INVALIDATE", "SOFT", 10 * GRACE, "TAGS", 2,
+                          "g0", "nobody") == 30
+        assert all(0 < rc.pttl(k) <= GRACE for k in keys)
+        assert len(stale_marks(cluster)) == 61
+        for k in keys:
+            assert_refresh_token_then_none(cluster, k, value_of(k))
+        for k in spare:
+            assert getl(cluster, k) == [b"s", None]
+        assert_replicas_match(cluster)
+        # A hard invalidation from another master deletes every stale key.
+        other = masters[(i + 2) % 3]
+        assert cluster.on(other, "TAG.INVALIDATE", "TAGS", 1, "soft") == 61
+        assert all(rc.exists(k) == 0 for k in keys + [plain])
+        assert stale_marks(cluster) == {}
+        assert all(rc.get(k) == b"s" for k in spare)
+        assert data_keys(cluster) == set(spare)
+        assert_replicas_match(cluster)
+
+
+def test_all_selection_from_each_master_leaves_keys_with_only_some_tags(cluster):
+    masters = cluster.masters()
+    rc = cluster.rc
+    combos = (("a", "b"), ("a",), ("b",), ("a", "b", "c"))
+    for i, m in enumerate(masters):
+        cluster.flush()
+        keys = cluster.fill(60, tags=lambda j: combos[j % 4])
+        both = [k for j, k in enumerate(keys) if j % 4 in (0, 3)]
+        some = [k for j, k in enumerate(keys) if j % 4 in (1, 2)]
+        assert owners(cluster, both) == owners(cluster, some) == {s.port for s in masters}
+        events = Events(cluster, m)
+        try:
+            assert cluster.on(m, "TAG.INVALIDATE", "ALL", "SOFT", GRACE,
+                              "TAGS", 2, "a", "b") == 30
+            assert events.drain() == [{"op": "stale", "grace_ms": GRACE, "tags": ["a", "b"],
+                                       "scopes": [], "keys": 30, "source": None,
+                                       "match": "all"}]
+        finally:
+            events.close()
+        assert stale_marks(cluster) == {k: b"0" for k in both}
+        for k in both:
+            assert 0 < rc.pttl(k) <= GRACE
+            assert_refresh_token_then_none(cluster, k, value_of(k))
+        for k in some:
+            assert rc.pttl(k) == -1
+            assert getl(cluster, k) == [value_of(k), None]
+        assert cluster.on(m, "TAG.INVALIDATE", "ALL", "SOFT", GRACE,
+                          "TAGS", 2, "a", "nobody") == 0
+        assert_replicas_match(cluster)
+        other = masters[(i + 1) % 3]
+        assert cluster.on(other, "TAG.INVALIDATE", "ALL", "TAGS", 2, "b", "a") == 30
+        assert all(rc.exists(k) == 0 for k in both)
+        assert stale_marks(cluster) == {}
+        for j, k in enumerate(keys):
+            if j % 4 in (1, 2):
+                assert rc.get(k) == value_of(k)
+                assert rc.execute_command("TAG.TAGS", k) == [combos[j % 4][0].encode()]
+        for s in masters:
+            assert cluster.on(s, "TAG.CARD", "a") == 15
+            assert cluster.on(s, "TAG.CARD", "b") == 15
+            assert cluster.on(s, "TAG.CARD", "c") == 0
+        # ALL of one tag is any-of, hard, from the third master.
+        assert cluster.on(masters[(i + 2) % 3], "TAG.INVALIDATE", "ALL", "TAGS", 1, "a") == 15
+        assert data_keys(cluster) == {k for j, k in enumerate(keys) if j % 4 == 2}
+        assert_replicas_match(cluster)
+
+
+def test_sliced_and_async_soft_invalidations_span_every_master(cluster):
+    """Above purge-atomic-max (set at run time with CONFIG SET on every
+    master, as test_large_sliced_purge_spans_every_master does)."""
+    masters = cluster.masters()
+    rc = cluster.rc
+    for m in masters:
+        cluster.client(m).config_set("tagcache.purge-atomic-max", 10)
+
+    def idle():
+        return all(harness.tag_info(cluster.client(s))["purges_in_progress"] == 0
+                   for s in masters)
+
+    try:
+        keys = cluster.fill(300, tags=lambda i: ("big",))
+        assert owners(cluster, keys) == {s.port for s in masters}
+        # The caller waits for the reply.
+        assert cluster.on(masters[0], "TAG.INVALIDATE", "SOFT", GRACE, "TAGS", 1, "big") == 300
+        assert stale_marks(cluster) == {k: b"0" for k in keys}
+        wait_until(idle, 10, what="no purge in progress")
+        cluster.flush()
+        keys = cluster.fill(300, tags=lambda i: ("big",))
+        assert rc.execute_command("TAG.SET", "spare:0", "s", "TAGS", 1, "other") == b"OK"
+        events = Events(cluster, masters[2])
+        try:
+            assert cluster.on(masters[2], "TAG.INVALIDATE", "SOFT", GRACE, "ASYNC",
+                              "TAGS", 1, "big") == 300
+            wait_until(lambda: stale_count(cluster) == 300 and idle(), 20,
+                       what="every key marked, on every master")
+            assert events.drain() == [{"op": "stale", "grace_ms": GRACE, "tags": ["big"],
+                                       "scopes": [], "keys": 300, "source": None}]
+        finally:
+            events.close()
+        assert stale_marks(cluster) == {k: b"0" for k in keys}
+        for k in keys[::7]:
+            assert rc.get(k) == value_of(k) and 0 < rc.pttl(k) <= GRACE
+        assert rc.pttl("spare:0") == -1
+        for k in keys[:30]:
+            assert_refresh_token_then_none(cluster, k, value_of(k))
+        assert_replicas_match(cluster)
+    finally:
+        wait_until(idle, 20, what="no purge in progress")
+        for m in masters:
+            cluster.client(m).config_set("tagcache.purge-atomic-max", 10000)
+
+
+def test_a_soft_rule_fired_on_any_master_marks_keys_stale_on_every_master(cluster):
+    masters = cluster.masters()
+    rc = cluster.rc
+    assert cluster.on(masters[0], "TAG.LINK", "product:", "p:", "SOFT", GRACE) == b"OK"
+    try:
+        for m in masters:
+            wait_until(lambda m=m: cluster.on(m, "TAG.LINKS")
+                       == [[b"product:", b"p:", b"SOFT", GRACE]], 1,
+                       what="the soft rule on every master within a second")
+        # One source key held by each master.
+        ns = [next(n for n in range(10000)
+                   if rc.get_node_from_key(f"product:{n}").port == m.port) for m in masters]
+        keys = cluster.fill(90, tags=lambda j: (f"p:{ns[j % 3]}",))
+        spare = [f"spare:{j}".encode() for j in range(12)]
+        for k in spare:
+            assert rc.execute_command("TAG.SET", k, "s", "TAGS", 1, "p:none") == b"OK"
+        events = Events(cluster, masters[0])
+        seen = []
+        try:
+            for idx in range(3):
+                rc.set(f"product:{ns[idx]}", "changed")
+                marked = [k for j, k in enumerate(keys) if j % 3 <= idx]
+                wait_until(lambda: stale_count(cluster) == len(marked), 5,
+                           what=f"keys tagged p:{ns[idx]} marked stale")
+                assert stale_marks(cluster) == {k: b"0" for k in marked}
+                assert owners(cluster, keys[idx::3]) == {s.port for s in masters}
+                seen.append(events.drain())
+        finally:
+            events.close()
+        for j, k in enumerate(keys):
+            assert rc.get(k) == value_of(k)
+            assert 0 < rc.pttl(k) <= GRACE
+            assert_refresh_token_then_none(cluster, k, value_of(k))
+        for k in spare:
+            assert rc.pttl(k) == -1 and getl(cluster, k) == [b"s", None]
+        assert_replicas_match(cluster)
+        # One link event per firing, with the grace and the number of keys
+        # it marked: 30, on all three masters together.
+        assert seen == [[{"op": "link", "grace_ms": GRACE, "tags": [f"p:{ns[idx]}"],
+                          "scopes": [], "keys": 30, "source": f"product:{ns[idx]}"}]
+                        for idx in range(3)]
+    finally:
+        cluster.on(masters[1], "TAG.UNLINK", "product:")
+        for m in masters:
+            wait_until(lambda m=m: cluster.on(m, "TAG.LINKS") == [], 1,
+                       what="rule removed everywhere")

@@ -1,5 +1,5 @@
-"""The command table in src/server/cmdinfo.rs is the one record of every
-command: its name, flags, arity, summary and key specs. What the server
+"""The command table in src/commands/table.rs is the one record of every
+command: its name, handler, flags, arity, summary and key specs. What the server
 reports (COMMAND LIST / INFO / DOCS, ACL categories) must equal it."""
 
 import re
@@ -8,7 +8,7 @@ import pytest
 
 from harness import ROOT, RawConn, server_version
 
-TABLE = ROOT / "src" / "server" / "cmdinfo.rs"
+TABLE = ROOT / "src" / "commands" / "table.rs"
 
 # Command flags as the module table writes them -> as COMMAND INFO shows them.
 FLAG_NAMES = {"write": b"write", "readonly": b"readonly", "deny-oom": b"denyoom", "fast": b"fast"}

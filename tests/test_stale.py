@@ -803,3 +803,191 @@ def test_200_readers_of_a_hot_stale_key_one_refreshes_none_waits(server, r):
     assert i["lease_waiters"] == 0
     assert fill(r, "hot", "new", tokens[0], "a") == b"OK"
     assert getl(r, "hot") == [b"new", None]
+
+
+# ---------------------------------------------------------------- restarts
+
+from harness import server_time_ms, wait_aof_rewrite, wait_server_time_past  # noqa: E402
+
+
+def pexpiretime(r, key) -> int:
+    return r.execute_command("PEXPIRETIME", key)
+
+
+@pytest.mark.parametrize("how", ["aof", "aof-rewritten", "rdb"])
+def test_stale_keys_survive_a_restart(servers, how):
+    """From the AOF as written command by command, from an AOF rewritten
+    (BGREWRITEAOF), and from an RDB (SAVE, then the server killed): the same
+    keys stale, until the same instants; the first TAG.GETL gets a token."""
+    aof = how.startswith("aof")
+    s = servers.start(extra_args=["--appendonly", "yes"] if aof else [])
+    r = s.client()
+    tag_set(r, "k", "v", "a")
+    tag_set(r, "long", "l", "a", opts=("PX", 600000))
+    tag_set(r, "fresh", "f", "b")
+    # Soft-expiring, still fresh.
+    tag_set(r, "soon", "s", "c", opts=("PX", 600000, "STALE", 60000))
+    assert soft(r, 60000, "a") == 2
+    before = stale_hash(r)
+    assert before[b"k"] == b"0" and before[b"long"] == b"0"
+    assert int(before[b"soon"]) == pexpiretime(r, "soon") - 60000
+    assert sorted(before) == [b"k", b"long", b"soon"]
+    ends = {k: pexpiretime(r, k) for k in ("k", "long", "soon")}
+    assert pexpiretime(r, "fresh") == -1
+    stale_keys = tag_info(r)["stale_keys"]
+    if how == "aof-rewritten":
+        r.execute_command("BGREWRITEAOF")
+        wait_aof_rewrite(r)
+    if aof:
+        r = s.restart(graceful=True)
+        assert not (s.dir / "dump.rdb").exists()
+    else:
+        assert r.save()
+        r = s.restart(graceful=False)
+    assert stale_hash(r) == before
+    assert {k: pexpiretime(r, k) for k in ("k", "long", "soon")} == ends
+    for k in ("k", "long"):
+        assert 0 < r.pttl(k) <= 60000
+    assert r.pttl("fresh") == -1
+    assert tags_of(r, "k") == {b"a"} and tags_of(r, "long") == {b"a"}
+    assert tag_info(r)["stale_keys"] == stale_keys
+    other = s.client()
+    token = refresh_token(r, "k")
+    assert getl(other, "k") == [b"v", None]
+    refresh_token(other, "long", b"l")
+    assert getl(r, "long") == [b"l", None]
+    assert getl(r, "fresh") == [b"f", None]
+    assert getl(r, "soon") == [b"s", None]
+    assert fill(r, "k", "new", token, "a") == b"OK"
+    assert getl(other, "k") == [b"new", None]
+    assert set(stale_hash(r)) == {b"long", b"soon"}
+
+
+# ---------------------------------------------------------------- TAG.SET ... STALE
+
+
+def test_tag_set_stale_is_fresh_then_stale_then_gone(server, r):
+    t0 = server_time_ms(r)
+    assert tag_set(r, "k", "v", "t", opts=("PX", 300, "STALE", 5000)) == b"OK"
+    t1 = server_time_ms(r)
+    assert getl(r, "k") == [b"v", None]
+    fresh_until = int(r.hget(STALE, "k"))
+    assert t0 + 300 <= fresh_until <= t1 + 300
+    assert pexpiretime(r, "k") == fresh_until + 5000
+    assert 5000 < r.pttl("k") <= 5300
+    assert tags_of(r, "k") == {b"t"}
+    wait_server_time_past(r, fresh_until)
+    other = server.client()
+    token = refresh_token(r, "k")
+    assert getl(other, "k") == [b"v", None]
+    t0 = time.monotonic()
+    assert getl(other, "k", "WAIT", 2000) == [b"v", None]
+    assert time.monotonic() - t0 < 1
+    assert r.get("k") == b"v"
+    assert pexpiretime(r, "k") == fresh_until + 5000
+    # The refresh stores and the key is fresh, with no soft expiry.
+    assert fill(r, "k", "new", token, "t") == b"OK"
+    assert getl(other, "k") == [b"new", None]
+    assert r.pttl("k") == -1
+    assert not r.exists(STALE)
+
+    # PX 100 STALE 400: fresh, stale, then gone with its mark and tags.
+    assert tag_set(r, "s", "v", "t", opts=("px", 100, "stale", 400)) == b"OK"
+    fresh_until = int(r.hget(STALE, "s"))
+    end = pexpiretime(r, "s")
+    assert end == fresh_until + 400
+    wait_server_time_past(r, fresh_until)
+    token = refresh_token(r, "s")
+    assert getl(other, "s") == [b"v", None]
+    wait_until(lambda: not r.exists("s"), 3, what="the soft expiry ended")
+    assert server_time_ms(r) >= end
+    wait_until(lambda: not r.exists(STALE), 2, what="the stale mark went")
+    assert r.smembers("tag:t") == {b"k"}
+    assert isinstance(token, bytes)
+
+
+@pytest.mark.parametrize("how", ["soft-expiry", "soft-invalidation"])
+def test_a_refresh_lease_still_out_when_the_key_expires_is_an_ordinary_fill_lease(
+        server, r, how):
+    """SPEC: "A refresh lease still out when the key expires is an ordinary
+    fill lease from then on (others get [nil, nil] and may WAIT)." """
+    if how == "soft-expiry":
+        assert tag_set(r, "s", "v", "t", opts=("PX", 100, "STALE", 400)) == b"OK"
+        wait_server_time_past(r, int(r.hget(STALE, "s")))
+    else:
+        tag_set(r, "s", "v", "t")
+        assert soft(r, 400, "t") == 1
+    token = refresh_token(r, "s")
+    other = server.client()
+    assert getl(other, "s") == [b"v", None]
+    wait_until(lambda: not r.exists("s"), 3, what="the key expired")
+    assert getl(other, "s") == [None, None]
+    assert fill(r, "s", "again", token, "t") == b"OK"
+    assert getl(other, "s") == [b"again", None]
+
+
+STALE_NEEDS_EXPIRY = "ERR STALE needs an expiry: EX, PX, EXAT or PXAT"
+STALE_RANGE = "ERR STALE must be between 1 and 2592000000 milliseconds"
+
+STALE_ERRORS = {
+    "no expiry": (("STALE", 5000), STALE_NEEDS_EXPIRY),
+    "KEEPTTL": (("KEEPTTL", "STALE", 5000), STALE_NEEDS_EXPIRY),
+    "KEEPTTL after": (("STALE", 5000, "KEEPTTL"), STALE_NEEDS_EXPIRY),
+    "STALE 0": (("PX", 1000, "STALE", 0), STALE_RANGE),
+    "STALE negative": (("PX", 1000, "STALE", -1), STALE_RANGE),
+    "STALE above 30 days": (("PX", 1000, "STALE", 2592000001), STALE_RANGE),
+    "STALE twice": (("PX", 1000, "STALE", 10, "STALE", 10), "ERR syntax error near 'STALE'"),
+    "STALE twice, any case": (("stale", 10, "EX", 10, "Stale", 10),
+                              "ERR syntax error near 'Stale'"),
+}
+
+
+@pytest.mark.parametrize("case", STALE_ERRORS.keys())
+def test_a_refused_stale_option_has_the_exact_error_and_changes_nothing(r, case):
+    args, expected = STALE_ERRORS[case]
+    tag_set(r, "k", "old", "a", opts=("PX", 60000, "STALE", 1000))
+    tag_set(r, "other", "v", "b")
+    before = dataset(r)
+    marks = stale_hash(r)
+    for key in ("k", "new"):
+        assert refused(r, "TAG.SET", key, "v", *args, "TAGS", 1, "t") == expected
+    assert dataset(r) == before
+    assert stale_hash(r) == marks
+    assert getl(r, "k") == [b"old", None]
+
+
+def test_stale_accepts_its_bounds(r):
+    assert tag_set(r, "k1", "v", "t", opts=("PX", 1000, "STALE", 1)) == b"OK"
+    assert tag_set(r, "k2", "v", "t", opts=("EX", 10, "STALE", 2592000000)) == b"OK"
+    assert 2592000000 < r.pttl("k2") <= 2592010000
+    assert sorted(stale_hash(r)) == [b"k1", b"k2"]
+
+
+def test_a_replica_of_a_master_that_ran_tag_set_stale_is_identical(master_replica):
+    master, replica = master_replica
+    m, rc = master.client(), replica.client()
+    now = server_time_ms(m)
+    assert tag_set(m, "fresh", "v", "t", opts=("PX", 60000, "STALE", 30000)) == b"OK"
+    assert tag_set(m, "soon", "v", "t", opts=("PX", 100, "STALE", 60000)) == b"OK"
+    assert tag_set(m, "at", "v", "u", opts=("PXAT", now + 90000, "STALE", 5000)) == b"OK"
+    assert tag_set(m, "plain", "v", "u") == b"OK"
+    wait_sync(m, rc)
+    marks = m.hgetall(STALE)
+    assert sorted(marks) == [b"at", b"fresh", b"soon"]
+    assert rc.hgetall(STALE) == marks
+    assert digest(rc) == digest(m)
+    for k in (b"at", b"fresh", b"soon"):
+        assert pexpiretime(rc, k) == pexpiretime(m, k)
+        assert int(marks[k]) == pexpiretime(m, k) - {b"at": 5000, b"fresh": 30000,
+                                                     b"soon": 60000}[k]
+    assert int(marks[b"at"]) == now + 90000
+    # Past "soon"'s fresh time: the master hands out its refresh token, and
+    # the replica still matches.
+    wait_server_time_past(m, int(marks[b"soon"]))
+    refresh_token(m, "soon")
+    assert getl(m, "fresh") == [b"v", None]
+    m.execute_command("TAG.SET", "plain", "w", "STALE", 1000, "PX", 50000, "TAGS", 1, "u")
+    wait_sync(m, rc)
+    assert rc.hgetall(STALE) == m.hgetall(STALE)
+    assert len(rc.hgetall(STALE)) == 4
+    assert digest(rc) == digest(m)

@@ -8,7 +8,7 @@
 //! the ACL check applies to the derived keys, which the module checks itself.
 
 use super::config;
-use redis_module::{raw, Context};
+use redis_module::{raw, Context, RedisResult, RedisString};
 use std::ffi::{CStr, CString};
 
 const VERSION: raw::RedisModuleCommandInfoVersion = raw::RedisModuleCommandInfoVersion {
@@ -22,7 +22,7 @@ type KeySpecFlags = u64;
 type FlagsFn = fn() -> KeySpecFlags;
 
 /// Where a command's keys are.
-enum Keys {
+pub enum Keys {
     None,
     /// One argument at this index.
     At(i32, KeySpecFlags),
@@ -36,19 +36,47 @@ enum Keys {
     Apply,
 }
 
+/// A module command's handler: parses, acts, replies.
+pub type Handler = fn(&Context, &[RedisString]) -> RedisResult;
+
+/// One command, whole: the single record its registration, its write
+/// wrapper (`flags` has `write`) and `COMMAND INFO`/`DOCS` are made from.
 pub struct Info {
     pub name: &'static str,
+    pub handler: Handler,
     /// Command flags, as `RedisModule_CreateCommand` takes them.
     pub flags: &'static str,
-    summary: &'static str,
-    complexity: &'static str,
-    arity: i32,
-    keys: Keys,
-    args: Vec<Arg>,
+    pub summary: &'static str,
+    pub complexity: &'static str,
+    pub arity: i32,
+    pub keys: Keys,
+    pub args: Vec<Arg>,
+}
+
+impl Info {
+    pub fn writes(&self) -> bool {
+        self.flags.split(' ').any(|f| f == "write")
+    }
+
+    /// Every option word the documented arguments name (`TAGS`, `EX`, …).
+    #[cfg(test)]
+    pub fn tokens(&self) -> Vec<&'static str> {
+        fn walk(args: &[Arg], out: &mut Vec<&'static str>) {
+            for a in args {
+                if let Some(t) = a.token.and_then(|t| t.to_str().ok()) {
+                    out.push(t);
+                }
+                walk(&a.sub, out);
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.args, &mut out);
+        out
+    }
 }
 
 /// One argument as COMMAND DOCS shows it.
-struct Arg {
+pub struct Arg {
     name: &'static CStr,
     kind: raw::RedisModuleCommandArgType,
     key_spec: i32,
@@ -68,21 +96,21 @@ impl Arg {
             sub: Vec::new(),
         }
     }
-    fn opt(mut self) -> Arg {
+    pub fn opt(mut self) -> Arg {
         self.flags |= raw::REDISMODULE_CMD_ARG_OPTIONAL;
         self
     }
-    fn multi(mut self) -> Arg {
+    pub fn multi(mut self) -> Arg {
         self.flags |= raw::REDISMODULE_CMD_ARG_MULTIPLE;
         self
     }
-    fn token(mut self, t: &'static CStr) -> Arg {
+    pub fn token(mut self, t: &'static CStr) -> Arg {
         self.token = Some(t);
         self
     }
 }
 
-fn key(name: &'static CStr) -> Arg {
+pub fn key(name: &'static CStr) -> Arg {
     let mut a = Arg::new(
         name,
         raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_KEY,
@@ -90,32 +118,32 @@ fn key(name: &'static CStr) -> Arg {
     a.key_spec = 0;
     a
 }
-fn string(name: &'static CStr) -> Arg {
+pub fn string(name: &'static CStr) -> Arg {
     Arg::new(
         name,
         raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_STRING,
     )
 }
-fn int(name: &'static CStr) -> Arg {
+pub fn int(name: &'static CStr) -> Arg {
     Arg::new(
         name,
         raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_INTEGER,
     )
 }
-fn unix(name: &'static CStr) -> Arg {
+pub fn unix(name: &'static CStr) -> Arg {
     Arg::new(
         name,
         raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_UNIX_TIME,
     )
 }
-fn pure(token: &'static CStr) -> Arg {
+pub fn pure(token: &'static CStr) -> Arg {
     Arg::new(
         token,
         raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_PURE_TOKEN,
     )
     .token(token)
 }
-fn one_of(name: &'static CStr, sub: Vec<Arg>) -> Arg {
+pub fn one_of(name: &'static CStr, sub: Vec<Arg>) -> Arg {
     let mut a = Arg::new(
         name,
         raw::RedisModuleCommandArgType_REDISMODULE_ARG_TYPE_ONEOF,
@@ -124,7 +152,7 @@ fn one_of(name: &'static CStr, sub: Vec<Arg>) -> Arg {
     a
 }
 
-fn expiration(keep: bool) -> Arg {
+pub fn expiration(keep: bool) -> Arg {
     let mut v = vec![
         int(c"seconds").token(c"EX"),
         int(c"milliseconds").token(c"PX"),
@@ -181,224 +209,20 @@ fn lay_out(
     ptr
 }
 
-fn ro() -> KeySpecFlags {
+pub fn ro() -> KeySpecFlags {
     raw::REDISMODULE_CMD_KEY_RO as u64
 }
-fn ro_access() -> KeySpecFlags {
+pub fn ro_access() -> KeySpecFlags {
     (raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_ACCESS) as u64
 }
-fn rw_update() -> KeySpecFlags {
+pub fn rw_update() -> KeySpecFlags {
     (raw::REDISMODULE_CMD_KEY_RW | raw::REDISMODULE_CMD_KEY_UPDATE) as u64
 }
-fn ow_update() -> KeySpecFlags {
+pub fn ow_update() -> KeySpecFlags {
     (raw::REDISMODULE_CMD_KEY_OW | raw::REDISMODULE_CMD_KEY_UPDATE) as u64
 }
-fn not_key() -> KeySpecFlags {
+pub fn not_key() -> KeySpecFlags {
     (raw::REDISMODULE_CMD_KEY_RO | raw::REDISMODULE_CMD_KEY_NOT_KEY) as u64
-}
-
-/// Every command of the module: one record each (name, flags, docs, keys).
-pub fn table() -> Vec<Info> {
-    vec![
-        Info {
-            name: "tag.set",
-            flags: "write deny-oom",
-            summary: "Sets the string value of a key and makes its tags exactly the given ones",
-            complexity: "O(N) where N is the number of tags given and removed",
-            arity: -6,
-            keys: Keys::KeyAndTags,
-            args: vec![
-                key(c"key"),
-                string(c"value"),
-                expiration(true),
-                one_of(c"condition", vec![pure(c"NX"), pure(c"XX")]).opt(),
-                string(c"token").token(c"LEASE").opt(),
-                int(c"numtags").token(c"TAGS"),
-                string(c"tag").multi(),
-            ],
-        },
-        Info {
-            name: "tag.apply",
-            flags: "write deny-oom",
-            summary: "Writes a string value, adds the key to the first numadd sets and removes it from the others, by absolute name (the form TAG.SET replicates as)",
-            complexity: "O(N) where N is the number of sets",
-            arity: -5,
-            keys: Keys::Apply,
-            args: vec![
-                key(c"key"),
-                string(c"value"),
-                one_of(
-                    c"expiration",
-                    vec![unix(c"unix-time-milliseconds"), pure(c"KEEPTTL"), pure(c"PERSIST")],
-                ),
-                int(c"numadd"),
-                key(c"set").opt().multi(),
-            ],
-        },
-        Info {
-            name: "tag.add",
-            flags: "write deny-oom",
-            summary: "Adds tags to an existing key of any type",
-            complexity: "O(N) where N is the number of tags",
-            arity: -3,
-            keys: Keys::At(1, rw_update()),
-            args: vec![key(c"key"), string(c"tag").multi()],
-        },
-        Info {
-            name: "tag.rem",
-            flags: "write",
-            summary: "Removes tags from a key",
-            complexity: "O(N) where N is the number of tags",
-            arity: -3,
-            keys: Keys::At(1, rw_update()),
-            args: vec![key(c"key"), string(c"tag").multi()],
-        },
-        Info {
-            name: "tag.purge",
-            flags: "write",
-            summary: "Deletes every key that carries any of the tags, and the tags' index",
-            complexity: "O(N) where N is the number of keys deleted",
-            arity: -2,
-            keys: Keys::Rest(1, not_key()),
-            args: vec![string(c"tag").multi(), pure(c"ASYNC").opt()],
-        },
-        Info {
-            name: "tag.invalidate",
-            flags: "write",
-            summary: "Deletes, or marks stale, every key that carries any (or all) of the tags",
-            complexity: "O(N) where N is the number of keys selected",
-            arity: -4,
-            keys: Keys::None,
-            args: vec![
-                pure(c"ALL").opt(),
-                int(c"grace-ms").token(c"SOFT").opt(),
-                pure(c"ASYNC").opt(),
-                int(c"numtags").token(c"TAGS"),
-                string(c"tag").multi(),
-            ],
-        },
-        Info {
-            name: "tag.members",
-            flags: "readonly",
-            summary: "Returns the keys that carry a tag",
-            complexity: "O(N) where N is the number of keys carrying the tag",
-            arity: 2,
-            keys: Keys::At(1, not_key()),
-            args: vec![string(c"tag")],
-        },
-        Info {
-            name: "tag.card",
-            flags: "readonly",
-            summary: "Returns the number of keys that carry a tag",
-            complexity: "O(N) where N is the number of keys carrying the tag",
-            arity: 2,
-            keys: Keys::At(1, not_key()),
-            args: vec![string(c"tag")],
-        },
-        Info {
-            name: "tag.tags",
-            flags: "readonly fast",
-            summary: "Returns the tags a key carries",
-            complexity: "O(N) where N is the number of tags of the key",
-            arity: 2,
-            keys: Keys::At(1, ro()),
-            args: vec![key(c"key")],
-        },
-        Info {
-            name: "tag.info",
-            flags: "readonly fast",
-            summary: "Returns the module's counters and settings",
-            complexity: "O(1)",
-            arity: 1,
-            keys: Keys::None,
-            args: vec![],
-        },
-        Info {
-            name: "ver.get",
-            flags: "readonly fast",
-            summary: "Returns the value of a key under its scope's current version",
-            complexity: "O(1)",
-            arity: 3,
-            keys: Keys::Each(&[(1, not_key), (2, not_key)]),
-            args: vec![string(c"scope"), string(c"key")],
-        },
-        Info {
-            name: "ver.set",
-            flags: "write deny-oom",
-            summary: "Sets the value of a key under its scope's current version",
-            complexity: "O(1)",
-            arity: -4,
-            keys: Keys::Each(&[(1, not_key), (2, not_key)]),
-            args: vec![
-                string(c"scope"),
-                string(c"key"),
-                string(c"value"),
-                expiration(false),
-            ],
-        },
-        Info {
-            name: "ver.bump",
-            flags: "write deny-oom fast",
-            summary: "Invalidates every value under the scopes by moving to a new version",
-            complexity: "O(1) for each scope",
-            arity: -2,
-            keys: Keys::Rest(1, not_key()),
-            args: vec![string(c"scope").multi()],
-        },
-        Info {
-            name: "ver.current",
-            flags: "readonly fast",
-            summary: "Returns the current version of a scope",
-            complexity: "O(1)",
-            arity: 2,
-            keys: Keys::At(1, not_key()),
-            args: vec![string(c"scope")],
-        },
-        Info {
-            name: "tag.link",
-            flags: "write deny-oom",
-            summary: "Adds a rule: a change to a key under source-prefix purges the matching tag",
-            complexity: "O(L) where L is the length of the prefix",
-            arity: -3,
-            keys: Keys::None,
-            args: vec![
-                string(c"source-prefix"),
-                string(c"tag-prefix"),
-                int(c"grace-ms").token(c"SOFT").opt(),
-            ],
-        },
-        Info {
-            name: "tag.unlink",
-            flags: "write",
-            summary: "Removes the rule for a source prefix",
-            complexity: "O(L) where L is the length of the prefix",
-            arity: 2,
-            keys: Keys::None,
-            args: vec![string(c"source-prefix")],
-        },
-        Info {
-            name: "tag.links",
-            flags: "readonly",
-            summary: "Lists the rules",
-            complexity: "O(N) where N is the number of rules",
-            arity: 1,
-            keys: Keys::None,
-            args: vec![],
-        },
-        Info {
-            name: "tag.getl",
-            flags: "write deny-oom",
-            summary: "Reads a key, handing out a lease to fill it on a miss",
-            complexity: "O(1)",
-            arity: -2,
-            keys: Keys::At(1, ro_access()),
-            args: vec![
-                key(c"key"),
-                int(c"milliseconds").token(c"TTL").opt(),
-                int(c"timeout").token(c"WAIT").opt(),
-            ],
-        },
-    ]
 }
 
 fn spec(
@@ -490,23 +314,16 @@ fn specs(keys: &Keys, tags_are_keys: bool) -> Vec<raw::RedisModuleCommandKeySpec
     out
 }
 
-/// The flags of `name` in the command table.
-pub fn flags(name: &str) -> &'static str {
-    table()
-        .into_iter()
-        .find(|i| i.name == name)
-        .map_or("", |i| i.flags)
-}
-
 /// Where the server has module ACL categories (Redis >= 7.4, Valkey), the
 /// commands join a `tagcache` category beside `read` or `write`, so that
 /// `+@tagcache` grants them all. Elsewhere (7.0) this is skipped quietly.
-fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, name: &str, own: bool) {
+fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, info: &Info, own: bool) {
     // SAFETY: reading a function pointer of the module API.
     let Some(set) = (unsafe { raw::RedisModule_SetCommandACLCategories }) else {
         return;
     };
-    let writes = flags(name).split(' ').any(|f| f == "write");
+    let writes = info.writes();
+    let name = info.name;
     let base = if writes { "write" } else { "read" };
     let cats = if own {
         format!("{base} tagcache")
@@ -532,7 +349,7 @@ fn add_own_category(ctx: &Context) -> bool {
 
 /// Attaches command info to every registered command. Skips quietly on a
 /// server without the API (then COMMAND DOCS is just thinner).
-pub fn register(ctx: &Context) -> Result<(), String> {
+pub fn register(ctx: &Context, table: &[Info]) -> Result<(), String> {
     // SAFETY: reading function pointers of the module API.
     let (Some(get), Some(set)) = (unsafe { raw::RedisModule_GetCommand }, unsafe {
         raw::RedisModule_SetCommandInfo
@@ -540,14 +357,14 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         return Ok(());
     };
     let own_category = add_own_category(ctx);
-    for info in table() {
+    for info in table {
         let name = CString::new(info.name).map_err(|e| e.to_string())?;
         // SAFETY: called from init with the module's context; `name` lives.
         let cmd = unsafe { get(ctx.ctx, name.as_ptr()) };
         if cmd.is_null() {
             return Err(format!("command {} is not registered", info.name));
         }
-        set_acl_categories(ctx, cmd, info.name, own_category);
+        set_acl_categories(ctx, cmd, info, own_category);
         let summary = CString::new(info.summary).map_err(|e| e.to_string())?;
         let complexity = CString::new(info.complexity).map_err(|e| e.to_string())?;
         let since = CString::new("1.0.0").map_err(|e| e.to_string())?;
@@ -587,19 +404,4 @@ pub fn register(ctx: &Context) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-// Unit tests only: compiled out of the module (`cfg(test)`), they never
-// see client input or keyspace data, so `unwrap` here is a test assertion.
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_are_unique_and_lowercase() {
-        let t = super::table();
-        let mut names: Vec<_> = t.iter().map(|i| i.name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), t.len());
-        assert!(t.iter().all(|i| i.name == i.name.to_lowercase()));
-    }
 }

@@ -39,14 +39,17 @@ pub fn write_command(
     reply
 }
 
-/// A module command's entry: runs `f` with the call's arguments borrowed
-/// (the server holds them for the whole call; a handler that keeps one
-/// longer retains it), then sends its reply.
-pub fn dispatch(
+/// The module's commands, as `init` registered them.
+static COMMANDS: std::sync::OnceLock<&'static [cmdinfo::Info]> = std::sync::OnceLock::new();
+
+/// Every module command's entry: finds the command's record by its name
+/// and runs its handler (through `write_command` for one that writes) with
+/// the call's arguments borrowed (the server holds them for the whole
+/// call; a handler that keeps one longer retains it), then sends its reply.
+extern "C" fn entry(
     ctx: *mut raw::RedisModuleCtx,
     argv: *mut *mut raw::RedisModuleString,
     argc: c_int,
-    f: fn(&Context, &[RedisString]) -> RedisResult,
 ) -> c_int {
     let context = Context::new(ctx);
     let n = usize::try_from(argc).unwrap_or(0);
@@ -60,7 +63,16 @@ pub fn dispatch(
             .map(|&s| RedisString::from_redis_module_string(ctx, s))
             .collect()
     };
-    let reply = f(&context, &args);
+    let name = args.first().map(RedisString::as_slice).unwrap_or_default();
+    let info = COMMANDS.get().and_then(|t| {
+        t.iter()
+            .find(|i| i.name.len() == name.len() && name.eq_ignore_ascii_case(i.name.as_bytes()))
+    });
+    let reply = match info {
+        Some(i) if i.writes() => write_command(&context, &args, i.handler),
+        Some(i) => (i.handler)(&context, &args),
+        None => Err(crate::engine::error::Error::Internal("unknown command".into()).into()),
+    };
     // SAFETY: the strings are borrowed, not owned: forgetting them leaves
     // their reference counts as the server set them. (RedisString has no
     // other resource to release.)
@@ -97,11 +109,7 @@ pub fn create_command(
 /// Module start-up: settings from the load arguments, command info,
 /// notifications and server events, then the index of whatever data the
 /// server already holds (`MODULE LOAD` into a running server).
-pub fn init(
-    ctx: &Context,
-    args: &[RedisString],
-    commands: fn(&Context) -> Result<(), String>,
-) -> Status {
+pub fn init(ctx: &Context, args: &[RedisString], commands: &'static [cmdinfo::Info]) -> Status {
     std::panic::set_hook(Box::new(|info| {
         log::warning_anywhere(&format!("tagcache: internal error: {info}"));
     }));
@@ -123,9 +131,12 @@ pub fn init(
         .get_flags()
         .intersects(redis_module::ContextFlags::CLUSTER);
     config::set_slotted(cluster);
-    if let Err(why) = commands(ctx) {
-        log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
-        return Status::Err;
+    let _ = COMMANDS.set(commands);
+    for info in commands {
+        if let Err(why) = create_command(ctx, info.name, info.flags, Some(entry)) {
+            log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
+            return Status::Err;
+        }
     }
     info::register(ctx);
     cluster::register(ctx);
@@ -137,7 +148,9 @@ pub fn init(
         );
         return Status::Err;
     }
-    if let Err(why) = cmdinfo::register(ctx).and_then(|_| notify::subscribe_server_events(ctx)) {
+    if let Err(why) =
+        cmdinfo::register(ctx, commands).and_then(|_| notify::subscribe_server_events(ctx))
+    {
         log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
         return Status::Err;
     }

@@ -302,7 +302,12 @@ fn key_changed(
         if master {
             s.untag_key(db, key, in_exec);
         }
-        wakes.extend(s.key_deleted(db, key));
+        // A lease on a key that exists is a refresh lease (a fill lease
+        // ends when the key is written): when the stale key expires, it
+        // goes on as the fill lease of the key.
+        if event != b"expired" {
+            wakes.extend(s.key_deleted(db, key));
+        }
     } else if replaces(event) {
         if master && !created {
             s.untag_key(db, key, in_exec);
