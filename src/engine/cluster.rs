@@ -177,6 +177,9 @@ pub struct Gather {
     /// says so).
     pub all: bool,
     pub grace_ms: Option<i64>,
+    /// A rule's purge: the key whose change fired it (its event is a
+    /// `link` event).
+    pub source: Option<Vec<u8>>,
     /// The request as sent (kind, bytes): sent again to masters that have
     /// not answered, since the cluster bus may lose a message.
     pub request: Option<(u8, Vec<u8>)>,
@@ -234,6 +237,7 @@ impl Gathers {
                 purge,
                 all: false,
                 grace_ms: None,
+                source: None,
                 request: None,
             },
         );

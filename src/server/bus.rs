@@ -8,8 +8,8 @@ use super::blocked;
 use super::config;
 use super::events::{self, Event, Op};
 use super::keys;
-use crate::engine::cluster::{encode, kind, Gather, Gathered, How, PurgeAsk};
-use crate::engine::purge::{ReplyTo, Request};
+use crate::engine::cluster::{encode, kind, Gather, Gathered};
+use crate::engine::purge::ReplyTo;
 use crate::engine::{self, Wake};
 use redis_module::{raw, Context};
 use std::cell::{Cell, RefCell};
@@ -277,15 +277,15 @@ pub fn finish(ctx: &Context, g: Gather) {
         events::purged(
             ctx,
             &Event {
-                op: if g.grace_ms.is_some() {
-                    Op::Stale
-                } else {
-                    Op::Purge
+                op: match (&g.source, g.grace_ms) {
+                    (Some(_), _) => Op::Link,
+                    (None, Some(_)) => Op::Stale,
+                    (None, None) => Op::Purge,
                 },
                 tags: &g.tags,
                 scopes: &[],
                 keys: n,
-                source: None,
+                source: g.source.as_deref(),
                 all: g.all,
                 grace_ms: g.grace_ms,
             },
@@ -311,22 +311,4 @@ fn on_timeout(ctx: &Context, id: u64) {
 pub fn arm_timeout(ctx: &Context, id: u64) {
     let ms = u64::try_from(config::cluster_timeout_ms()).unwrap_or(5000);
     ctx.create_timer(Duration::from_millis(ms), on_timeout, id);
-}
-
-/// A rule fired here: the other masters purge the tag too, with the rule
-/// owner's permissions. Nobody waits for their counts (gather 0 is none).
-pub fn purge_elsewhere(ctx: &Context, req: &Request) {
-    let Some(source) = req.rule_source.clone().filter(|_| config::slotted()) else {
-        return;
-    };
-    let fields = PurgeAsk {
-        id: 0,
-        user: req.user.clone(),
-        how: How::Rule(source),
-        all: req.all,
-        soft: req.soft,
-        tags: req.tags.clone(),
-    }
-    .to_fields();
-    ask_all(ctx, kind::PURGE, &fields);
 }

@@ -160,11 +160,15 @@ fn handle(ctx: &Context, m: Inbound) {
             };
             let is_async = ask.how == How::Async;
             let caller = ask.user.as_deref().map(Caller::named);
-            // A rule's purge: nobody awaits its count, and its deletions
-            // fire no further rules.
-            let (rule_source, reply_to) = match ask.how {
-                How::Rule(source) => (Some(source), ReplyTo::Nobody),
-                _ => (None, ReplyTo::Remote(m.from.clone(), id)),
+            // A rule's purge: its deletions fire no further rules (and a
+            // gather id of 0 awaits no count).
+            let reply_to = match (&ask.how, id) {
+                (How::Rule(_), 0) => ReplyTo::Nobody,
+                _ => ReplyTo::Remote(m.from.clone(), id),
+            };
+            let rule_source = match ask.how {
+                How::Rule(source) => Some(source),
+                _ => None,
             };
             let req = Request {
                 db: keys::selected_db(ctx),

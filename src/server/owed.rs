@@ -7,9 +7,11 @@
 
 use super::acl::Caller;
 use super::apply::{self, Cause};
+use super::bus;
 use super::config;
 use super::guards::Applying;
 use super::keys::{self, Mode};
+use crate::engine::cluster::{kind, Gathered, How, PurgeAsk};
 use crate::engine::error::Result;
 use crate::engine::index::Db;
 use crate::engine::plan::{self, TagSets};
@@ -187,8 +189,12 @@ fn fire(ctx: &Context, db: Db, source: &[u8], fired: Vec<Fired>) -> Result<()> {
             reply_to: ReplyTo::Nobody,
             publish: true,
         };
-        super::bus::purge_elsewhere(ctx, &req);
         let caller = req.user.as_deref().map(Caller::named);
+        if let Some(done) = purge_everywhere(ctx, req.clone(), caller.as_ref()) {
+            stats::bump(&stats::RULE_FIRINGS);
+            done?;
+            continue;
+        }
         let event = req.clone();
         if let super::purge::Here::Done { deleted, .. } =
             super::purge::here(ctx, req, caller.as_ref(), super::purge::Wait::Detached)?
@@ -226,4 +232,69 @@ pub fn has_post_jobs() -> bool {
             f.is_some()
         })
     })
+}
+
+/// A rule fired here: every master purges its tags, with the rule owner's
+/// permissions, and this master publishes the one event, with the total,
+/// once all have answered. `None` when this master is the only one (the
+/// caller purges as on a standalone server).
+fn purge_everywhere(
+    ctx: &Context,
+    req: Request,
+    caller: Option<&super::acl::Caller>,
+) -> Option<crate::engine::error::Result<()>> {
+    let source = req.rule_source.clone().filter(|_| config::slotted())?;
+    let others = bus::other_masters(ctx);
+    if others.is_empty() {
+        return None;
+    }
+    let opened = engine::with(|s| {
+        let id = s.gathers.open(
+            None,
+            req.tags.clone(),
+            others.clone(),
+            Gathered::Count(0),
+            true,
+        );
+        if let Some(g) = s.gathers.open.get_mut(&id) {
+            g.all = req.all;
+            g.grace_ms = req.soft.map(|x| x.grace_ms);
+            g.source = Some(source.clone());
+        }
+        id
+    });
+    let id = match opened {
+        Ok(id) => id,
+        Err(e) => return Some(Err(e)),
+    };
+    let fields = PurgeAsk {
+        id,
+        user: req.user.clone(),
+        how: How::Rule(source),
+        all: req.all,
+        soft: req.soft,
+        tags: req.tags.clone(),
+    }
+    .to_fields();
+    bus::ask(ctx, id, &others, kind::PURGE, &fields);
+    bus::arm_timeout(ctx, id);
+    let reply_to = ReplyTo::Gather(id);
+    let local = Request {
+        reply_to: reply_to.clone(),
+        publish: false,
+        ..req
+    };
+    Some(
+        match super::purge::here(ctx, local, caller, super::purge::Wait::Detached) {
+            Ok(super::purge::Here::Done { deleted }) => {
+                bus::answer(ctx, &reply_to, Ok(Gathered::Count(deleted)));
+                Ok(())
+            }
+            Ok(super::purge::Here::Sliced { .. }) => Ok(()),
+            Err(e) => {
+                bus::answer(ctx, &reply_to, Err(e.to_string()));
+                Ok(())
+            }
+        },
+    )
 }
