@@ -75,7 +75,7 @@ pub fn ver_get(ctx: &Context, args: &[RedisString]) -> RedisResult {
         return Ok(RedisValue::Null);
     };
     let vkey = value_key(version, key);
-    keys::ensure_same_slot(ctx, &[&token, &vkey])?;
+    keys::ensure_same_slot(&[&token, &vkey])?;
     readable(ctx, &caller, &vkey)?;
     Ok(match keys::read_string(ctx, &vkey)? {
         Some(v) => RedisValue::StringBuffer(v),

@@ -20,9 +20,9 @@ use redis_module::Context;
 /// server itself, or the master link), and of the right type.
 pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> {
     let checks = plan.checks();
-    if keys::in_cluster(ctx) && !plan.local {
+    if super::config::slotted() && !plan.local {
         let keys: Vec<&[u8]> = checks.iter().map(|c| c.0).collect();
-        keys::ensure_same_slot(ctx, &keys)?;
+        keys::ensure_same_slot(&keys)?;
     }
     let p = config::layout();
     if let Some(c) = caller.filter(|c| !c.all_keys(ctx)) {

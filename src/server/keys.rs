@@ -343,21 +343,11 @@ pub fn argv(args: &[RedisString]) -> smallvec::SmallVec<[&[u8]; 12]> {
 }
 
 /// In a cluster, the keys a command derives must share a slot.
-pub fn ensure_same_slot<K: AsRef<[u8]>>(ctx: &Context, keys: &[K]) -> Result<()> {
-    if in_cluster(ctx) && !crate::engine::slot::same_slot(keys) {
+pub fn ensure_same_slot<K: AsRef<[u8]>>(keys: &[K]) -> Result<()> {
+    if super::config::slotted() && !crate::engine::slot::same_slot(keys) {
         return Err(Error::CrossSlot);
     }
     Ok(())
-}
-
-static CLUSTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-
-/// Whether the server runs in cluster mode (fixed for its life: asked once).
-pub fn in_cluster(ctx: &Context) -> bool {
-    *CLUSTER.get_or_init(|| {
-        ctx.get_flags()
-            .contains(redis_module::ContextFlags::CLUSTER)
-    })
 }
 
 /// Reads a string key without a call into Redis. `Ok(None)` when absent.
