@@ -803,3 +803,29 @@ def test_a_discarded_sadd_to_a_tag_set_tags_nothing(server, r):
     assert r.execute_command("TAG.PURGE", "d") == 1
     assert r.get("victim") == b"1"
     assert not r.exists("o")
+
+
+@pytest.mark.parametrize("away", ["move-and-back", "del", "overwrite"])
+def test_a_plain_read_later_in_the_same_pipeline_sees_the_tag_sets_as_the_index_does(r, away):
+    """A key moved away and back, deleted or overwritten by a plain command
+    has left its tag sets by the next command of the same pipeline (no
+    post-notification jobs on Redis 7.0): SISMEMBER, TAG.TAGS and TAG.PURGE
+    agree."""
+    tag_set(r, "k", "v", "t")
+    p = r.pipeline(transaction=False)
+    if away == "move-and-back":
+        p.move("k", 1)
+        p.execute_command("SELECT", 1)
+        p.move("k", 0)
+        p.execute_command("SELECT", 0)
+    elif away == "del":
+        p.delete("k")
+    else:
+        p.set("k", "plain")
+    p.sismember("tag:t", "k")
+    p.execute_command("TAG.TAGS", "k")
+    p.execute_command("TAG.PURGE", "t")
+    out = p.execute()
+    assert out[-3:] == [0, [], 0]
+    assert r.exists("tag:t") == 0
+    assert r.exists("k") == (0 if away == "del" else 1)
