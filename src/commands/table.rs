@@ -21,6 +21,7 @@ fn build() -> Vec<Info> {
             name: "tag.set",
             handler: tag::tag_set,
             flags: "write deny-oom",
+            writes: true,
             summary: "Sets the string value of a key and makes its tags exactly the given ones",
             complexity: "O(N) where N is the number of tags given and removed",
             arity: -6,
@@ -40,6 +41,7 @@ fn build() -> Vec<Info> {
             name: "tag.apply",
             handler: tag::tag_apply,
             flags: "write deny-oom",
+            writes: true,
             summary: "Writes a string value, adds the key to the first numadd sets and removes it from the others, by absolute name (the form TAG.SET replicates as)",
             complexity: "O(N) where N is the number of sets",
             arity: -5,
@@ -59,6 +61,7 @@ fn build() -> Vec<Info> {
             name: "tag.add",
             handler: tag::tag_add,
             flags: "write deny-oom",
+            writes: true,
             summary: "Adds tags to an existing key of any type",
             complexity: "O(N) where N is the number of tags",
             arity: -3,
@@ -69,6 +72,7 @@ fn build() -> Vec<Info> {
             name: "tag.rem",
             handler: tag::tag_rem,
             flags: "write",
+            writes: true,
             summary: "Removes tags from a key",
             complexity: "O(N) where N is the number of tags",
             arity: -3,
@@ -79,6 +83,7 @@ fn build() -> Vec<Info> {
             name: "tag.purge",
             handler: tag::tag_purge,
             flags: "write",
+            writes: true,
             summary: "Deletes every key that carries any of the tags, and the tags' index",
             complexity: "O(N) where N is the number of keys deleted",
             arity: -2,
@@ -89,6 +94,7 @@ fn build() -> Vec<Info> {
             name: "tag.invalidate",
             handler: tag::tag_invalidate,
             flags: "write",
+            writes: true,
             summary: "Deletes, or marks stale, every key that carries any (or all) of the tags",
             complexity: "O(N) where N is the number of keys selected",
             arity: -4,
@@ -105,6 +111,7 @@ fn build() -> Vec<Info> {
             name: "tag.members",
             handler: tag::tag_members,
             flags: "readonly",
+            writes: false,
             summary: "Returns the keys that carry a tag",
             complexity: "O(N) where N is the number of keys carrying the tag",
             arity: 2,
@@ -115,6 +122,7 @@ fn build() -> Vec<Info> {
             name: "tag.card",
             handler: tag::tag_card,
             flags: "readonly",
+            writes: false,
             summary: "Returns the number of keys that carry a tag",
             complexity: "O(N) where N is the number of keys carrying the tag",
             arity: 2,
@@ -125,6 +133,7 @@ fn build() -> Vec<Info> {
             name: "tag.tags",
             handler: tag::tag_tags,
             flags: "readonly fast",
+            writes: false,
             summary: "Returns the tags a key carries",
             complexity: "O(N) where N is the number of tags of the key",
             arity: 2,
@@ -135,6 +144,7 @@ fn build() -> Vec<Info> {
             name: "tag.info",
             handler: info::tag_info,
             flags: "readonly fast",
+            writes: false,
             summary: "Returns the module's counters and settings",
             complexity: "O(1)",
             arity: 1,
@@ -145,6 +155,7 @@ fn build() -> Vec<Info> {
             name: "ver.get",
             handler: version::ver_get,
             flags: "readonly fast",
+            writes: false,
             summary: "Returns the value of a key under its scope's current version",
             complexity: "O(1)",
             arity: 3,
@@ -155,6 +166,7 @@ fn build() -> Vec<Info> {
             name: "ver.set",
             handler: version::ver_set,
             flags: "write deny-oom",
+            writes: true,
             summary: "Sets the value of a key under its scope's current version",
             complexity: "O(1)",
             arity: -4,
@@ -170,6 +182,7 @@ fn build() -> Vec<Info> {
             name: "ver.bump",
             handler: version::ver_bump,
             flags: "write deny-oom fast",
+            writes: true,
             summary: "Invalidates every value under the scopes by moving to a new version",
             complexity: "O(1) for each scope",
             arity: -2,
@@ -180,6 +193,7 @@ fn build() -> Vec<Info> {
             name: "ver.current",
             handler: version::ver_current,
             flags: "readonly fast",
+            writes: false,
             summary: "Returns the current version of a scope",
             complexity: "O(1)",
             arity: 2,
@@ -190,6 +204,7 @@ fn build() -> Vec<Info> {
             name: "tag.link",
             handler: link::tag_link,
             flags: "write deny-oom",
+            writes: true,
             summary: "Adds a rule: a change to a key under source-prefix purges the matching tag",
             complexity: "O(L) where L is the length of the prefix",
             arity: -3,
@@ -204,6 +219,7 @@ fn build() -> Vec<Info> {
             name: "tag.unlink",
             handler: link::tag_unlink,
             flags: "write",
+            writes: true,
             summary: "Removes the rule for a source prefix",
             complexity: "O(L) where L is the length of the prefix",
             arity: 2,
@@ -214,6 +230,7 @@ fn build() -> Vec<Info> {
             name: "tag.links",
             handler: link::tag_links,
             flags: "readonly",
+            writes: false,
             summary: "Lists the rules",
             complexity: "O(N) where N is the number of rules",
             arity: 1,
@@ -224,6 +241,7 @@ fn build() -> Vec<Info> {
             name: "tag.getl",
             handler: lease::tag_getl,
             flags: "write deny-oom",
+            writes: true,
             summary: "Reads a key, handing out a lease to fill it on a miss",
             complexity: "O(1)",
             arity: -2,
@@ -242,6 +260,18 @@ fn build() -> Vec<Info> {
 #[cfg(test)]
 mod tests {
     use super::super::args;
+
+    #[test]
+    fn a_command_writes_exactly_when_its_flags_say_write() {
+        for i in super::table() {
+            assert_eq!(
+                i.writes,
+                i.flags.split(' ').any(|f| f == "write"),
+                "{}",
+                i.name
+            );
+        }
+    }
 
     #[test]
     fn names_are_unique_and_lowercase() {

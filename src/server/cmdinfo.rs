@@ -46,6 +46,9 @@ pub struct Info {
     pub handler: Handler,
     /// Command flags, as `RedisModule_CreateCommand` takes them.
     pub flags: &'static str,
+    /// `flags` has `write`: the command runs through `write_command` (a
+    /// field, not a search of `flags` on every call).
+    pub writes: bool,
     pub summary: &'static str,
     pub complexity: &'static str,
     pub arity: i32,
@@ -54,10 +57,6 @@ pub struct Info {
 }
 
 impl Info {
-    pub fn writes(&self) -> bool {
-        self.flags.split(' ').any(|f| f == "write")
-    }
-
     /// Every option word the documented arguments name (`TAGS`, `EX`, …).
     #[cfg(test)]
     pub fn tokens(&self) -> Vec<&'static str> {
@@ -322,7 +321,7 @@ fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, info: &I
     let Some(set) = (unsafe { raw::RedisModule_SetCommandACLCategories }) else {
         return;
     };
-    let writes = info.writes();
+    let writes = info.writes;
     let name = info.name;
     let base = if writes { "write" } else { "read" };
     let cats = if own {

@@ -69,7 +69,7 @@ extern "C" fn entry(
             .find(|i| i.name.len() == name.len() && name.eq_ignore_ascii_case(i.name.as_bytes()))
     });
     let reply = match info {
-        Some(i) if i.writes() => write_command(&context, &args, i.handler),
+        Some(i) if i.writes => write_command(&context, &args, i.handler),
         Some(i) => (i.handler)(&context, &args),
         None => Err(crate::engine::error::Error::Internal("unknown command".into()).into()),
     };
