@@ -108,14 +108,17 @@ def _write_json(path, report):
 
 
 def run_scenario(ctx, name):
-    """One scenario; an exception becomes the scenario's error, not the run's end."""
+    """One scenario; an exception becomes the scenario's error, not the run's
+    end. A scenario returns one Result, or a list of them (one table each).
+    Returns ([Result], facts)."""
     fn, description = SCENARIOS[name]
     t0 = time.monotonic()
     log("scenario %s" % name)
     watch = CpuWatch(ctx)
     try:
         ctx.on("main")
-        res = fn(ctx)
+        out = fn(ctx)
+        results = list(out) if isinstance(out, (list, tuple)) else [out]
     except Exception as e:  # noqa: BLE001 - one scenario failing must not stop the rest
         res = Result(name, description, [("value", "value", "")])
         res.error = "%s: %s" % (type(e).__name__, e)
@@ -125,14 +128,16 @@ def run_scenario(ctx, name):
             ctx.ensure_server(res, name)
         except BenchError as e2:
             res.notes.append("server restart failed: %s" % e2)
+        results = [res]
     other, steal = watch.foreign()
-    if other is not None and other > 10:
-        res.note("other processes on this machine used %.0f%% of a CPU during this scenario: "
-                 "figures are noisier than on a quiet machine" % other)
-    if steal is not None and steal > 5:
-        res.note("the hypervisor stole %.0f%% of a CPU during this scenario" % steal)
-    return res, {"seconds": round(time.monotonic() - t0, 1), "other_processes_cpu_pct": other,
-                 "steal_cpu_pct": steal}
+    for res in results:
+        if other is not None and other > 10:
+            res.note("other processes on this machine used %.0f%% of a CPU during this scenario: "
+                     "figures are noisier than on a quiet machine" % other)
+        if steal is not None and steal > 5:
+            res.note("the hypervisor stole %.0f%% of a CPU during this scenario" % steal)
+    return results, {"seconds": round(time.monotonic() - t0, 1), "other_processes_cpu_pct": other,
+                     "steal_cpu_pct": steal}
 
 
 def main(argv=None):
@@ -177,12 +182,13 @@ def main(argv=None):
             "loaded" if ctx.has_module() else (ctx.module_load_error or module_note or "none")))
         report["scenarios"] = []
         for name in args.only or list(SCENARIOS):
-            res, facts = run_scenario(ctx, name)
-            results.append(res)
-            report["scenarios"].append(dict(res.to_json(), **facts))
+            part, facts = run_scenario(ctx, name)
+            for res in part:
+                results.append(res)
+                report["scenarios"].append(dict(res.to_json(), **facts))
+                print(render_text(res), flush=True)
             report["crashes"] = ctx.crashes
             report["seconds"] = round(time.monotonic() - t_run, 1)
-            print(render_text(res), flush=True)
             _write_json(args.output_path, report)
     finally:
         ctx.stop_all()

@@ -170,6 +170,8 @@ def fmt(v, kind):
         return "{:,.0f}".format(v)
     if kind == "us":
         return "%.2f" % v
+    if kind == "x":
+        return "%.2fx" % v
     if kind == "pct":
         return "%.0f%%" % v
     if kind == "ms":
@@ -211,7 +213,8 @@ def _row_cells(res, r):
     cells = [r["label"], r["tool"]] + [fmt(r["median"].get(f), k) for _, f, k in res.columns]
     f0, k0 = res.columns[0][1], res.columns[0][2]
     n = len(r["samples"])
-    cells.append("%s..%s" % (fmt(r["min"].get(f0), k0), fmt(r["max"].get(f0), k0)) if n > 1 else "")
+    cells.append("%s..%s" % (fmt(r["min"].get(f0), k0), fmt(r["max"].get(f0), k0))
+                 if n > 1 and r["min"].get(f0) is not None else "")
     return cells
 
 

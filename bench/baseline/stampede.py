@@ -36,3 +36,27 @@ def lock_and_poll_get(r, key, load, ttl_ms, deadline, max_tries=1000):
         polls += 1
         time.sleep(POLL_SLEEP)
     return None, polls
+
+
+def lock_and_poll_steps(key, ttl_ms, deadline, max_tries=1000):
+    """The same pattern, step by step, for an event loop (bench/openloop.py)
+    that runs many readers on one thread: it yields ("cmd", argv) and gets
+    the reply, ("load",) and gets the value (the database call), ("sleep",
+    seconds). Returns the value, or None when `deadline` passed first.
+    Each step is the redis-py call of lock_and_poll_get above."""
+    for _ in range(max_tries):
+        v = yield ("cmd", ("GET", key))
+        if v is not None:
+            return v
+        got = yield ("cmd", ("SET", LOCK_PREFIX + key, 1, "NX", "EX", LOCK_TTL))
+        if got is not None:
+            # (The simulated load cannot fail: no try/finally needed here.)
+            v = yield ("load",)
+            yield ("cmd", ("SET", key, v, "PX", ttl_ms))
+            yield ("cmd", ("DEL", LOCK_PREFIX + key))
+            return v
+        if time.monotonic() >= deadline:
+            break
+        yield ("count", "polls")
+        yield ("sleep", POLL_SLEEP)
+    return None

@@ -1,9 +1,10 @@
 """The scenario registry.
 
 A scenario is a function that takes the run context (runner.Ctx) and returns
-a report.Result. Decorate it with @scenario("name", "one-line description")
-in a module of this package and import that module below: scenarios run in
-the order they are registered, and `--only name` picks some.
+a report.Result, or a list of them (one table each). Decorate it with
+@scenario("name", "one-line description") in a module of this package and
+import that module below: scenarios run in the order they are registered,
+and `--only name` picks some.
 """
 
 SCENARIOS = {}

@@ -39,6 +39,10 @@ IDLE_SECONDS = 2.0
 BUDGET_SECONDS = 900          # the whole scenario; phases left when it runs out are skipped
 DISPATCHER = "RedisModuleCommandDispatcher"
 TOP = 25                      # functions shown in the breakdown
+# The last figure recorded in BENCHMARKS.md (the run of 9930648, 2026-11-28,
+# Redis 7.0.15, 2 tags): a count more than 3% above it is a regression to
+# find (callgrind_annotate of bench/callgrind-tag-set.out).
+RECORDED_TAG_SET = 23980
 
 
 class CallgrindServer(Server):
@@ -325,6 +329,10 @@ def _goals(res):
     res.goal("TAG.SET instructions per command inside the module (callgrind --toggle-collect)",
              res.med("tagset_mod"), "<=", 25000, unit="instr", row="tagset_mod",
              why_missing=res._by_key["tagset_mod"]["status"])
+    v = res.med("tagset_mod")
+    res.goal("TAG.SET instructions inside the module ÷ the last recorded figure (%s, 9930648)"
+             % "{:,}".format(RECORDED_TAG_SET), v / RECORDED_TAG_SET if v else None, "<=", 1.03,
+             row="tagset_mod", why_missing=res._by_key["tagset_mod"]["status"])
     res.goal("whole server instructions per TAG.SET (minus idle)", res.med("tagset_whole"), "<=", 0,
              unit="instr", info=True, summary=True, row="tagset_whole", why_missing="no data")
     res.goal("whole server instructions per SET, no module loaded (minus idle)", res.med("set_whole_p"), "<=", 0,
