@@ -18,6 +18,29 @@ Used by test_model.py. The model is deliberately simple:
 - Inside a pipeline, transaction or script, the replies of plain commands on
   tag sets are not checked (SPEC promises what module commands see there);
   their effect on the index is.
+- Expiry: every key's remaining lifetime is bounded in `ttl` (ms, None = no
+  expiry): an upper bound that the server's PTTL must not exceed and must be
+  within SLACK_MS of. All lifetimes the generator gives are long (100 s and
+  more) except the "expire" step's, which waits for the key to expire.
+- Stale state (SPEC "Stale-while-revalidate"), per database in `stale`: a key
+  soft-invalidated (TAG.INVALIDATE ... SOFT) is ['stale', lease]; a key written
+  by TAG.SET ... EX n STALE m is ['soft', n_ms, m_ms, linked] (soft-expiring,
+  fresh for the whole run; `linked` while its expiry is still fresh-until + m).
+  The server's hash `tagcache:stale` must name exactly these keys, with "0" for
+  stale ones and the fresh-until time for soft-expiring ones. Stale state ends
+  when the key is deleted, expires, is overwritten, renamed or moved, or its
+  database flushed; an in-place change (APPEND, HSET), EXPIRE and tag changes
+  keep it; SWAPDB swaps it with the database.
+- Refresh leases of stale keys (TAG.GETL), `lease` in a stale entry: 'avail'
+  (no caller got a token since the key became stale: the next TAG.GETL must
+  get one), 'out' (a caller got it: the next gets nil) or 'unknown' (SPEC does
+  not say whether a token was voided: the next reply's token is not checked,
+  and the lease is out after it). A lease out becomes unknown on anything that
+  may refuse it, read widely: any invalidation (hard or soft, a purge, a rule
+  firing) in its database, any write naming the key that keeps its stale state
+  (APPEND, HSET, EXPIRE, TAG.ADD, TAG.REM), and SWAPDB. Leases are asked for
+  with TTL of 600 s or more, so none lapses during a run. TAG.GETL of a
+  missing key hands out a fill lease: its token is not checked.
 """
 
 from __future__ import annotations
@@ -35,6 +58,8 @@ SCOPES = [b"s0", b"s1"]
 VKEYS = [b"a", b"b"]
 TAG_PREFIX = b"tag:"
 LINK_SOURCE, LINK_TAGS = b"src:", b"t"
+STALE_KEY = b"tagcache:stale"  # the module's stale hash (SPEC "Stale-while-revalidate")
+SLACK_MS = 150_000  # a lifetime set during a run has run down by less than this when checked
 
 
 def tkey(t: bytes) -> bytes:
@@ -71,6 +96,23 @@ class Sorted:
         return f"Sorted({self.items})"
 
 
+class Token:
+    """A lease token: a non-empty bulk string (opaque)."""
+
+    def __repr__(self):
+        return "<token>"
+
+
+class Range:
+    """An integer in [lo, hi]."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+
+    def __repr__(self):
+        return f"Range({self.lo}..{self.hi})"
+
+
 class Ver:
     """A version number known only symbolically."""
 
@@ -95,6 +137,8 @@ class DB:
         self.rules: dict[bytes, bytes] = {}
         self.tokens: dict[bytes, int] = {}  # scope -> version id
         self.vvals: dict[tuple, bytes] = {}  # (scope, vid, key) -> value
+        self.ttl: dict[bytes, int | None] = {}  # key -> upper bound of its PTTL (None: no expiry)
+        self.stale: dict[bytes, list] = {}  # key -> ['stale', lease] | ['soft', n_ms, m_ms, linked]
 
     # -- tag index
 
@@ -123,7 +167,35 @@ class DB:
             return False
         del self.kv[k]
         self.untag(k)
+        self.ttl.pop(k, None)
+        self.stale.pop(k, None)
         return True
+
+    # -- stale state and refresh leases
+
+    def mark_stale(self, k: bytes, grace: int) -> None:
+        """A soft invalidation selected k (which exists)."""
+        st = self.stale.get(k)
+        if st is not None and st[0] == "stale":
+            if st[1] == "out":
+                st[1] = "unknown"
+        else:
+            self.stale[k] = ["stale", "avail"]  # k became stale now
+        cur = self.ttl.get(k)
+        self.ttl[k] = grace if cur is None else min(cur, grace)
+
+    def touch_lease(self, k: bytes) -> None:
+        """Something that may refuse a refresh lease of k happened."""
+        st = self.stale.get(k)
+        if st is not None and st[0] == "stale" and st[1] == "out":
+            st[1] = "unknown"
+
+    def invalidated(self) -> None:
+        """An invalidation ran in this database: a refresh lease out may have
+        been refused by it (SPEC leaves open which ones a later TAG.GETL
+        treats so)."""
+        for k in list(self.stale):
+            self.touch_lease(k)
 
 
 class Model:
@@ -152,6 +224,7 @@ class Model:
         for src, tp in sorted(D.rules.items()):
             if key.startswith(src):
                 tag = tp + key[len(src):]
+                D.invalidated()
                 for victim in D.tag_members(tag) - {key}:
                     D.delete(victim)
                 if key in D.tag_members(tag):
@@ -162,7 +235,14 @@ class Model:
     def write(self, db: int, key: bytes, entry: tuple, keep_tags: bool = False) -> None:
         D = self.dbs[db]
         if not keep_tags:
+            # The value is replaced: tags, lifetime and stale state end.
             D.untag(key)
+            D.ttl[key] = None
+            D.stale.pop(key, None)
+        else:
+            # An in-place change (or a new key).
+            D.ttl.setdefault(key, None)
+            D.touch_lease(key)
         D.kv[key] = entry
         self.fire(db, key)
 
@@ -190,13 +270,23 @@ class Model:
             k, v = a[0], a[1]
             i = 2
             nx = xx = False
+            ttl = stale = None
             while a[i] != "TAGS":
                 if a[i] == "NX":
                     nx = True
                 elif a[i] == "XX":
                     xx = True
                 elif a[i] == "PX":
+                    ttl = int(a[i + 1])
                     i += 1
+                elif a[i] == "EX":
+                    ttl = int(a[i + 1]) * 1000
+                    i += 1
+                elif a[i] == "STALE":
+                    stale = int(a[i + 1])
+                    i += 1
+                else:
+                    raise ValueError(f"model does not know TAG.SET option {a[i]!r}")
                 i += 1
             n = int(a[i + 1])
             tags = a[i + 2:i + 2 + n]
@@ -205,6 +295,12 @@ class Model:
                 return None
             D.untag(k)
             D.kv[k] = ("string", v)
+            D.stale.pop(k, None)
+            if stale is not None:
+                # Soft expiry: fresh for ttl, then stale for `stale` more.
+                D.stale[k] = ["soft", ttl, stale, True]
+                ttl += stale
+            D.ttl[k] = ttl
             for t in tags:
                 D.set_members(t, D.tag_members(t) | {k})
             self.fire(db, k)
@@ -213,6 +309,7 @@ class Model:
             k, tags = a[0], a[1:]
             if k not in D.kv:
                 return Err("ERR")
+            D.touch_lease(k)
             added = 0
             for t in dict.fromkeys(tags):
                 if k not in D.tag_members(t):
@@ -223,6 +320,7 @@ class Model:
             k, tags = a[0], a[1:]
             if k not in D.kv:
                 return AnyReply()  # 0 or an error: either way nothing changes
+            D.touch_lease(k)
             removed = 0
             for t in dict.fromkeys(tags):
                 if k in D.tag_members(t):
@@ -233,6 +331,7 @@ class Model:
             victims = set()
             for t in a:
                 victims |= D.tag_members(t)
+            D.invalidated()
             for k in victims:
                 D.delete(k)
             for k in sorted(victims):
@@ -240,6 +339,57 @@ class Model:
             for t in a:
                 D.set_members(t, ())
             return len(victims)
+        if name == "TAG.INVALIDATE":
+            i = 0
+            match_all, grace = False, None
+            while str(a[i]).upper() != "TAGS":
+                w = str(a[i]).upper()
+                if w == "ALL":
+                    match_all = True
+                elif w == "SOFT":
+                    grace = int(a[i + 1])
+                    i += 1
+                elif w != "ASYNC":
+                    raise ValueError(f"model does not know TAG.INVALIDATE option {a[i]!r}")
+                i += 1
+            n = int(a[i + 1])
+            tags = a[i + 2:i + 2 + n]
+            if match_all:
+                selected = set.intersection(*[D.tag_members(t) for t in tags])
+            else:
+                selected = set().union(*[D.tag_members(t) for t in tags])
+            selected = {k for k in selected if k in D.kv}
+            D.invalidated()
+            if grace is not None:
+                for k in selected:
+                    D.mark_stale(k, grace)
+                return len(selected)
+            for k in selected:
+                D.delete(k)
+            for k in sorted(selected):
+                self.fire(db, k)
+            if not match_all:
+                for t in tags:
+                    D.set_members(t, ())
+            return len(selected)
+        if name == "TAG.GETL":
+            k = a[0]
+            e = D.kv.get(k)
+            if e is None:
+                return [None, AnyReply()]  # a fill lease: this caller's or another's
+            if e[0] != "string":
+                raise Invalid(f"TAG.GETL {k!r}: {k!r} is a {e[0]}")
+            st = D.stale.get(k)
+            if st is not None and st[0] == "stale":
+                lease, st[1] = st[1], "out"
+                return [e[1], {"avail": Token(), "out": None}.get(lease, AnyReply())]
+            return [e[1], None]
+        if name == "PTTL":
+            k = a[0]
+            if k not in D.kv:
+                return -2
+            cap = D.ttl.get(k)
+            return -1 if cap is None else Range(max(1, cap - SLACK_MS), cap)
         if name == "TAG.MEMBERS":
             return Sorted(D.tag_members(a[0]))
         if name == "TAG.CARD":
@@ -280,9 +430,11 @@ class Model:
                 return b"OK"
             tags = D.tags_of(src)
             entry = D.kv[src]
+            ttl = D.ttl.get(src)
             self.remove(db, src)
             self.remove(db, dst)
             D.kv[dst] = entry
+            D.ttl[dst] = ttl
             for t in tags:
                 D.set_members(t, D.tag_members(t) | {dst})
             self.fire(db, dst)
@@ -293,6 +445,7 @@ class Model:
             if src not in D.kv or (dst in D.kv and not replace):
                 return 0
             self.write(db, dst, copy.deepcopy(D.kv[src]))
+            D.ttl[dst] = D.ttl.get(src)  # COPY copies the lifetime, not the stale state
             return 1
         if name == "MOVE":
             k, target = a[0], int(a[1])
@@ -300,12 +453,22 @@ class Model:
             if k not in D.kv or k in T.kv:
                 return 0
             entry = D.kv[k]
+            ttl = D.ttl.get(k)
             self.remove(db, k)
             T.kv[k] = entry
+            T.ttl[k] = ttl
             self.fire(target, k)
             return 1
         if name in ("EXPIRE", "PEXPIRE"):
-            return 1 if a[0] in D.kv else 0
+            k = a[0]
+            if k not in D.kv:
+                return 0
+            D.ttl[k] = int(a[1]) * (1000 if name == "EXPIRE" else 1)
+            st = D.stale.get(k)
+            if st is not None and st[0] == "soft":
+                st[3] = False  # still soft-expiring, with another lifetime
+            D.touch_lease(k)
+            return 1
         if name == "SADD":
             k, ms = a[0], a[1:]
             e = typed(k, "set")
@@ -319,6 +482,7 @@ class Model:
             new = set(ms) - cur
             D.kv[k] = ("set", frozenset(cur | set(ms)))
             if not k.startswith(TAG_PREFIX):
+                D.ttl.setdefault(k, None)
                 self.fire(db, k)
             return len(new)
         if name == "SMOVE":
@@ -362,12 +526,22 @@ class Model:
             h[f] = v
             self.write(db, k, ("hash", h), keep_tags=True)
             return new
+        if name == "APPEND":
+            k, x = a
+            e = typed(k, "string")
+            if isinstance(e, Err):
+                return e
+            v = (e[1] if e else b"") + x
+            self.write(db, k, ("string", v), keep_tags=True)
+            return len(v)
         if name == "FLUSHDB":
             self.dbs[db] = DB()
             return b"OK"
         if name == "SWAPDB":
             x, y = int(a[0]), int(a[1])
             self.dbs[x], self.dbs[y] = self.dbs[y], self.dbs[x]
+            for Dx in self.dbs:
+                Dx.invalidated()  # SPEC does not say whether leases follow their database
             return b"OK"
         if name == "VER.SET":
             s, k, v = a[0], a[1], a[2]
@@ -408,6 +582,11 @@ class Model:
             return isinstance(actual, RespError) and str(actual).startswith(expected.code)
         if isinstance(actual, RespError):
             return False
+        if isinstance(expected, Token):
+            return isinstance(actual, bytes) and len(actual) > 0
+        if isinstance(expected, Range):
+            return (isinstance(actual, int) and not isinstance(actual, bool)
+                    and expected.lo <= actual <= expected.hi)
         if isinstance(expected, Sorted):
             return isinstance(actual, list) and sorted(actual) == expected.items
         if isinstance(expected, Ver):
@@ -508,8 +687,8 @@ def fmt_step(step) -> str:
     if kind == "src":
         return pre + f"{body}; (wait for rule purge)"
     if kind == "check":
-        return ("CHECK (TAG.MEMBERS/TAG.CARD/SMEMBERS of every tag, TAG.TAGS/TYPE/GET "
-                "of every key, VER.*, TAG.LINKS in db0 and db1)")
+        return ("CHECK (TAG.MEMBERS/TAG.CARD/SMEMBERS of every tag, TAG.TAGS/TYPE/GET/PTTL "
+                "of every key, VER.*, TAG.LINKS, HGETALL tagcache:stale in db0 and db1)")
     return f"{kind} {body}"
 
 
@@ -557,7 +736,7 @@ class Generator:
             ("COPY", 3), ("MOVE", 2), ("EXPIRE", 1), ("SADD tag", 5), ("SADD", 1),
             ("SMOVE", 2), ("SUNIONSTORE tag", 2), ("SUNIONSTORE key", 1), ("HSET", 4),
             ("VER.SET", 3), ("VER.GET", 3), ("VER.BUMP", 2), ("VER.CURRENT", 1),
-            ("DEL ver", 0.5),
+            ("DEL ver", 0.5), ("invalidate", 7), ("getl", 5), ("APPEND", 1.5),
         ]
         choices = [(c, w) for c, w in choices if c not in self.exclude
                    and (first or c not in ("SMOVE", "SUNIONSTORE tag", "SUNIONSTORE key"))]
@@ -567,8 +746,14 @@ class Generator:
             if rng.random() < 0.1:
                 tags.append(tags[0])
             opts = []
-            if rng.random() < 0.25:
+            r = rng.random()
+            if r < 0.25:
                 opts += ["PX", rng.randint(100_000, 200_000)]
+            elif r < 0.4 and "stale" not in self.exclude:
+                # Soft expiry: fresh for the whole run, then stale.
+                exp = ["EX", rng.randint(100, 300)]
+                st = ["STALE", rng.randint(600_000, 900_000)]
+                opts += exp + st if rng.random() < 0.5 else st + exp
             r = rng.random()
             if r < 0.12:
                 opts.append("NX")
@@ -584,6 +769,37 @@ class Generator:
             return ("TAG.REM", k, *rng.sample(TAGS, rng.randint(1, 2)))
         if what == "TAG.PURGE":
             return ("TAG.PURGE", *rng.sample(TAGS, rng.choice([1, 1, 1, 2])))
+        if what == "invalidate":
+            tags = rng.sample(TAGS, rng.choice([1, 1, 2, 2, 3]))
+            if rng.random() < 0.1:
+                tags.append(tags[0])
+            opts = []
+            if rng.random() < 0.4:
+                opts.append(["ALL"])
+            if "soft" not in self.exclude and rng.random() < 0.6:
+                opts.append(["SOFT", rng.randint(600_000, 900_000)])
+            if rng.random() < 0.3:
+                opts.append(["ASYNC"])
+            rng.shuffle(opts)
+            words = []
+            for o in opts:
+                w = o[0].lower() if rng.random() < 0.25 else o[0]
+                words += [w, *o[1:]]
+            return ("TAG.INVALIDATE", *words, "TAGS", len(tags), *tags)
+        if what == "getl":
+            pool = [x for x in KEYS if x not in D.kv or D.kv[x][0] == "string"]
+            stale = [x for x in pool if D.stale.get(x, [None])[0] == "stale"]
+            out = [x for x in stale if D.stale[x][1] != "avail"]
+            r = rng.random()
+            if out and r < 0.4:
+                pool = out  # a token is out: the next caller gets none
+            elif stale and r < 0.7:
+                pool = stale
+            if not pool:
+                return ("TAG.TAGS", k)
+            return ("TAG.GETL", rng.choice(pool), "TTL", rng.randint(600_000, 900_000))
+        if what == "APPEND":
+            return ("APPEND", k, b"+")
         if what in ("TAG.MEMBERS", "TAG.CARD"):
             return (what, t)
         if what == "TAG.TAGS":
@@ -640,8 +856,9 @@ class Generator:
         m = self.model
         kinds = [("cmd", 55), ("pipe", 5), ("multi", 7), ("discard", 2), ("eval", 5),
                  ("expire", 1.5), ("src", 4), ("check", 4), ("moveback", 3),
-                 ("swapdb", 1), ("flushdb", 0.3), ("link", 1.2)]
-        kinds = [(k, w) for k, w in kinds if k not in self.exclude]
+                 ("swapdb", 1), ("flushdb", 0.3), ("link", 1.2), ("getl twice", 2)]
+        kinds = [(k, w) for k, w in kinds if k not in self.exclude
+                 and not (k == "getl twice" and "getl" in self.exclude)]
         kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         if kind == "cmd":
             step = ("cmd", 0, (self.inner(m),))
@@ -662,6 +879,20 @@ class Generator:
             step = ("src", 0, (c,))
         elif kind == "check":
             step = ("check", 0, ())
+        elif kind == "getl twice":
+            # Two callers in a row (a pipeline) of a key, stale if there is
+            # one: a token for the first since the key became stale, none for
+            # the second.
+            D = m.dbs[0]
+            pool = [k for k in KEYS if D.kv.get(k, ("string",))[0] == "string"]
+            stale = [k for k in pool if D.stale.get(k, [None])[0] == "stale"]
+            if stale and rng.random() < 0.8:
+                pool = stale
+            if pool:
+                g = ("TAG.GETL", rng.choice(pool), "TTL", rng.randint(600_000, 900_000))
+                step = ("pipe", 0, (g, g))
+            else:
+                step = ("cmd", 0, (("TAG.TAGS", rng.choice(KEYS)),))
         elif kind == "moveback":
             D1 = m.dbs[1]
             live = [k for k in KEYS if k in D1.kv]
@@ -746,7 +977,7 @@ def check_commands(m: Model, db: int) -> list:
     for t in TAGS:
         cmds += [("TAG.MEMBERS", t), ("TAG.CARD", t), ("SMEMBERS", tkey(t))]
     for k in KEYS + SRC:
-        cmds += [("TAG.TAGS", k), ("TYPE", k)]
+        cmds += [("TAG.TAGS", k), ("TYPE", k), ("PTTL", k)]
         e = m.dbs[db].kv.get(k)
         if e and e[0] == "string":
             cmds.append(("GET", k))
@@ -764,21 +995,65 @@ def expected_read(m: Model, db: int, cmd: tuple):
     return m.apply(db, cmd)
 
 
+def stale_hash_problem(m: Model, conn: RawConn, db: int) -> str | None:
+    """Compares the database's `tagcache:stale` hash with the model: the same
+    fields; "0" for a stale key; for a soft-expiring key its fresh-until time
+    (unix ms): ahead of the server's clock by at most the EX given (and by
+    more than that minus SLACK_MS), and, while its lifetime is still the one
+    TAG.SET gave, exactly STALE ms before the key's expiry time."""
+    D = m.dbs[db]
+    linked = sorted(k for k, st in D.stale.items() if st[0] == "soft" and st[3])
+    replies = exchange(conn, [("TIME",), ("HGETALL", STALE_KEY),
+                              *[("PEXPIRETIME", k) for k in linked]])
+    t, flat = replies[0], replies[1]
+    if isinstance(flat, RespError) or not isinstance(flat, list):
+        return f"`HGETALL {STALE_KEY.decode()}` replied {flat!r}"
+    now = int(t[0]) * 1000 + int(t[1]) // 1000
+    actual = dict(zip(flat[0::2], flat[1::2]))
+    expected = {k: (b"0" if st[0] == "stale" else f"fresh-until ~now+{st[1]}ms")
+                for k, st in sorted(D.stale.items())}
+    head = (f"`HGETALL {STALE_KEY.decode()}` replied {actual!r}, model expects "
+            f"{expected!r}")
+    if set(actual) != set(D.stale):
+        return head
+    exptime = dict(zip(linked, replies[2:]))
+    for k, st in sorted(D.stale.items()):
+        v = actual[k]
+        if st[0] == "stale":
+            if v != b"0":
+                return head + f" (field {k.decode()} of a stale key must be 0)"
+            continue
+        if not v.isdigit():
+            return head + f" (field {k.decode()} is not a time in unix ms)"
+        ahead = int(v) - now
+        if not st[1] - SLACK_MS < ahead <= st[1]:
+            return head + (f" (field {k.decode()}: fresh until {int(v)}, {ahead} ms after the "
+                           f"server's clock {now}; TAG.SET gave EX {st[1] // 1000})")
+        if k in exptime and exptime[k] != int(v) + st[2]:
+            return head + (f" (field {k.decode()}: fresh until {int(v)}, but PEXPIRETIME is "
+                           f"{exptime[k]!r}, not fresh-until + STALE {st[2]})")
+    return None
+
+
 def full_check(m: Model, cs: list, index, phase: str = "check") -> None:
     for db in (0, 1):
         cmds = check_commands(m, db)
         replies = exchange(cs[db], cmds)
+        # The signature (what a shrunk sequence must fail with) is only the
+        # phase: which read shows a divergence first depends on the order of
+        # the checks.
+        signature = ("aof" if "AOF" in phase else "state",)
         for c, actual in zip(cmds, replies):
             exp = expected_read(m, db, c)
             if not m.match(exp, actual):
-                # The signature (what a shrunk sequence must fail with) is
-                # only the phase: which read shows a divergence first depends
-                # on the order of the checks.
                 raise Mismatch(
-                    ("aof" if "AOF" in phase else "state",),
+                    signature,
                     f"{phase}: db{db} `{fmt_cmd(c)}` replied {actual!r}, model expects "
                     f"{m.show(exp)!r}" + (f" ({m.why})" if m.why else ""),
                     index)
+        problem = stale_hash_problem(m, cs[db], db)
+        if problem:
+            raise Mismatch(signature, f"{phase}: db{db} {problem}", index)
 
 
 def run_step(m: Model, cs: list, step, index: int) -> None:

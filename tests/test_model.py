@@ -5,13 +5,20 @@ For each seed, a bounded random sequence of steps over a small universe
 0 and 1) is sent to a master that has a replica attached, and every reply is
 compared with a plain-Python model of SPEC.md (tests/model.py). Steps mix
 TAG.SET (tag subsets, NX/XX, long PX), TAG.ADD/REM/PURGE/MEMBERS/CARD/TAGS,
-VER.*, plain SET/DEL/UNLINK/RENAME/COPY/MOVE/EXPIRE/HSET, client SADD, SMOVE
-and SUNIONSTORE into tag sets, pipelines, MULTI/EXEC, MULTI/DISCARD, EVAL,
-short expiries, FLUSHDB, SWAPDB, and a TAG.LINK rule; a periodic check
-compares the whole index of both databases with the model.
+VER.*, plain SET/DEL/UNLINK/RENAME/COPY/MOVE/EXPIRE/HSET/APPEND, client SADD,
+SMOVE and SUNIONSTORE into tag sets, pipelines, MULTI/EXEC, MULTI/DISCARD,
+EVAL, short expiries, FLUSHDB, SWAPDB, and a TAG.LINK rule; and
+stale-while-revalidate: TAG.INVALIDATE (any/ALL, hard/SOFT with long graces,
+ASYNC, 1-3 tags, options in any order and case), TAG.SET ... EX n STALE m
+(soft expiry) and TAG.GETL (the value, and a refresh token for the first
+caller since a key became stale). A periodic check compares the whole index of
+both databases with the model, every key's PTTL with the lifetime the model
+bounds, and the `tagcache:stale` hash (its fields, "0" for stale keys, the
+fresh-until time of soft-expiring ones) with the model's stale state.
 
 After the sequence: the replica's DEBUG DIGEST equals the master's, and the
-master restarted from its AOF has the same digest and the model's index.
+master restarted from its AOF has the same digest and the model's index and
+stale state (the stale hash is part of the dataset both digests cover).
 
 A failure prints the seed and a shrunk sequence (delta debugging, each try
 on fresh servers; bounded in tries and time).
@@ -24,7 +31,10 @@ TAGCACHE_MODEL_STEPS (default 500), TAGCACHE_MODEL_SHRINK_RUNS (default 40;
 0 = no shrinking), TAGCACHE_MODEL_EXCLUDE (comma-separated generator choices
 to leave out, to look past a known failure: step kinds such as "multi",
 "eval", "expire", "src", "swapdb", "flushdb", "link", or commands such as
-"SMOVE", "SADD tag", "SUNIONSTORE tag", "VER.BUMP"; see Generator in model.py).
+"SMOVE", "SADD tag", "SUNIONSTORE tag", "VER.BUMP", "APPEND"; for
+stale-while-revalidate "invalidate" (every TAG.INVALIDATE), "soft" (its SOFT
+option only), "stale" (TAG.SET's STALE option) and "getl" (TAG.GETL); see
+Generator in model.py).
 
 The master is started here rather than by the `master_replica` fixture
 because it needs `appendonly yes` from the start.
