@@ -449,3 +449,34 @@ def test_rule_purge_in_slices_leaves_what_its_owner_may_not_delete(servers):
     assert admin.keys("bob:*") == []
     assert len(admin.keys("other:*")) == 500
     assert info(admin)["rule_keys_denied"] == denied + 500
+
+
+def test_sliced_purge_deletes_a_key_first_named_in_a_tag_set_before_it_existed(servers):
+    """A client's SADD of a name that is no key yet, then any command that
+    creates it (HSET, LPUSH, INCR): the sliced purge deletes it, as the
+    atomic one does."""
+    s = servers.start(module_args=("purge-atomic-max", "0"))
+    r = s.client()
+    r.sadd("tag:t", "h", "l", "n")
+    r.hset("h", "f", "v")
+    r.lpush("l", "x")
+    r.incr("n")
+    assert r.execute_command("TAG.PURGE", "t") == 3
+    assert r.dbsize() == 0
+
+
+def test_async_caller_checked_key_by_key_gets_its_count_when_the_purge_ends_first(servers):
+    s = servers.start(module_args=SMALL)
+    admin = s.client()
+    fill(admin, 3000, tag="t", prefix="u:")
+    admin.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~u:*", "~tag:*", "+@all")
+    u = s.client(username="u", password="pw")
+    conn = u.connection_pool.get_connection()
+    try:
+        conn.send_command("TAG.PURGE", "t", "ASYNC")
+        admin.flushall()  # most likely while its keys are still being checked
+        assert conn.read_response() == 3000
+    finally:
+        u.connection_pool.release(conn)
+    purge_done(admin)
+    assert admin.dbsize() == 0

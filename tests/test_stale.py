@@ -991,3 +991,34 @@ def test_a_replica_of_a_master_that_ran_tag_set_stale_is_identical(master_replic
     assert rc.hgetall(STALE) == m.hgetall(STALE)
     assert len(rc.hgetall(STALE)) == 4
     assert digest(rc) == digest(m)
+
+
+def test_no_purge_or_soft_invalidation_touches_the_stale_hash_for_a_user_who_may_not(server, r):
+    """The module's own writes of tagcache:stale are not the caller's; a
+    member naming the hash itself is, like any key."""
+    tag_set(r, "k", "v", "t")
+    r.execute_command("TAG.INVALIDATE", "SOFT", 60000, "TAGS", 1, "t")
+    mal = acl_client(server, r, "mal", "pw", "~tag:*", "~mine:*", "+@all")
+    mal.sadd("tag:evil", "tagcache:stale")
+    assert refused(mal, "TAG.PURGE", "evil") == noperm_key(b"tagcache:stale")
+    assert refused(mal, "TAG.INVALIDATE", "SOFT", "1", "TAGS", "1", "evil") == \
+        noperm_key(b"tagcache:stale")
+    assert r.hgetall("tagcache:stale") == {b"k": b"0"}
+    assert r.pttl("tagcache:stale") == -1
+
+
+def test_a_name_marked_stale_that_is_no_key_leaves_nothing_behind(r):
+    r.sadd("tag:t", "newkey")
+    assert r.execute_command("TAG.INVALIDATE", "SOFT", 60000, "TAGS", 1, "t") == 0
+    assert r.exists("tagcache:stale") == 0
+    assert info_pairs(r.execute_command("TAG.INFO"))["stale_keys"] == 0
+    r.append("newkey", "hello")
+    assert r.execute_command("TAG.GETL", "newkey") == [b"hello", None]
+
+
+def test_a_client_write_of_the_stale_hash_is_the_last_word(r):
+    tag_set(r, "k", "v", "t")
+    r.execute_command("TAG.INVALIDATE", "SOFT", 60000, "TAGS", 1, "t")
+    r.hdel("tagcache:stale", "k")
+    assert r.execute_command("TAG.GETL", "k") == [b"v", None]
+    assert info_pairs(r.execute_command("TAG.INFO"))["stale_keys"] == 0

@@ -18,10 +18,10 @@ fn is_stale(ctx: &Context, db: Db, key: &[u8]) -> Result<bool> {
         return Ok(false);
     }
     let p = config::layout();
-    let fresh_until = keys::hash_get(ctx, &p.stale_hash(key), key)
+    // The hash has the last word (a client may have changed it).
+    Ok(keys::hash_get(ctx, &p.stale_hash(key), key)
         .and_then(|v| stale::parse(&v))
-        .unwrap_or(0);
-    Ok(stale::is_stale(fresh_until, keys::now_ms()))
+        .is_some_and(|fresh_until| stale::is_stale(fresh_until, keys::now_ms())))
 }
 
 pub fn tag_getl(ctx: &Context, args: &[RedisString]) -> RedisResult {

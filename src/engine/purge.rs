@@ -140,6 +140,9 @@ pub struct Job {
     pending: Vec<u64>,
     /// Where checking, then deleting, has got to in `names`.
     cursor: usize,
+    /// Names before this position were checked against the user's ACL (a
+    /// name added later, by a rename, is checked when it is deleted).
+    checked: usize,
     left: usize,
     /// Keys this purge deleted.
     pub deleted: i64,
@@ -183,6 +186,7 @@ impl Job {
             names,
             pending,
             cursor: 0,
+            checked: if check { 0 } else { usize::MAX },
             left,
             deleted: 0,
             waiter: None,
@@ -270,6 +274,7 @@ impl Job {
         while self.phase == Phase::Checking && out.len() < n {
             if self.cursor >= self.names.len() {
                 self.phase = Phase::Deleting;
+                self.checked = self.names.len();
                 self.cursor = 0;
                 break;
             }
@@ -282,6 +287,12 @@ impl Job {
             }
         }
         out
+    }
+
+    /// Whether `name`, taken by `batch`, is still to be checked against
+    /// the user's ACL (it came in by a rename after the checks).
+    pub fn unchecked(&self, name: &[u8]) -> bool {
+        self.names.find(name).is_some_and(|i| i >= self.checked)
     }
 
     /// Up to `n` keys still pending, by name, taken out of the job.
@@ -477,7 +488,21 @@ mod tests {
         assert_eq!(all.len(), 9);
         assert!(!all.contains(&b"k1".to_vec()) && !all.contains(&b"late".to_vec()));
         assert!(j.done());
+        assert!(!j.unchecked(b"k2"));
         assert_eq!(p.take_done().len(), 1);
+    }
+
+    #[test]
+    fn a_name_renamed_in_after_the_checks_is_checked_when_deleted() {
+        let mut p = Purges::default();
+        let (id, _) = p.start(request(Some(b"u")), &names(3), true);
+        let j = p.get(id).unwrap();
+        assert_eq!(j.next_to_check(10).len(), 3);
+        assert!(j.next_to_check(10).is_empty());
+        p.renamed(0, b"k0", b"secret");
+        let j = p.get(id).unwrap();
+        assert!(j.unchecked(b"secret"));
+        assert!(!j.unchecked(b"k1"));
     }
 
     #[test]
@@ -513,6 +538,10 @@ mod tests {
         p.touched(1, b"a"); // another database: changes nothing here
         let rest = drain(p.get(id).unwrap());
         assert_eq!(rest, vec![b"a".to_vec()]);
+        assert!(
+            !p.get(id).unwrap().unchecked(b"a"),
+            "nothing to check: no user"
+        );
     }
 
     #[test]

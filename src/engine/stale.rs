@@ -62,6 +62,22 @@ impl Stale {
         }
     }
 
+    /// The keys of `db` that `held` says one hash holds are now `keys`
+    /// (that hash was written by a client).
+    pub fn replace_where(
+        &mut self,
+        db: Db,
+        held: impl Fn(&[u8]) -> bool,
+        keys: impl IntoIterator<Item = Vec<u8>>,
+    ) {
+        let set = self.keys.entry(db).or_default();
+        set.retain(|k| !held(k));
+        set.extend(keys);
+        if set.is_empty() {
+            self.keys.remove(&db);
+        }
+    }
+
     pub fn flush(&mut self, db: Option<Db>) {
         match db {
             Some(db) => drop(self.keys.remove(&db)),

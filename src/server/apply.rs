@@ -26,10 +26,12 @@ pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> 
     }
     let p = config::layout();
     if let Some(c) = caller.filter(|c| !c.all_keys(ctx)) {
-        for (key, access, _) in &checks {
+        for (key, access, kind) in &checks {
             // The key the command declares was checked by the server; the
-            // stale hashes are the module's own record of its keys' state.
-            if (*access == Access::Write && plan.declared == Some(*key)) || p.is_stale_hash(key) {
+            // module's own writes of a stale hash (its record of its keys'
+            // state) are not the caller's. Deleting or expiring one is.
+            let own = *access == Access::Write && *kind == Kind::Hash && p.is_stale_hash(key);
+            if (*access == Access::Write && plan.declared == Some(*key)) || own {
                 continue;
             }
             c.check(ctx, key, *access)?;
@@ -98,7 +100,12 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
     let known = keys::may_write(ctx).then_some((db, &p));
     let _applying = Applying::begin();
     for w in &plan.writes {
-        replies.push(write(ctx, w, mode, known, own)?);
+        let reply = write(ctx, w, mode, known, own)?;
+        replies.push(reply);
+        // A name marked stale that is no key records nothing.
+        if let (Write::MarkStale { .. }, 0) = (w, reply) {
+            continue;
+        }
         let wakes = engine::with(|s| s.mirror(db, &p, w, plan.as_apply, cause == Cause::Command));
         blocked::wake(ctx, wakes.unwrap_or_default());
     }

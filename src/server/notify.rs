@@ -176,6 +176,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     // a lease: leave them after one lookup.
     if index.is_none()
         && !rules::is_links_key(key)
+        && !p.is_stale_hash(key)
         && !matches!(event, b"rename_from" | b"rename_to")
     {
         let quiet = engine::with(|s| {
@@ -216,7 +217,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     // A client wrote a stale hash itself: the master reads it again (a
     // replica keeps no stale state of its own; it reads it when promoted).
     if p.is_stale_hash(key) && is_change(event) && !flags.intersects(ContextFlags::SLAVE) {
-        rebuild::load_stale(ctx, db);
+        rebuild::load_stale_hash(ctx, db, key);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
     if index.is_none() && p.slotted && MOVING.with(Cell::get) {

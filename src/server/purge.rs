@@ -253,13 +253,23 @@ fn sliced(
     if engine::with(|s| s.index.changes())? != listed {
         selected = select(db, &req.tags, req.all)?.0;
     }
-    let n = engine::with(|s| {
-        // A name a client put in a tag set that was never a key carries
-        // nothing: not counted (nor in the job).
-        if !s.ghosts.is_empty() {
-            selected.retain(|k| !s.ghosts.contains(&(db, k.clone())));
+    // A name a client put in a tag set that is still no key carries
+    // nothing: the count leaves it out (the job keeps it: it may become a
+    // key, by any command, before its turn).
+    let ghosts: Vec<Vec<u8>> = engine::with(|s| {
+        if s.ghosts.is_empty() {
+            return Vec::new();
         }
+        selected
+            .iter()
+            .filter(|k| s.ghosts.contains(&(db, k.to_vec())))
+            .cloned()
+            .collect()
+    })?;
+    let absent = ghosts.iter().filter(|k| !keys::exists(ctx, k)).count();
+    let n = engine::with(|s| {
         let (id, n) = s.purges.start(req, &selected, check);
+        let n = n.saturating_sub(absent);
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
             if wait == Wait::Async && waiter.is_some() {
@@ -376,6 +386,28 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
     if batch.is_empty() {
         return Ok(false);
     }
+    // A name that came in by a rename after the checks is checked now; a
+    // command's purge leaves one its caller may not touch.
+    let batch = match caller
+        .as_ref()
+        .filter(|c| !req.by_rule() && !c.all_keys(ctx))
+    {
+        Some(c) => {
+            let unchecked: Vec<bool> = engine::with(|s| {
+                s.purges
+                    .get(id)
+                    .map(|j| batch.iter().map(|k| j.unchecked(k)).collect())
+            })?
+            .unwrap_or_default();
+            batch
+                .into_iter()
+                .zip(unchecked)
+                .filter(|(k, later)| !later || c.check(ctx, k, access(&req)).is_ok())
+                .map(|(k, _)| k)
+                .collect()
+        }
+        None => batch,
+    };
     let members = allowed(ctx, &req, caller.as_ref(), batch).unwrap_or_default();
     // Every slice takes its keys out of their sets (those it untags on the
     // way included), so the sets are exact at every turn: a client that
@@ -446,11 +478,13 @@ fn ended(ctx: &Context, job: Job) {
         ReplyTo::Caller | ReplyTo::Nobody => {}
     }
     if let Some(client) = job.waiter {
+        // An `ASYNC` caller still waiting for its keys to be checked (the
+        // job ended first: flushed, every key written) gets its count.
         blocked::wake(
             ctx,
             vec![Wake::Purged {
                 client,
-                deleted: job.deleted,
+                deleted: job.early.unwrap_or(job.deleted),
             }],
         );
     }

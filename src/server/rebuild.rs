@@ -91,6 +91,22 @@ pub fn load_stale(ctx: &Context, db: Db) {
     super::update(|s| s.stale.set_db(db, live));
 }
 
+/// One stale hash of `db`, written by a client: the keys it names are
+/// stale (the hash has the last word; one that is no key is fresh again
+/// when it is first written).
+pub fn load_stale_hash(ctx: &Context, db: Db, hash: &[u8]) {
+    let p = config::layout();
+    let fields = keys::hash_fields(ctx, hash);
+    let slot = crate::engine::slot::slot(hash);
+    super::update(|s| {
+        s.stale.replace_where(
+            db,
+            |k| !p.slotted || crate::engine::slot::slot(k) == slot,
+            fields,
+        )
+    });
+}
+
 /// Every database's stale state again (this server just became a master:
 /// as a replica it kept none, its master's writes being the truth).
 pub fn load_all_stale(ctx: &Context) {
