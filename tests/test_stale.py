@@ -1022,3 +1022,13 @@ def test_a_client_write_of_the_stale_hash_is_the_last_word(r):
     r.hdel("tagcache:stale", "k")
     assert r.execute_command("TAG.GETL", "k") == [b"v", None]
     assert info_pairs(r.execute_command("TAG.INFO"))["stale_keys"] == 0
+
+
+def test_a_soft_invalidation_reads_the_tag_sets_with_the_callers_permission(server, r):
+    """As TAG.MEMBERS would: a user who may not read a tag's index learns
+    nothing of it through a soft invalidation."""
+    tag_set(r, "cache:1", "v", "secret-project")
+    u = acl_client(server, r, "u", "pw", "~cache:*", "+@all")
+    assert refused(u, "TAG.INVALIDATE", "SOFT", "100000", "TAGS", "1", "secret-project") == \
+        noperm_key(b"tag:secret-project")
+    assert r.exists("tagcache:stale") == 0 and r.pttl("cache:1") == -1

@@ -156,7 +156,17 @@ fn access(req: &Request) -> Access {
 fn plan_for<'a>(req: &Request, members: &'a [Vec<u8>], sets: TagSets) -> Result<plan::Plan<'a>> {
     let p = config::layout();
     match req.soft {
-        Some(soft) => Ok(plan::mark_stale(&p, members, soft.until)),
+        Some(soft) => {
+            // A soft invalidation leaves the tag sets as they are, but reads
+            // them: the caller must be able to, as for TAG.MEMBERS.
+            let sets =
+                engine::with(|s| plan::index_sets(&s.index, req.db, &p, &req.tags, members))?;
+            let mut plan = plan::mark_stale(&p, members, soft.until);
+            for set in sets {
+                plan.check(set, Access::Read, Kind::Set);
+            }
+            Ok(plan)
+        }
         None => engine::with(|s| plan::purge(&s.index, req.db, &p, &req.tags, members, sets)),
     }
 }
@@ -233,9 +243,14 @@ fn sliced(
             local: true,
             ..Plan::default()
         };
-        // A soft invalidation leaves the tag sets as they are.
-        for set in names.into_iter().filter(|_| req.soft.is_none()) {
-            sets.check(set, Access::Delete, Kind::Set);
+        // A soft invalidation leaves the tag sets as they are, but reads
+        // them.
+        let access = match req.soft {
+            Some(_) => Access::Read,
+            None => Access::Delete,
+        };
+        for set in names {
+            sets.check(set, access, Kind::Set);
         }
         apply::check(ctx, caller, &sets)?;
     }
