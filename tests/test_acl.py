@@ -352,3 +352,15 @@ def test_a_user_without_del_cannot_purge(server, admin):
     u = acl_client(server, admin, "nodel", "pw", "~*", "+@all", "-del")
     assert refused(u, "TAG.PURGE", "t") == noperm_key(b"tag:t")
     assert admin.get("foo:1") == b"v"
+
+
+def test_a_user_given_only_the_commands_it_uses_may_use_them(server, admin):
+    """Writing a tag set on a user's behalf is allowed to a user who may run
+    TAG.SET (or TAG.ADD) on it; reading a key to one who may TAG.GETL it."""
+    u = acl_client(server, admin, "app", "pw", "~*", "+ping", "+tag.set", "+tag.getl", "+get")
+    assert u.execute_command("TAG.SET", "k", "v", "TAGS", 1, "t") == b"OK"
+    assert u.execute_command("TAG.GETL", "k") == [b"v", None]
+    assert admin.smembers("tag:t") == {b"k"}
+    who = "User app" if harness.newer_than_7_0() else "this user"
+    assert refused(u, "TAG.PURGE", "t") == \
+        f"NOPERM {who} has no permissions to run the 'tag.purge' command"

@@ -555,3 +555,16 @@ def test_a_forged_rule_acts_for_nobody_on_a_promoted_replica(master_replica):
     tag_set(rc, "page", "v", "u:1")
     rc.set("user:1", "x")
     wait_until(lambda: rc.exists("page") == 0, 2, what="the real rule fired")
+
+
+def test_a_rule_removed_by_a_client_and_written_back_acts_for_nobody(server, r):
+    eve = eve_and_a_secret(server, r)
+    link(r, "eve:", "s:")  # made by default: it would purge secret:1
+    value = r.hget("tagcache:links", "eve:")
+    eve.hdel("tagcache:links", "eve:")
+    eve.hset("tagcache:links", "eve:", value)
+    wait_until(lambda: r.hget("tagcache:links", "eve:") == b"(no owner)\x00s:", 2,
+               what="the replayed rule written again as owned by nobody")
+    eve.set("eve:1", "b")
+    wait_until(lambda: r.exists("secret:1") == 1, 0.3)
+    assert r.get("secret:1") == b"s"

@@ -295,6 +295,11 @@ impl State {
         let known = self.vouched.entry(db).or_default();
         if vouch {
             *known = pairs.iter().cloned().collect();
+        } else {
+            // A rule gone from the hash is vouched for no more: a client
+            // that writes the same value back later has not written a rule
+            // the module vouches for.
+            known.retain(|src, _| pairs.iter().any(|(s, _)| s == src));
         }
         let rules = pairs.into_iter().map(|(src, value)| {
             let mut rule = rules::Rule::decode(&value);
@@ -586,6 +591,12 @@ mod tests {
 
         s.set_rules(0, vec![], false);
         assert!(s.rules.is_empty());
+        // Written back by a client after it was removed: nobody's.
+        s.set_rules(0, vec![pair("a:", b"alice\0t:")], false);
+        assert_eq!(
+            fired(&s, b"a:1"),
+            vec![(b"t:1".to_vec(), Some(rules::Rule::NOBODY.to_vec()), None)]
+        );
     }
 
     #[test]

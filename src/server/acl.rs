@@ -148,24 +148,27 @@ impl Caller {
         let Some(user) = self.user() else {
             return Err(denied());
         };
-        let (cmd, extra) = plain_command(access);
-        let mut argv: smallvec::SmallVec<[RedisString; 3]> = smallvec::SmallVec::new();
-        argv.push(RedisString::create_from_slice(ctx.ctx, cmd));
-        argv.push(RedisString::create_from_slice(ctx.ctx, key));
-        for a in extra {
-            argv.push(RedisString::create_from_slice(ctx.ctx, a));
-        }
-        let mut raw_argv: smallvec::SmallVec<[*mut raw::RedisModuleString; 3]> =
-            argv.iter().map(|s| s.inner).collect();
-        let argc = i32::try_from(raw_argv.len()).unwrap_or(0);
-        // SAFETY: `user` is live while self is; the strings in `argv` are
-        // live for the call, which only reads them.
-        let ok = unsafe {
-            raw::RedisModule_ACLCheckCommandPermissions.map_or(raw::REDISMODULE_ERR as i32, |f| {
-                f(user.as_ptr(), raw_argv.as_mut_ptr(), argc)
-            })
-        };
-        if ok == raw::REDISMODULE_OK as i32 {
+        let allowed = plain_commands(access).iter().any(|(cmd, extra)| {
+            let mut argv: smallvec::SmallVec<[RedisString; 6]> = smallvec::SmallVec::new();
+            argv.push(RedisString::create_from_slice(ctx.ctx, cmd));
+            argv.push(RedisString::create_from_slice(ctx.ctx, key));
+            for a in extra.iter() {
+                argv.push(RedisString::create_from_slice(ctx.ctx, a));
+            }
+            let mut raw_argv: smallvec::SmallVec<[*mut raw::RedisModuleString; 6]> =
+                argv.iter().map(|s| s.inner).collect();
+            let argc = i32::try_from(raw_argv.len()).unwrap_or(0);
+            // SAFETY: `user` is live while self is; the strings in `argv`
+            // are live for the call, which only reads them.
+            let ok = unsafe {
+                raw::RedisModule_ACLCheckCommandPermissions
+                    .map_or(raw::REDISMODULE_ERR as i32, |f| {
+                        f(user.as_ptr(), raw_argv.as_mut_ptr(), argc)
+                    })
+            };
+            ok == raw::REDISMODULE_OK as i32
+        });
+        if allowed {
             Ok(())
         } else {
             Err(denied())
@@ -173,18 +176,24 @@ impl Caller {
     }
 }
 
-/// The plain command a key access on a user's behalf stands for, with
-/// the arguments after the key: deleting a key is `DEL` (SPEC: a key is
-/// deleted only if the user could `DEL` it); reading one is what
-/// `TAG.TAGS` (read-only key) needs, writing one what `TAG.ADD` (read-write
-/// key) needs, so that a user given the module's commands (`+@tagcache`)
-/// uses them on the keys its selector names.
-pub fn plain_command(access: Access) -> (&'static [u8], &'static [&'static [u8]]) {
+/// A command and the arguments after its key.
+type Plain = (&'static [u8], &'static [&'static [u8]]);
+
+/// The commands a key access on a user's behalf stands for, any of which
+/// the user may run on the key: deleting a key is `DEL` (a key is deleted
+/// only if the user could `DEL` it), expiring it `PEXPIRE`; reading one is
+/// what `TAG.TAGS` or `TAG.GETL` (read-only key) needs, writing one what
+/// `TAG.ADD` or `TAG.SET` (a written key) needs, so that a user given the
+/// module's commands uses them on the keys its selectors name.
+pub fn plain_commands(access: Access) -> &'static [Plain] {
     match access {
-        Access::Delete => (b"DEL", &[]),
-        Access::Read => (b"TAG.TAGS", &[]),
-        Access::Write => (b"TAG.ADD", &[b"t"]),
-        Access::Expire => (b"PEXPIRE", &[b"0"]),
+        Access::Delete => &[(b"DEL", &[])],
+        Access::Read => &[(b"TAG.TAGS", &[]), (b"TAG.GETL", &[])],
+        Access::Write => &[
+            (b"TAG.ADD", &[b"t"]),
+            (b"TAG.SET", &[b"v", b"TAGS", b"1", b"t"]),
+        ],
+        Access::Expire => &[(b"PEXPIRE", &[b"0"])],
     }
 }
 
