@@ -1,5 +1,7 @@
 """A replica's dataset and tag index equal its master's."""
 
+import pytest
+
 from harness import (digest, tag_set, tag_sets, tags_of, wait_link_up, wait_sync,
                      wait_until)
 import workload
@@ -217,3 +219,20 @@ def test_a_swapdb_replica_loads_asynchronously_and_keeps_the_index(servers):
     assert not rc.exists("k2")
     assert rc.execute_command("TAG.MEMBERS", "d") == [b"k3"]
     assert digest(rc) == digest(m)
+
+
+@pytest.mark.parametrize("store", ["SUNIONSTORE", "SINTERSTORE", "SDIFFSTORE"])
+def test_a_tagged_key_overwritten_by_a_store_of_its_own_tag_set_reaches_the_replica(
+        master_replica, store):
+    """The store reads the tag set the overwritten key leaves: the replica
+    must get the store before the set loses the key, as the master ran it."""
+    master, replica = master_replica
+    m, rp = master.client(), replica.client()
+    tag_set(m, "k0", "v", "t3")
+    tag_set(m, "k1", "v", "t3")
+    args = ["k0", "tag:t3"] if store != "SDIFFSTORE" else ["k0", "tag:t3", "tag:none"]
+    m.execute_command(store, *args)
+    wait_sync(m, rp)
+    assert m.smembers("k0") == {b"k0", b"k1"}
+    assert rp.smembers("k0") == {b"k0", b"k1"}
+    assert digest(m) == digest(rp)

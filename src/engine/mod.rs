@@ -108,6 +108,15 @@ pub enum Owed {
         source: Vec<u8>,
         tags: Vec<rules::Fired>,
     },
+    /// A set write made at once without replication (Redis 7.0, inside a
+    /// client command's notification), which replicas and the AOF are owed
+    /// after that command: `SADD` (`add`) or `SREM` of `key` in `set`.
+    Propagate {
+        db: Db,
+        add: bool,
+        set: Vec<u8>,
+        key: Vec<u8>,
+    },
     /// `key` was deleted, expired or overwritten while stale: its stale
     /// state leaves the stale hash, unless it is stale again by then.
     Fresh { db: Db, key: Vec<u8> },
@@ -407,6 +416,7 @@ impl State {
             Owed::Untag { db, tag, key, .. } => !self.index.has(*db, key, tag),
             Owed::Retag { db, tag, key } => self.index.has(*db, key, tag),
             Owed::Fresh { db, key } => !self.stale.contains(*db, key),
+            Owed::Propagate { .. } => true,
             Owed::Orphans { .. }
             | Owed::Fire { .. }
             | Owed::Rehome { .. }
@@ -457,6 +467,7 @@ impl State {
             let d = match o {
                 Owed::Untag { db, .. }
                 | Owed::Retag { db, .. }
+                | Owed::Propagate { db, .. }
                 | Owed::Fresh { db, .. }
                 | Owed::Orphans { db, .. }
                 | Owed::Fire { db, .. }
@@ -476,6 +487,7 @@ fn owed_db(o: &Owed) -> Db {
     match o {
         Owed::Untag { db, .. }
         | Owed::Retag { db, .. }
+        | Owed::Propagate { db, .. }
         | Owed::Fresh { db, .. }
         | Owed::Orphans { db, .. }
         | Owed::Fire { db, .. }

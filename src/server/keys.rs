@@ -73,6 +73,9 @@ pub enum Mode {
     Local,
     /// Propagated to replicas and the AOF as it runs.
     Replicated,
+    /// Not propagated, even from inside a notification: the caller
+    /// propagates the write itself, later (see `owed::settle_untags`).
+    Quiet,
 }
 
 fn options(mode: Mode) -> CallOptions {
@@ -82,7 +85,7 @@ fn options(mode: Mode) -> CallOptions {
     // On Redis 7.0 any call without the replicate flag made from inside a
     // notification (even a read) drops the DELs the server had queued for
     // keys expiring or being evicted at that moment.
-    if mode == Mode::Replicated || InNotification::active() {
+    if mode == Mode::Replicated || (InNotification::active() && mode != Mode::Quiet) {
         b.replicate().build()
     } else {
         b.build()
@@ -365,11 +368,12 @@ pub fn read_string(ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>> {
 /// string objects made on this side): the common shape of the module's own
 /// set writes (`SADD set key`, `SREM set key`). Returns the integer reply.
 pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Result<i64> {
-    let fmt: &CStr = if mode == Mode::Replicated || InNotification::active() {
-        c"!Ebb"
-    } else {
-        c"Ebb"
-    };
+    let fmt: &CStr =
+        if mode == Mode::Replicated || (InNotification::active() && mode != Mode::Quiet) {
+            c"!Ebb"
+        } else {
+            c"Ebb"
+        };
     // SAFETY: module API function pointers; the format names two buffers,
     // each passed as (pointer, length) of a live slice; the reply is read
     // and freed here.

@@ -22,6 +22,12 @@ use redis_module::Context;
 use std::cell::{Cell, OnceCell};
 
 thread_local! {
+    /// Paying inside a client command's notification on Redis 7.0: set
+    /// writes are made without replication, and replicated after the
+    /// command (a write propagated from inside a notification there goes
+    /// out before the command that caused it: `SUNIONSTORE k tag:t` would
+    /// reach a replica after the `SREM tag:t k` it caused).
+    static QUIET: Cell<bool> = const { Cell::new(false) };
     static TIMER_ARMED: Cell<bool> = const { Cell::new(false) };
     static POST_JOBS: OnceCell<bool> = const { OnceCell::new() };
 }
@@ -50,12 +56,35 @@ pub fn settle_untags(ctx: &Context) {
         return;
     }
     let home = keys::selected_db(ctx);
+    QUIET.with(|q| q.set(true));
     for o in due {
         if engine::with(|s| s.still_due(&o)).unwrap_or(false) {
             pay(ctx, o);
         }
     }
+    QUIET.with(|q| q.set(false));
     keys::select_db(ctx, home);
+}
+
+/// A set write of an owed upkeep: replicated as made, or, inside a 7.0
+/// notification, made quietly and its replication owed.
+fn set_write(ctx: &Context, db: Db, add: bool, set: &[u8], key: &[u8]) -> Result<()> {
+    let cmd = if add { c"SADD" } else { c"SREM" };
+    if !QUIET.with(Cell::get) {
+        return keys::call2(ctx, Mode::Replicated, cmd, set, key).map(drop);
+    }
+    let changed = keys::call2(ctx, Mode::Quiet, cmd, set, key)?;
+    if changed > 0 {
+        super::update(|s| {
+            s.owed.push_back(Owed::Propagate {
+                db,
+                add,
+                set: set.to_vec(),
+                key: key.to_vec(),
+            })
+        });
+    }
+    Ok(())
 }
 
 /// Pays every owed write (a bounded number per call; the rest on the next
@@ -102,7 +131,7 @@ pub fn settle(ctx: &Context) {
 fn pay(ctx: &Context, owed: Owed) {
     let p = config::layout();
     let db = match &owed {
-        Owed::Untag { db, .. } | Owed::Retag { db, .. } => *db,
+        Owed::Untag { db, .. } | Owed::Retag { db, .. } | Owed::Propagate { db, .. } => *db,
         Owed::Orphans { db, .. } | Owed::Fire { db, .. } => *db,
         Owed::Rehome { db } | Owed::Disown { db } | Owed::Fresh { db, .. } => *db,
     };
@@ -135,13 +164,16 @@ fn pay(ctx: &Context, owed: Owed) {
             }
             stats::bump(&stats::INDEX_CLEANUPS);
             let _applying = Applying::begin();
-            sets.iter().try_for_each(|set| {
-                keys::call2(ctx, Mode::Replicated, c"SREM", set, &key).map(drop)
-            })
+            sets.iter()
+                .try_for_each(|set| set_write(ctx, db, false, set, &key))
         }
         Owed::Retag { tag, key, .. } => {
             let _applying = Applying::begin();
-            keys::call2(ctx, Mode::Replicated, c"SADD", &p.set_for(&tag, &key), &key).map(drop)
+            set_write(ctx, db, true, &p.set_for(&tag, &key), &key)
+        }
+        Owed::Propagate { add, set, key, .. } => {
+            keys::replicate(ctx, if add { c"SADD" } else { c"SREM" }, &[&set, &key]);
+            Ok(())
         }
         Owed::Orphans { db, keys: orphans } => {
             let plan =
