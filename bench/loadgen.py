@@ -100,13 +100,22 @@ class _Conn:
         self.ri = 0
 
 
-def _evloop_main(port, kind, conns, pipeline, keyspace, seed, cpu, ready_q, go_ev, times_arr, result_q):
-    gc.freeze()  # leave the objects inherited from the parent out of collections
+def quiet_child(cpu, no_gc=False):
+    """A load or probe process: the objects inherited from the parent left
+    out of collections (`no_gc`: no collections at all, which would stall
+    the process, not the server), pinned to `cpu` where the machine allows."""
+    if no_gc:
+        gc.disable()
+    gc.freeze()
     if cpu is not None:
         try:
             os.sched_setaffinity(0, {cpu})
         except OSError:
             pass
+
+
+def _evloop_main(port, kind, conns, pipeline, keyspace, seed, cpu, ready_q, go_ev, times_arr, result_q):
+    quiet_child(cpu)
     rnd = random.Random(seed)
     pipelined, per_key = KINDS[kind]
     lines_per_unit = pipeline * per_key

@@ -28,16 +28,15 @@ requests per client is fixed, and the whole run stops at a hard deadline.
 """
 
 import array
-import gc
 import heapq
 import multiprocessing as mp
-import os
 import queue
 import select
 import socket
 import time
 
 import resp
+from loadgen import quiet_child
 
 LOAD = ("load",)
 
@@ -286,13 +285,7 @@ def _loop(port, make_request, clients, rate, duration, event_offsets, event_cmd,
 
 
 def _child(args, cpu, out_q):
-    gc.disable()
-    gc.freeze()
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError:
-            pass
+    quiet_child(cpu, no_gc=True)
     try:
         out_q.put(_loop(*args))
     except Exception as e:  # noqa: BLE001 - reported to the parent

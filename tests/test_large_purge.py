@@ -466,16 +466,20 @@ def test_sliced_purge_deletes_a_key_first_named_in_a_tag_set_before_it_existed(s
 
 
 def test_async_caller_checked_key_by_key_gets_its_count_when_the_purge_ends_first(servers):
-    s = servers.start(module_args=SMALL)
+    # Slices of 100 us over 20,000 keys: the checks span many turns, and
+    # the FLUSHALL lands while they run.
+    s = servers.start(module_args=("purge-atomic-max", "100", "purge-slice-us", "100"))
     admin = s.client()
-    fill(admin, 3000, tag="t", prefix="u:")
+    fill(admin, 20_000, tag="t", prefix="u:")
     admin.execute_command("ACL", "SETUSER", "u", "on", ">pw", "~u:*", "~tag:*", "+@all")
     u = s.client(username="u", password="pw")
     conn = u.connection_pool.get_connection()
     try:
         conn.send_command("TAG.PURGE", "t", "ASYNC")
-        admin.flushall()  # most likely while its keys are still being checked
-        assert conn.read_response() == 3000
+        wait_until(lambda: info(admin)["purges_in_progress"] == 1, 2, what="the purge started")
+        assert info(admin)["purge_keys_left"] == 20_000, "still checking: nothing taken yet"
+        admin.flushall()
+        assert conn.read_response() == 20_000
     finally:
         u.connection_pool.release(conn)
     purge_done(admin)

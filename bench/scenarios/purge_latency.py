@@ -1,14 +1,13 @@
 """GET latency seen by another client while a huge tag is purged."""
 
 import array
-import gc
 import multiprocessing as mp
-import os
 import time
 
 import redis
 
 import resp
+from loadgen import quiet_child
 from baseline import patterns
 from report import Result, Unavailable, fmt, log, percentile
 from runner import LOAD_CPU, NM, VALUE, fill
@@ -24,13 +23,7 @@ def _latency_probe(port, cpu, rate, stop_at, max_seconds, ready_q, out_q):
     every request that should have been sent while it stalled."""
     # The parent's objects (large pre-encoded fills) are inherited by fork; a
     # collection walking them would stall this process, not the server.
-    gc.disable()
-    gc.freeze()
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-        except OSError:
-            pass
+    quiet_child(cpu, no_gc=True)
     c = resp.Conn(port, timeout=120)
     payloads = [resp.encode("GET", "lat:probe:%d" % i) for i in range(1000)]
     sched_a = array.array("d")

@@ -78,6 +78,18 @@ pub struct PurgeAsk {
 }
 
 impl PurgeAsk {
+    /// The request `req` as asked of another master for gather `id`.
+    pub fn of(id: u64, req: &super::purge::Request, how: How) -> PurgeAsk {
+        PurgeAsk {
+            id,
+            user: req.user.clone(),
+            how,
+            all: req.all,
+            soft: req.soft,
+            tags: req.tags.clone(),
+        }
+    }
+
     pub fn to_fields(&self) -> Vec<Vec<u8>> {
         let mut out = vec![
             self.id.to_string().into_bytes(),
@@ -242,6 +254,23 @@ impl Gathers {
             },
         );
         self.last_id
+    }
+
+    /// A cluster-wide purge of `req` (its count, and its one event: a
+    /// rule's `link` event when `req` is a rule's).
+    pub fn open_purge(
+        &mut self,
+        client: Option<Client>,
+        req: &super::purge::Request,
+        others: Vec<Vec<u8>>,
+    ) -> u64 {
+        let id = self.open(client, req.tags.clone(), others, Gathered::Count(0), true);
+        if let Some(g) = self.open.get_mut(&id) {
+            g.all = req.all;
+            g.grace_ms = req.soft.map(|s| s.grace_ms);
+            g.source = req.rule_source.clone();
+        }
+        id
     }
 
     /// An answer: from `node`, or this master's own (`None`). Returns the

@@ -89,13 +89,18 @@ struct Names {
     hasher: Hasher,
 }
 
+/// Name `i` of `bytes`, whose names end at `ends`.
+fn nth<'b>(bytes: &'b [u8], ends: &[usize], i: usize) -> Option<&'b [u8]> {
+    let start = match i {
+        0 => 0,
+        _ => *ends.get(i - 1)?,
+    };
+    bytes.get(start..*ends.get(i)?)
+}
+
 impl Names {
     fn get(&self, i: usize) -> Option<&[u8]> {
-        let start = match i {
-            0 => 0,
-            _ => *self.ends.get(i - 1)?,
-        };
-        self.bytes.get(start..*self.ends.get(i)?)
+        nth(&self.bytes, &self.ends, i)
     }
 
     fn find(&self, name: &[u8]) -> Option<usize> {
@@ -118,9 +123,7 @@ impl Names {
         let hash = self.hasher.hash_one(name);
         let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
         self.by_name.insert_unique(hash, pos, |&j| {
-            let j = j as usize;
-            let start = if j == 0 { 0 } else { ends[j - 1] };
-            hasher.hash_one(&bytes[start..ends[j]])
+            hasher.hash_one(nth(bytes, ends, j as usize).unwrap_or_default())
         });
         Some(i)
     }
@@ -287,6 +290,11 @@ impl Job {
             }
         }
         out
+    }
+
+    /// Whether `name` is one of this purge's to delete still.
+    pub fn holds(&self, name: &[u8]) -> bool {
+        self.names.find(name).is_some_and(|i| self.is_pending(i))
     }
 
     /// Whether `name`, taken by `batch`, is still to be checked against
@@ -565,6 +573,7 @@ mod tests {
         let sel = vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()];
         let (id, n) = p.start(request(None), &sel, false);
         assert_eq!(n, 2);
+        assert!(p.get(id).unwrap().holds(b"a") && !p.get(id).unwrap().holds(b"c"));
         assert_eq!(
             drain(p.get(id).unwrap()),
             vec![b"a".to_vec(), b"b".to_vec()]

@@ -15,7 +15,7 @@ use super::purge::{self, Here, Wait};
 use crate::engine::cluster::{decode, kind, Gathered, How, PurgeAsk};
 use crate::engine::error::Error;
 use crate::engine::purge::{ReplyTo, Request};
-use crate::engine::{self};
+use crate::engine::{self, Wake};
 use redis_module::{raw, Context, RedisResult, RedisValue};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -267,8 +267,6 @@ pub fn purge(
     if others.is_empty() {
         return purge::alone(ctx, req, caller, can_wait, is_async);
     }
-    let tags = req.tags.clone();
-    let (all, soft) = (req.all, req.soft);
     if !can_wait {
         return Err(Error::Invalid(
             "a purge of a cluster waits for the other masters: not inside MULTI or a script".into(),
@@ -281,26 +279,24 @@ pub fn purge(
     let Some(client) = blocked::block_for_purge(ctx) else {
         return Err(Error::Internal("cannot wait for the other masters".into()).into());
     };
-    let id = engine::with(|s| {
-        s.gathers.open(
-            Some(client),
-            tags.clone(),
-            others.clone(),
-            Gathered::Count(0),
-            true,
-        )
-    })
-    .unwrap_or(0);
-    super::update(|s| {
-        if let Some(g) = s.gathers.open.get_mut(&id) {
-            g.all = all;
-            g.grace_ms = soft.map(|x| x.grace_ms);
+    let id = match engine::with(|s| s.gathers.open_purge(Some(client), &req, others.clone())) {
+        Ok(id) => id,
+        Err(e) => {
+            blocked::wake(
+                ctx,
+                vec![Wake::Failed {
+                    client,
+                    error: e.to_string(),
+                }],
+            );
+            return Ok(RedisValue::NoReply);
         }
-    });
+    };
+    let how = if is_async { How::Async } else { How::Wait };
+    let fields = PurgeAsk::of(id, &req, how).to_fields();
     // This master's part first: a call it refuses (NOPERM, WRONGTYPE)
     // is sent nowhere else.
     let reply_to = ReplyTo::Gather(id);
-    let user = req.user.clone();
     let local_req = Request {
         reply_to: reply_to.clone(),
         publish: false,
@@ -323,15 +319,6 @@ pub fn purge(
             return Ok(RedisValue::NoReply);
         }
     };
-    let fields = PurgeAsk {
-        id,
-        user,
-        how: if is_async { How::Async } else { How::Wait },
-        all,
-        soft,
-        tags,
-    }
-    .to_fields();
     ask(ctx, id, &others, kind::PURGE, &fields);
     arm_timeout(ctx, id);
     if let Some(n) = local {

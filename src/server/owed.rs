@@ -280,34 +280,11 @@ fn purge_everywhere(
     if others.is_empty() {
         return None;
     }
-    let opened = engine::with(|s| {
-        let id = s.gathers.open(
-            None,
-            req.tags.clone(),
-            others.clone(),
-            Gathered::Count(0),
-            true,
-        );
-        if let Some(g) = s.gathers.open.get_mut(&id) {
-            g.all = req.all;
-            g.grace_ms = req.soft.map(|x| x.grace_ms);
-            g.source = Some(source.clone());
-        }
-        id
-    });
-    let id = match opened {
+    let id = match engine::with(|s| s.gathers.open_purge(None, &req, others.clone())) {
         Ok(id) => id,
         Err(e) => return Some(Err(e)),
     };
-    let fields = PurgeAsk {
-        id,
-        user: req.user.clone(),
-        how: How::Rule(source),
-        all: req.all,
-        soft: req.soft,
-        tags: req.tags.clone(),
-    }
-    .to_fields();
+    let fields = PurgeAsk::of(id, &req, How::Rule(source)).to_fields();
     bus::ask(ctx, id, &others, kind::PURGE, &fields);
     bus::arm_timeout(ctx, id);
     let reply_to = ReplyTo::Gather(id);

@@ -97,19 +97,18 @@ fn select(
 
 /// A command's purge may delete every key selected, or fails; a rule's
 /// deletes those its owner may delete (the rest are counted) and spares
-/// its source. Returns the keys to delete, or `None` when the rule's owner
-/// may not change the tag sets at all (then every key is counted).
+/// its source. Returns the keys to delete.
 fn allowed(
     ctx: &Context,
     req: &Request,
     caller: Option<&Caller>,
     keys: Vec<Vec<u8>>,
-) -> Option<Vec<Vec<u8>>> {
+) -> Vec<Vec<u8>> {
     let Some(source) = &req.rule_source else {
-        return Some(keys);
+        return keys;
     };
     let Some(c) = caller.filter(|c| !c.all_keys(ctx)) else {
-        return Some(keys.into_iter().filter(|k| k != source).collect());
+        return keys.into_iter().filter(|k| k != source).collect();
     };
     let mut out = Vec::with_capacity(keys.len());
     for k in keys {
@@ -122,7 +121,7 @@ fn allowed(
             stats::bump(&stats::RULE_KEYS_DENIED);
         }
     }
-    Some(out)
+    out
 }
 
 /// Whether a rule's owner may change the tag sets of its tags.
@@ -151,22 +150,22 @@ fn access(req: &Request) -> Access {
     }
 }
 
+/// What the request does to the tag sets it selects from: a purge deletes
+/// them (or takes its keys out), a soft invalidation only reads them, as
+/// `TAG.MEMBERS` would.
+fn set_access(req: &Request) -> Access {
+    match req.soft {
+        Some(_) => Access::Read,
+        None => Access::Delete,
+    }
+}
+
 /// The plan for `members`: deleting them, and taking them out of their tag
 /// sets (`sets`), or marking them stale.
 fn plan_for<'a>(req: &Request, members: &'a [Vec<u8>], sets: TagSets) -> Result<plan::Plan<'a>> {
     let p = config::layout();
     match req.soft {
-        Some(soft) => {
-            // A soft invalidation leaves the tag sets as they are, but reads
-            // them: the caller must be able to, as for TAG.MEMBERS.
-            let sets =
-                engine::with(|s| plan::index_sets(&s.index, req.db, &p, &req.tags, members))?;
-            let mut plan = plan::mark_stale(&p, members, soft.until);
-            for set in sets {
-                plan.check(set, Access::Read, Kind::Set);
-            }
-            Ok(plan)
-        }
+        Some(soft) => Ok(plan::mark_stale(&p, members, soft.until)),
         None => engine::with(|s| plan::purge(&s.index, req.db, &p, &req.tags, members, sets)),
     }
 }
@@ -193,12 +192,18 @@ fn atomic(ctx: &Context, req: &Request, caller: Option<&Caller>) -> Result<Here>
             (allowed(ctx, req, caller, found), TagSets::Remove)
         } else if req.all {
             // Keys that carry only some of the tags stay in their sets.
-            (Some(found), TagSets::Remove)
+            (found, TagSets::Remove)
         } else {
-            (Some(found), TagSets::Delete)
+            (found, TagSets::Delete)
         };
-        let members = members.unwrap_or_default();
-        let plan = plan_for(req, &members, sets)?;
+        let mut plan = plan_for(req, &members, sets)?;
+        if req.soft.is_some() {
+            // A purge's plan checks its tag sets itself; a soft one reads them.
+            let p = config::layout();
+            for set in engine::with(|s| plan::index_sets(&s.index, db, &p, &req.tags, &members))? {
+                plan.check(set, Access::Read, Kind::Set);
+            }
+        }
         if req.by_rule() {
             // The index sets may have been replaced by another type since:
             // then the rule has nothing to purge there.
@@ -243,14 +248,8 @@ fn sliced(
             local: true,
             ..Plan::default()
         };
-        // A soft invalidation leaves the tag sets as they are, but reads
-        // them.
-        let access = match req.soft {
-            Some(_) => Access::Read,
-            None => Access::Delete,
-        };
         for set in names {
-            sets.check(set, access, Kind::Set);
+            sets.check(set, set_access(&req), Kind::Set);
         }
         apply::check(ctx, caller, &sets)?;
     }
@@ -268,31 +267,32 @@ fn sliced(
     if engine::with(|s| s.index.changes())? != listed {
         selected = select(db, &req.tags, req.all)?.0;
     }
-    // A name a client put in a tag set that is still no key carries
-    // nothing: the count leaves it out (the job keeps it: it may become a
-    // key, by any command, before its turn).
-    let ghosts: Vec<Vec<u8>> = engine::with(|s| {
-        if s.ghosts.is_empty() {
-            return Vec::new();
-        }
-        selected
-            .iter()
-            .filter(|k| s.ghosts.contains(&(db, k.to_vec())))
-            .cloned()
-            .collect()
-    })?;
-    let absent = ghosts.iter().filter(|k| !keys::exists(ctx, k)).count();
-    let n = engine::with(|s| {
+    let (id, held, ghosts) = engine::with(|s| {
         let (id, n) = s.purges.start(req, &selected, check);
-        let n = n.saturating_sub(absent);
+        // Names a client put in a tag set before they were keys, that the
+        // job holds (few: the ghosts are bounded).
+        let ghosts: Vec<Vec<u8>> = match s.purges.get(id) {
+            Some(job) => s
+                .ghosts
+                .iter()
+                .filter(|(d, k)| *d == db && job.holds(k))
+                .map(|(_, k)| k.clone())
+                .collect(),
+            None => Vec::new(),
+        };
+        (id, n, ghosts)
+    })?;
+    // One that is still no key carries nothing: the count leaves it out
+    // (the job keeps it: any command may make it a key before its turn).
+    let n = held.saturating_sub(ghosts.iter().filter(|k| !keys::exists(ctx, k)).count());
+    super::update(|s| {
         if let Some(job) = s.purges.get(id) {
             job.waiter = waiter;
             if wait == Wait::Async && waiter.is_some() {
                 job.early = Some(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
-        n
-    })?;
+    });
     later(ctx);
     Ok(Here::Sliced {
         carried: i64::try_from(n).unwrap_or(i64::MAX),
@@ -423,7 +423,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
         }
         None => batch,
     };
-    let members = allowed(ctx, &req, caller.as_ref(), batch).unwrap_or_default();
+    let members = allowed(ctx, &req, caller.as_ref(), batch);
     // Every slice takes its keys out of their sets (those it untags on the
     // way included), so the sets are exact at every turn: a client that
     // rewrites one in the middle reads no deleted key back into the index.
