@@ -655,7 +655,13 @@ pub fn mark_stale(ctx: &Context, key: &[u8], hash: &[u8], until: i64, mode: Mode
             replicate(ctx, c"PEXPIREAT", &[key, at.as_bytes()]);
         }
     }
-    call(ctx, mode, "HSET", &[hash, key, b"0"])?;
+    // Through the key API rather than a command call: one per key marked.
+    hash_set_here(ctx, hash, key, b"0")?;
+    let hash_name = RedisString::create_from_slice(ctx.ctx, hash);
+    notify(ctx, raw::REDISMODULE_NOTIFY_HASH, c"hset", hash_name.inner);
+    if mode == Mode::Replicated {
+        replicate(ctx, c"HSET", &[hash, key, b"0"]);
+    }
     Ok(true)
 }
 
