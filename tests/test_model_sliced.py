@@ -498,10 +498,10 @@ def test_sliced_purge_matches_the_model_under_interleaved_writes(servers, seed):
         mode = MODES[number] if number < len(MODES) else rng.choice(MODES)
         master, replica = fresh_pair(servers)
         model = Model()
-        # A slice deletes at least one batch of keys (128 in the module
-        # today): a selection of a few hundred keys could be gone before the
-        # second connection's commands arrive, so fill more.
-        n = rng.randint(1000, 3000)
+        # Slices follow each other with only the other clients' turns
+        # between them: a selection of a few thousand keys can be gone
+        # before the second connection's commands arrive, so fill more.
+        n = rng.randint(6000, 12000)
         fill(master.client(decode_responses=True), model,
              [(f"k{i}", random_tags(rng)) for i in range(n)])
         purged = rng.sample(TAGS, rng.choice([1, 2]))

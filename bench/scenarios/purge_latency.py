@@ -1,6 +1,7 @@
 """GET latency seen by another client while a huge tag is purged."""
 
 import array
+import os
 import multiprocessing as mp
 import time
 
@@ -9,12 +10,16 @@ import redis
 import resp
 from loadgen import quiet_child
 from baseline import patterns
+from plot import latency_svg
 from report import Result, Unavailable, fmt, log, percentile
 from runner import LOAD_CPU, NM, VALUE, fill
 
 from . import scenario
 
 RATE = 2000.0   # GETs per second, open loop
+# The first round's GET latencies over time, by method, for the plot.
+SERIES = {}
+PLOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "purge-latency.svg")
 
 
 def _latency_probe(port, cpu, rate, stop_at, max_seconds, ready_q, out_q):
@@ -94,6 +99,11 @@ def sc_purge_latency(ctx):
         for key, label, how, srv in methods:
             if res.is_ok(key):
                 _one(ctx, res, key, label, how, srv, n, payloads, min_window, rnd, errors)
+    if SERIES:
+        with open(PLOT, "w") as f:
+            f.write(latency_svg(sorted(SERIES.items()),
+                                "GET latency during a purge of %s keys (first round)" % "{:,}".format(n)))
+        res.note("plot of GET latency over time: bench/purge-latency.svg")
     for label, errs in errors.items():
         res.note("%s: GETs answered with an error or nil in %d of %d rounds (%s GETs; first: %s)" % (
             label, len(errs), ctx.rounds, ", ".join(str(e[1]) for e in errs), errs[0][2]))
@@ -191,6 +201,8 @@ def _one(ctx, res, key, label, how, srv, n, payloads, min_window, rnd, error_log
          "gone_ms": (gone - t0) * 1000.0 if payload is not None else None}
     m["value"] = m["p999"]
     res.add(key, **m)
+    if rnd == 0 and key in ("mod", "lua_p", "del_p"):
+        SERIES[label] = [(s - t0, x * 1000.0) for s, x in zip(sched, lat) if t0 <= s <= window_end]
     log("purge-latency round %d/%d %-34s p50 %s p99 %s p99.9 %s max %s ms, call %s ms (%d GETs)" % (
         rnd + 1, ctx.rounds, label, fmt(m["p50"], "ms"), fmt(m["p99"], "ms"), fmt(m["p999"], "ms"),
         fmt(m["max"], "ms"), fmt(call_ms, "ms"), len(window)))

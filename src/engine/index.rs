@@ -86,7 +86,10 @@ impl DbIndex {
     }
 
     fn find(&self, name: &[u8]) -> Option<KeyId> {
-        let hash = self.hasher.hash_one(name);
+        self.find_hashed(self.hasher.hash_one(name), name)
+    }
+
+    fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<KeyId> {
         let keys = &self.keys;
         self.by_name
             .find(hash, |&id| {
@@ -137,10 +140,22 @@ impl DbIndex {
 
     /// Frees the slot of a key that carries no tag any more.
     fn release_key(&mut self, id: KeyId) {
-        let Some(key) = self.keys.get_mut(id as usize).and_then(Option::take) else {
+        let Some(hash) = self.key(id).map(|k| self.hasher.hash_one(&*k.name)) else {
             return;
         };
-        let hash = self.hasher.hash_one(&*key.name);
+        self.release_key_hashed(id, hash);
+    }
+
+    /// As `release_key`, the hash of its name known.
+    fn release_key_hashed(&mut self, id: KeyId, hash: u64) {
+        if self
+            .keys
+            .get_mut(id as usize)
+            .and_then(Option::take)
+            .is_none()
+        {
+            return;
+        }
         if let Ok(entry) = self.by_name.find_entry(hash, |&other| other == id) {
             entry.remove();
         }
@@ -213,34 +228,46 @@ impl DbIndex {
         let Some(&tid) = self.tag_ids.get(tag) else {
             return false;
         };
-        let Some(kid) = self.find(key) else {
+        let removed = self.remove_tid(key, tid);
+        self.release_tag_if_empty(tid);
+        removed
+    }
+
+    /// Untags `key` of the tag `tid` (which stays interned: the caller
+    /// releases it once it is done with it).
+    fn remove_tid(&mut self, key: &[u8], tid: TagId) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let Some(kid) = self.find_hashed(hash, key) else {
             return false;
         };
-        let Some(k) = self.key(kid) else {
+        let Some(k) = self.keys.get_mut(kid as usize).and_then(Option::as_mut) else {
             return false;
         };
         if !k.tags.contains(&tid) {
             return false;
         }
-        let tags: Box<[TagId]> = k.tags.iter().copied().filter(|&t| t != tid).collect();
-        self.set_key_tags(kid, tags);
+        if k.tags.len() == 1 {
+            self.release_key_hashed(kid, hash);
+        } else {
+            k.tags = k.tags.iter().copied().filter(|&t| t != tid).collect();
+        }
         if let Some(t) = self.tag_mut(tid) {
             t.members.remove(&kid);
         }
-        self.release_tag_if_empty(tid);
         true
     }
 
     /// Forgets the key; with `collect`, returns the tags it carried.
     fn remove_key(&mut self, key: &[u8], collect: bool) -> Vec<Vec<u8>> {
-        let Some(kid) = self.find(key) else {
+        let hash = self.hasher.hash_one(key);
+        let Some(kid) = self.find_hashed(hash, key) else {
             return Vec::new();
         };
         let tags = match self.keys.get_mut(kid as usize).and_then(Option::as_mut) {
             Some(k) => std::mem::take(&mut k.tags),
             None => Box::default(),
         };
-        self.release_key(kid);
+        self.release_key_hashed(kid, hash);
         let mut names = Vec::with_capacity(if collect { tags.len() } else { 0 });
         for &tid in tags.iter() {
             if let Some(t) = self.tag_mut(tid) {
@@ -381,6 +408,17 @@ impl Index {
         }
     }
 
+    /// As `each_tag`, the names borrowed from the index for as long as it is.
+    pub fn each_tag_ref<'i>(&'i self, db: Db, key: &[u8], mut f: impl FnMut(&'i [u8])) {
+        if let Some(d) = self.dbs.get(&db) {
+            for &id in d.key_tags(key) {
+                if let Some(t) = d.tag(id) {
+                    f(&t.name);
+                }
+            }
+        }
+    }
+
     pub fn is_tagged(&self, db: Db, key: &[u8]) -> bool {
         self.dbs.get(&db).is_some_and(|d| d.find(key).is_some())
     }
@@ -440,6 +478,23 @@ impl Index {
         let removed = d.remove(key, tag);
         self.tidy(db);
         removed
+    }
+
+    /// Untags each of `keys` of `tag` (its set lost them).
+    pub fn remove_many<K: AsRef<[u8]>>(&mut self, db: Db, tag: &[u8], keys: &[K]) {
+        self.changes += 1;
+        let Some(d) = self.dbs.get_mut(&db) else {
+            return;
+        };
+        let Some(&tid) = d.tag_ids.get(tag) else {
+            return;
+        };
+        for k in keys {
+            d.remove_tid(k.as_ref(), tid);
+        }
+        d.release_tag_if_empty(tid);
+        d.shrink();
+        self.tidy(db);
     }
 
     /// The key is gone or was replaced: it carries nothing now. Returns the

@@ -592,29 +592,49 @@ pub fn purge<'a>(
             });
         }
     }
+    // Grouped by tag (and slot, in a cluster) first: the set names are
+    // made once per group, not once per key.
+    let mut groups: hashbrown::HashMap<(&[u8], u16), Vec<Bytes<'a>>, foldhash::fast::RandomState> =
+        Default::default();
     for m in members {
-        ix.each_tag(db, m, |t| {
+        let slot = if p.slotted { slot::slot(m) } else { 0 };
+        ix.each_tag_ref(db, m, |t| {
             if sets != TagSets::Remove && tags.iter().any(|x| x.as_slice() == t) {
                 return;
             }
-            for other in p.sets_holding(t, m) {
-                match others.get_mut(&other) {
-                    Some(list) => list.push(Cow::Borrowed(m)),
-                    None => drop(others.insert(other, vec![Cow::Borrowed(m.as_slice())])),
-                }
-            }
+            groups
+                .entry((t, slot))
+                .or_default()
+                .push(Cow::Borrowed(m.as_slice()));
+        });
+    }
+    for ((tag, _), keys) in groups {
+        let Some(first) = keys.first() else { continue };
+        let holding = p.sets_holding(tag, first);
+        let Some((last, rest)) = holding.split_last() else {
+            continue;
+        };
+        for other in rest {
+            others
+                .entry(other.clone())
+                .or_default()
+                .extend(keys.iter().cloned());
+        }
+        others.entry(last.clone()).or_default().extend(keys);
+    }
+    // The keys go before their sets' removals: their deletion forgets
+    // each in the index in one step, which leaves the removals nothing to
+    // look up there.
+    for chunk in members.chunks(1024) {
+        plan.counted.push(plan.writes.len());
+        plan.write(Write::Del {
+            keys: chunk.iter().map(|k| Cow::Borrowed(k.as_slice())).collect(),
         });
     }
     for (set, keys) in others {
         plan.write(Write::SetRem {
             set: set.into(),
             members: keys.into(),
-        });
-    }
-    for chunk in members.chunks(1024) {
-        plan.counted.push(plan.writes.len());
-        plan.write(Write::Del {
-            keys: chunk.iter().map(|k| Cow::Borrowed(k.as_slice())).collect(),
         });
     }
     plan
@@ -707,9 +727,7 @@ impl State {
             }
             Write::SetRem { set, members } => {
                 if let Some(tag) = p.tag_of(set) {
-                    for m in members {
-                        ix.remove(db, m, tag);
-                    }
+                    ix.remove_many(db, tag, members);
                 }
             }
             Write::Del { keys } | Write::Unlink { keys } => {

@@ -104,23 +104,36 @@ impl Names {
     }
 
     fn find(&self, name: &[u8]) -> Option<usize> {
-        let hash = self.hasher.hash_one(name);
+        self.find_hashed(self.hasher.hash_one(name), name)
+    }
+
+    fn find_hashed(&self, hash: u64, name: &[u8]) -> Option<usize> {
         self.by_name
             .find(hash, |&i| self.get(i as usize) == Some(name))
             .map(|&i| i as usize)
     }
 
+    /// Names for `n` names of `bytes` bytes in all, made at once.
+    fn with_capacity(n: usize, bytes: usize) -> Names {
+        Names {
+            bytes: Vec::with_capacity(bytes),
+            ends: Vec::with_capacity(n),
+            by_name: HashTable::with_capacity(n),
+            hasher: Hasher::default(),
+        }
+    }
+
     /// Adds `name`; its position (`None` if it is there already, or past
     /// what positions can number).
     fn push(&mut self, name: &[u8]) -> Option<usize> {
-        if self.find(name).is_some() {
+        let hash = self.hasher.hash_one(name);
+        if self.find_hashed(hash, name).is_some() {
             return None;
         }
         let i = self.ends.len();
         let pos = u32::try_from(i).ok()?;
         self.bytes.extend_from_slice(name);
         self.ends.push(self.bytes.len());
-        let hash = self.hasher.hash_one(name);
         let (bytes, ends, hasher) = (&self.bytes, &self.ends, &self.hasher);
         self.by_name.insert_unique(hash, pos, |&j| {
             hasher.hash_one(nth(bytes, ends, j as usize).unwrap_or_default())
@@ -165,7 +178,8 @@ fn bit(i: usize) -> (usize, u64) {
 
 impl Job {
     fn new(id: u64, req: Request, selected: &[Vec<u8>], check: bool) -> Job {
-        let mut names = Names::default();
+        let bytes = selected.iter().map(Vec::len).sum();
+        let mut names = Names::with_capacity(selected.len(), bytes);
         let mut pending = vec![0u64; selected.len() / 64 + 1];
         let mut left = 0;
         for name in selected {

@@ -163,7 +163,7 @@ fn write(
             [one] => keys::call2(ctx, mode, c"SREM", set, one)?,
             _ => call_list(ctx, mode, "SREM", set, members)?,
         },
-        Write::Del { keys } => delete(ctx, mode, "DEL", keys)?,
+        Write::Del { keys } => keys::delete(ctx, mode, keys)?,
         Write::Unlink { keys } => delete(ctx, mode, "UNLINK", keys)?,
         Write::HashSet { key, field, value } => {
             keys::call(ctx, mode, "HSET", &[key, field, value])?.int()

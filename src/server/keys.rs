@@ -680,3 +680,86 @@ pub fn hash_get(ctx: &Context, key: &[u8], field: &[u8]) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+/// Deletes `names` through the key API, as `DEL` would: each key that
+/// existed is deleted (closing it signals `WATCH` and client tracking), a
+/// `del` keyspace event is fired for it when the server publishes generic
+/// events, and (`Replicated`) one `DEL` of the keys deleted is replicated,
+/// one per slot in a cluster. Returns how many existed. No command call
+/// per batch, and no notification the server would wrap in a context of
+/// its own for the module's handler when nobody else listens: most of what
+/// a purge costs beyond the server's own deletion.
+pub fn delete<K: AsRef<[u8]>>(ctx: &Context, mode: Mode, names: &[K]) -> Result<i64> {
+    let missing = || Error::Internal("key API unavailable".into());
+    // SAFETY: reading function pointers of the module API.
+    let (open, close, kind, del) = unsafe {
+        (
+            raw::RedisModule_OpenKey.ok_or_else(missing)?,
+            raw::RedisModule_CloseKey.ok_or_else(missing)?,
+            raw::RedisModule_KeyType.ok_or_else(missing)?,
+            raw::RedisModule_DeleteKey.ok_or_else(missing)?,
+        )
+    };
+    // SAFETY: a module API call without arguments.
+    let events = unsafe { raw::RedisModule_GetNotifyKeyspaceEvents.map_or(-1, |f| f()) };
+    let publish = events & raw::REDISMODULE_NOTIFY_GENERIC as i32 != 0;
+    let mut gone: Vec<RedisString> = Vec::with_capacity(names.len());
+    for k in names {
+        let name = RedisString::create_from_slice(ctx.ctx, k.as_ref());
+        // SAFETY: the key is opened, deleted and closed here with the
+        // running context; `name` outlives the calls.
+        let existed = unsafe {
+            let kp = open(ctx.ctx, name.inner, raw::REDISMODULE_WRITE as i32);
+            if kp.is_null() {
+                return Err(Error::Internal("cannot open key".into()));
+            }
+            let existed = kind(kp) != raw::REDISMODULE_KEYTYPE_EMPTY as i32 && del(kp) == 0;
+            close(kp);
+            existed
+        };
+        if existed {
+            if publish {
+                notify(ctx, raw::REDISMODULE_NOTIFY_GENERIC, c"del", name.inner);
+            }
+            gone.push(name);
+        }
+    }
+    let n = i64::try_from(gone.len()).unwrap_or(i64::MAX);
+    if mode == Mode::Replicated && !gone.is_empty() {
+        if super::config::slotted() {
+            let mut by_slot: std::collections::BTreeMap<u16, Vec<*mut raw::RedisModuleString>> =
+                Default::default();
+            for g in &gone {
+                by_slot
+                    .entry(crate::engine::slot::slot(g.as_slice()))
+                    .or_default()
+                    .push(g.inner);
+            }
+            for group in by_slot.values() {
+                replicate_strings(ctx, c"DEL", group);
+            }
+        } else {
+            let all: Vec<*mut raw::RedisModuleString> = gone.iter().map(|g| g.inner).collect();
+            replicate_strings(ctx, c"DEL", &all);
+        }
+    }
+    Ok(n)
+}
+
+/// Replicates `cmd` with live strings as its arguments: the server takes
+/// a reference to each, no copy.
+fn replicate_strings(ctx: &Context, cmd: &CStr, args: &[*mut raw::RedisModuleString]) {
+    // SAFETY: a module API call; the "v" format takes an array of live
+    // strings and its length.
+    unsafe {
+        if let Some(f) = raw::RedisModule_Replicate {
+            f(
+                ctx.ctx,
+                cmd.as_ptr(),
+                c"v".as_ptr(),
+                args.as_ptr(),
+                args.len(),
+            );
+        }
+    }
+}

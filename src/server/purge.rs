@@ -28,11 +28,31 @@ use redis_module::{raw, Context};
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
-/// Keys per step inside a slice (the clock is read between steps).
+/// Keys per step inside a slice at most (the clock is read between steps).
 const BATCH: usize = 128;
 
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
+    /// What one key of a step has cost lately, in nanoseconds: a step is
+    /// sized to what is left of the slice, so a slice ends within its
+    /// budget rather than one whole batch past it.
+    static PER_KEY_NS: Cell<u64> = const { Cell::new(2_000) };
+}
+
+/// Keys for a step that should take at most `left`.
+fn step_size(left: Duration) -> usize {
+    let per_key = PER_KEY_NS.with(Cell::get).max(1);
+    let n = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX) / per_key;
+    usize::try_from(n).unwrap_or(BATCH).clamp(1, BATCH)
+}
+
+/// Folds the cost of a step of `n` keys into the estimate.
+fn learn(n: usize, took: Duration) {
+    let Ok(n) = u64::try_from(n.max(1)) else {
+        return;
+    };
+    let seen = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX) / n;
+    PER_KEY_NS.with(|c| c.set((c.get() * 3 + seen) / 4));
 }
 
 /// How a purge on this node went.
@@ -372,8 +392,12 @@ fn slice(ctx: &Context) {
         engine::with(|s| s.purges.jobs.iter().map(|j| j.id).collect()).unwrap_or_default();
     let mut failed = Vec::new();
     for id in ids {
-        while started.elapsed() < budget {
-            match step(ctx, id) {
+        while let Some(left) = budget.checked_sub(started.elapsed()) {
+            let n = step_size(left);
+            let t = Instant::now();
+            let more = step(ctx, id, n);
+            learn(n, t.elapsed());
+            match more {
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -393,9 +417,9 @@ fn slice(ctx: &Context) {
     }
 }
 
-/// One batch of one purge: checks or deletes. `Ok(false)` when this purge
+/// One batch of `n` keys of one purge: checks or deletes. `Ok(false)` when this purge
 /// has nothing more to do now.
-fn step(ctx: &Context, id: u64) -> Result<bool> {
+fn step(ctx: &Context, id: u64, n: usize) -> Result<bool> {
     let Some((req, phase)) = engine::with(|s| {
         s.purges
             .get(id)
@@ -409,7 +433,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
     let caller = req.user.as_deref().map(Caller::named);
     if phase == Phase::Checking {
         let names =
-            engine::with(|s| s.purges.get(id).map(|j| j.next_to_check(BATCH)))?.unwrap_or_default();
+            engine::with(|s| s.purges.get(id).map(|j| j.next_to_check(n)))?.unwrap_or_default();
         if let Some(c) = caller.as_ref().filter(|c| !c.all_keys(ctx)) {
             for k in &names {
                 c.check(ctx, k, access(&req))?;
@@ -433,7 +457,7 @@ fn step(ctx: &Context, id: u64) -> Result<bool> {
         }
         return Ok(true);
     }
-    let batch = engine::with(|s| s.purges.get(id).map(|j| j.batch(BATCH)))?.unwrap_or_default();
+    let batch = engine::with(|s| s.purges.get(id).map(|j| j.batch(n)))?.unwrap_or_default();
     if batch.is_empty() {
         return Ok(false);
     }
