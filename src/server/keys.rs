@@ -702,7 +702,7 @@ pub fn delete<K: AsRef<[u8]>>(ctx: &Context, mode: Mode, names: &[K]) -> Result<
     };
     // SAFETY: a module API call without arguments.
     let events = unsafe { raw::RedisModule_GetNotifyKeyspaceEvents.map_or(-1, |f| f()) };
-    let publish = events & raw::REDISMODULE_NOTIFY_GENERIC as i32 != 0;
+    let publish = events & raw::REDISMODULE_NOTIFY_GENERIC != 0;
     let mut gone: Vec<RedisString> = Vec::with_capacity(names.len());
     for k in names {
         let name = RedisString::create_from_slice(ctx.ctx, k.as_ref());
