@@ -143,6 +143,11 @@ pub struct State {
     pub waiters: HashMap<(Db, Vec<u8>), VecDeque<Waiter>>,
     /// Writes owed to the tag sets, in order.
     pub owed: VecDeque<Owed>,
+    /// Set writes already made that replicas and the AOF are owed
+    /// (`Owed::Propagate`), in order; apart from `owed`, which is scanned
+    /// after every notification, while these can pile up by the thousand
+    /// inside one script.
+    pub owed_replication: VecDeque<Owed>,
     /// Members client commands name for tag sets, awaiting their notification.
     pub named: notes::Named,
     /// The source of a RENAME between its `rename_from` and `rename_to`.
@@ -440,6 +445,13 @@ impl State {
             }
         }
         self.owed.retain(|o| db.is_some_and(|d| owed_db(o) != d));
+        self.owed_replication
+            .retain(|o| db.is_some_and(|d| owed_db(o) != d));
+    }
+
+    /// Whether any owed work (writes or their replication) waits.
+    pub fn owes(&self) -> bool {
+        !self.owed.is_empty() || !self.owed_replication.is_empty()
     }
 
     pub fn swap(&mut self, a: Db, b: Db) {
@@ -463,7 +475,7 @@ impl State {
                 )
             })
             .collect();
-        for o in self.owed.iter_mut() {
+        for o in self.owed.iter_mut().chain(self.owed_replication.iter_mut()) {
             let d = match o {
                 Owed::Untag { db, .. }
                 | Owed::Retag { db, .. }

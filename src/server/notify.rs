@@ -236,7 +236,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     let wakes =
         engine::with(|s| key_changed(s, db, key, event, master, in_exec)).unwrap_or_default();
     apply_wakes(ctx, wakes);
-    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+    if engine::with(|s| s.owes()).unwrap_or(false) {
         // Expiry and eviction run outside any command: nobody reads in
         // between, and the server's own DELs are being queued then.
         if !owed::has_post_jobs() && !matches!(event, b"expired" | b"evicted") {
@@ -419,12 +419,12 @@ unsafe extern "C" fn on_event_loop(
     }
     // No command runs now: an expiry or eviction is not a migration.
     MOVING.with(|m| m.set(false));
-    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+    if engine::with(|s| s.owes()).unwrap_or(false) {
         owed::settle(&Context::new(ctx));
     }
     // Notes of commands that have run, once nothing is owed, count no more.
     super::update(|s| {
-        if s.owed.is_empty() && !s.named.is_empty() {
+        if !s.owes() && !s.named.is_empty() {
             s.named.settled();
         }
     });

@@ -76,7 +76,7 @@ fn set_write(ctx: &Context, db: Db, add: bool, set: &[u8], key: &[u8]) -> Result
     let changed = keys::call2(ctx, Mode::Quiet, cmd, set, key)?;
     if changed > 0 {
         super::update(|s| {
-            s.owed.push_back(Owed::Propagate {
+            s.owed_replication.push_back(Owed::Propagate {
                 db,
                 add,
                 set: set.to_vec(),
@@ -91,16 +91,24 @@ fn set_write(ctx: &Context, db: Db, add: bool, set: &[u8], key: &[u8]) -> Result
 /// turn). Only a master that is not loading writes: elsewhere the master's
 /// own writes arrive by replication, and nothing is owed.
 pub fn settle(ctx: &Context) {
-    if engine::with(|s| s.owed.is_empty()).unwrap_or(true) {
+    if !engine::with(|s| s.owes()).unwrap_or(false) {
         return;
     }
     if !keys::may_write(ctx) {
-        super::update(|s| s.owed.clear());
+        super::update(|s| {
+            s.owed.clear();
+            s.owed_replication.clear();
+        });
         return;
     }
     let home = keys::selected_db(ctx);
     for _ in 0..100_000 {
+        // The writes already made are replicated before any other: they
+        // came first.
         let Some(next) = engine::with(|s| {
+            if let Some(o) = s.owed_replication.pop_front() {
+                return Some(o);
+            }
             while let Some(o) = s.owed.pop_front() {
                 if s.still_due(&o) {
                     return Some(o);
@@ -121,7 +129,10 @@ pub fn settle(ctx: &Context) {
         if s.owed.is_empty() && s.owed.capacity() > 64 {
             s.owed = Default::default();
         }
-        !s.owed.is_empty()
+        if s.owed_replication.is_empty() && s.owed_replication.capacity() > 64 {
+            s.owed_replication = Default::default();
+        }
+        s.owes()
     });
     if more.unwrap_or(false) {
         settle_later(ctx);

@@ -64,7 +64,7 @@ pub fn rebuild(ctx: &Context) {
         }
     }
     keys::select_db(ctx, home);
-    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+    if engine::with(|s| s.owes()).unwrap_or(false) {
         super::owed::settle_later(ctx);
     }
 }
@@ -116,7 +116,7 @@ pub fn load_all_stale(ctx: &Context) {
         load_stale(ctx, db);
     }
     keys::select_db(ctx, home);
-    if engine::with(|s| !s.owed.is_empty()).unwrap_or(false) {
+    if engine::with(|s| s.owes()).unwrap_or(false) {
         super::owed::settle_later(ctx);
     }
 }
