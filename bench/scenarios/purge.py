@@ -7,6 +7,8 @@ from runner import NM, cmdstat, fill
 
 from . import scenario
 
+DEFAULT_ATOMIC_MAX = 10000   # the module's default purge-atomic-max
+
 
 @scenario("purge", "purge one tag of N keys: TAG.PURGE vs Lua SMEMBERS+DEL vs variadic DEL")
 def sc_purge(ctx):
@@ -109,7 +111,7 @@ def _one(ctx, res, rk, key, label, how, srv, n, prefix, sha, del_cache, rnd):
         return
     # The default, or one step whatever the size (restored after).
     if key.startswith("mod"):
-        r.config_set("tagcache.purge-atomic-max", 100000000 if key == "mod_atomic" else 10000)
+        r.config_set("tagcache.purge-atomic-max", 100000000 if key == "mod_atomic" else DEFAULT_ATOMIC_MAX)
         payload, cmdname, expect = resp.encode("TAG.PURGE", "ptag"), "tag.purge", n
     elif key.startswith("lua"):
         payload, cmdname, expect = resp.encode("EVALSHA", sha, 1, "tag:ptag"), "evalsha", n
@@ -128,6 +130,8 @@ def _one(ctx, res, rk, key, label, how, srv, n, prefix, sha, del_cache, rnd):
     finally:
         c.close()
     after = cmdstat(r, cmdname)
+    if key == "mod_atomic":
+        r.config_set("tagcache.purge-atomic-max", DEFAULT_ATOMIC_MAX)
     if isinstance(reply, resp.RespError):
         res.unavailable(rk, "error reply: %s" % reply)
         return

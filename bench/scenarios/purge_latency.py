@@ -123,6 +123,9 @@ def _one(ctx, res, key, label, how, srv, n, payloads, min_window, rnd, error_log
     ctx.on(srv)
     r = ctx.r
     r.flushall()
+    if key == "mod":
+        # The default, whatever an earlier scenario set on this server.
+        r.config_set("tagcache.purge-atomic-max", 10000)
     try:
         names = fill(ctx, how, "lk:", "big", n) if key != "idle" else []
     except Unavailable as e:

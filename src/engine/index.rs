@@ -65,6 +65,10 @@ struct DbIndex {
     free_tags: Vec<TagId>,
     live_keys: usize,
     hasher: Hasher,
+    /// No compaction now: a sliced purge is emptying the slab, and
+    /// renumbering it in one step would hold the server longer than a slice
+    /// (the slab goes at once if the database ends with no tagged key).
+    hold: bool,
 }
 
 fn slot_id(n: usize) -> u32 {
@@ -309,7 +313,7 @@ impl DbIndex {
     /// Gives memory back once most entries are gone, so the index stays
     /// proportional to the live tagged keys rather than to their peak.
     fn shrink(&mut self) {
-        if self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() {
+        if self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() && !self.hold {
             self.compact();
         }
         if self.tag_ids.capacity() > 64 && self.tag_ids.len() * 4 < self.tag_ids.capacity() {
@@ -368,6 +372,8 @@ pub struct Index {
     /// Counts changes, so that a command can tell whether the index moved
     /// while it checked its keys (opening a key can expire it).
     changes: u64,
+    /// Compaction held back (`hold_compaction`).
+    holding: bool,
 }
 
 impl Index {
@@ -375,8 +381,24 @@ impl Index {
         self.changes
     }
 
+    /// Holds compaction back while sliced purges run (`true`), or lets it
+    /// happen again.
+    pub fn hold_compaction(&mut self, hold: bool) {
+        self.holding = hold;
+        for d in self.dbs.values_mut() {
+            d.hold = hold;
+            if !hold {
+                d.shrink();
+            }
+        }
+    }
+
     fn db_mut(&mut self, db: Db) -> &mut DbIndex {
-        self.dbs.entry(db).or_default()
+        let hold = self.holding;
+        self.dbs.entry(db).or_insert_with(|| DbIndex {
+            hold,
+            ..DbIndex::default()
+        })
     }
 
     /// An emptied database keeps nothing, not even table capacity.

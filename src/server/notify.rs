@@ -31,6 +31,7 @@ const GHOSTS_MAX: usize = 100_000;
 /// the set's notification can check just those members rather than the
 /// whole set, and so that a `SADD` that changes nothing still counts.
 unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    COMMANDS_SEEN.with(|c| c.set(c.get().wrapping_add(1)));
     // SAFETY: plain function pointers of the module API.
     let (Some(count), Some(arg)) = (unsafe { raw::RedisModule_CommandFilterArgsCount }, unsafe {
         raw::RedisModule_CommandFilterArgGet
@@ -401,7 +402,14 @@ fn apply_wakes(ctx: &Context, wakes: Vec<Wake>) {
     }
 }
 
+/// How many client commands have arrived so far (a sliced purge yields
+/// more of the server while other clients are active).
+pub fn commands_seen() -> u64 {
+    COMMANDS_SEEN.with(Cell::get)
+}
+
 thread_local! {
+    static COMMANDS_SEEN: Cell<u64> = const { Cell::new(0) };
     /// The command running moves keys between cluster nodes (`MIGRATE` on
     /// the node they leave, `RESTORE-ASKING` on the one they reach): their
     /// index sets move with them, so the keys keep their tags.

@@ -289,6 +289,7 @@ fn sliced(
     }
     let (id, held, ghosts) = engine::with(|s| {
         let (id, n) = s.purges.start(req, &selected, check);
+        s.index.hold_compaction(true);
         // Names a client put in a tag set before they were keys, that the
         // job holds (few: the ghosts are bounded).
         let ghosts: Vec<Vec<u8>> = match s.purges.get(id) {
@@ -320,12 +321,12 @@ fn sliced(
     })
 }
 
-/// Asks for the next slice. A timer made inside a timer's callback fires
-/// a millisecond later at the earliest (the server rounds the wait up to
-/// 1 ms), which left the server idle half the time between slices: a slice
-/// asks through the event loop's wake-up pipe instead, whose callback makes
-/// a timer that fires in that same turn of the loop, after the clients
-/// that were ready have been served.
+/// Asks for the next slice, in the next turn of the event loop: every
+/// client ready by then is served first. A timer made inside a timer's
+/// callback fires 1 ms later at the earliest (the server rounds the wait
+/// up), which left the server idle half the time between slices: a slice
+/// asks through the loop's wake-up pipe instead, whose callback makes a
+/// timer that fires in that same turn.
 fn later(ctx: &Context) {
     if ARMED.with(|a| a.replace(true)) {
         return;
@@ -336,8 +337,25 @@ fn later(ctx: &Context) {
     ctx.create_timer(Duration::ZERO, on_timer, ());
 }
 
+/// How long this slice may run: `purge-slice-us`, or a quarter of it while
+/// other clients send commands, so that a client waiting for each reply
+/// before its next command is answered every quarter slice rather than
+/// every slice (the purge still has the CPU whenever they have nothing).
+fn budget() -> Duration {
+    let us = u64::try_from(config::purge_slice_us()).unwrap_or(1000);
+    let us = match BUSY.with(Cell::get) {
+        true => (us / 4).max(u64::try_from(config::PURGE_SLICE_US_MIN).unwrap_or(100)),
+        false => us,
+    };
+    Duration::from_micros(us)
+}
+
 thread_local! {
     static IN_SLICE: Cell<bool> = const { Cell::new(false) };
+    /// Client commands seen when the last slice ended.
+    static SEEN_AT_END: Cell<u64> = const { Cell::new(0) };
+    /// Whether clients sent commands between the last two slices.
+    static BUSY: Cell<bool> = const { Cell::new(false) };
 }
 
 fn wake_through_loop() -> bool {
@@ -363,7 +381,10 @@ extern "C" fn on_wake(_: *mut std::ffi::c_void) {
 fn on_timer(ctx: &Context, (): ()) {
     ARMED.with(|a| a.set(false));
     IN_SLICE.with(|c| c.set(true));
+    let seen = super::notify::commands_seen();
+    BUSY.with(|b| b.set(seen != SEEN_AT_END.with(Cell::get)));
     slice(ctx);
+    SEEN_AT_END.with(|c| c.set(super::notify::commands_seen()));
     IN_SLICE.with(|c| c.set(false));
 }
 
@@ -385,7 +406,7 @@ fn slice(ctx: &Context) {
         }
         return;
     }
-    let budget = Duration::from_micros(u64::try_from(config::purge_slice_us()).unwrap_or(1000));
+    let budget = budget();
     let started = Instant::now();
     let home = keys::selected_db(ctx);
     let ids: Vec<u64> =
@@ -534,7 +555,14 @@ fn fail(ctx: &Context, id: u64, e: Error) {
 /// Ends the purges with nothing left: leases on their tags refused, one
 /// event each (if theirs to publish), the count to whoever waits.
 fn finish(ctx: &Context) {
-    let done = engine::with(|s| s.purges.take_done()).unwrap_or_default();
+    let done = engine::with(|s| {
+        let done = s.purges.take_done();
+        if s.purges.jobs.is_empty() {
+            s.index.hold_compaction(false);
+        }
+        done
+    })
+    .unwrap_or_default();
     for job in done.into_iter().filter(|j| !j.refused()) {
         ended(ctx, job);
     }
