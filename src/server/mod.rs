@@ -14,6 +14,7 @@ pub mod guards;
 pub mod info;
 pub mod keys;
 pub mod log;
+pub mod moves;
 pub mod notify;
 pub mod owed;
 pub mod purge;
@@ -132,7 +133,6 @@ pub fn init(ctx: &Context, args: &[RedisString], commands: &'static [cmdinfo::In
         .intersects(redis_module::ContextFlags::CLUSTER);
     config::set_slotted(cluster);
     let _ = COMMANDS.set(commands);
-    make_detached(ctx);
     for info in commands {
         if let Err(why) = create_command(ctx, info.name, info.flags, Some(entry)) {
             log::warning(ctx, &format!("tagcache: refusing to load: {why}"));
@@ -171,25 +171,4 @@ pub fn update(f: impl FnOnce(&mut crate::engine::State)) {
     if let Err(e) = crate::engine::with(f) {
         log::warning_anywhere(&format!("tagcache: {e}"));
     }
-}
-
-/// A context of the module's own, for callbacks the server calls without
-/// one (the event loop's one-shot callbacks); made once at load.
-static DETACHED: std::sync::atomic::AtomicPtr<redis_module::raw::RedisModuleCtx> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-
-fn make_detached(ctx: &Context) {
-    // SAFETY: a module API call with the load context; the context it
-    // returns lives as long as the module.
-    let made = unsafe {
-        redis_module::raw::RedisModule_GetDetachedThreadSafeContext
-            .map_or(std::ptr::null_mut(), |f| f(ctx.ctx))
-    };
-    DETACHED.store(made, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// The module's own context, on the main thread only.
-pub fn detached() -> Option<Context> {
-    let ptr = DETACHED.load(std::sync::atomic::Ordering::Relaxed);
-    (!ptr.is_null()).then(|| Context::new(ptr))
 }

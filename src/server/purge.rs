@@ -321,68 +321,80 @@ fn sliced(
     })
 }
 
-/// Asks for the next slice, in the next turn of the event loop: every
-/// client ready by then is served first. A timer made inside a timer's
-/// callback fires 1 ms later at the earliest (the server rounds the wait
-/// up), which left the server idle half the time between slices: a slice
-/// asks through the loop's wake-up pipe instead, whose callback makes a
-/// timer that fires in that same turn.
+/// Asks for the next slice. From inside a slice, the next one runs in the
+/// next turn of the event loop, once the replies of this turn are written:
+/// the timer is made before the server sleeps (`before_sleep`), and the
+/// loop is woken through its pipe so that it does not sleep. (A timer made
+/// inside a timer's callback fires 1 ms later at the earliest, which left
+/// the server idle half the time; one made in the same turn would run
+/// before the replies of that turn are written, so that a client waiting
+/// for each reply waited two slices.)
 fn later(ctx: &Context) {
-    if ARMED.with(|a| a.replace(true)) {
+    if IN_SLICE.with(Cell::get) {
+        WANTED.with(|w| w.set(true));
         return;
     }
-    if IN_SLICE.with(Cell::get) && wake_through_loop() {
+    if !ARMED.with(|a| a.replace(true)) {
+        ctx.create_timer(Duration::ZERO, on_timer, ());
+    }
+}
+
+/// Before the server sleeps: the next slice asked for by the last one.
+pub fn before_sleep(ctx: &Context) {
+    if !WANTED.with(|w| w.replace(false)) || ARMED.with(|a| a.replace(true)) {
         return;
     }
     ctx.create_timer(Duration::ZERO, on_timer, ());
+    // The poll's timeout was reckoned before this timer existed: a byte in
+    // the loop's pipe makes it return at once.
+    // SAFETY: a module API function pointer; the callback takes no data.
+    unsafe {
+        if let Some(f) = raw::RedisModule_EventLoopAddOneShot {
+            f(Some(on_wake), std::ptr::null_mut());
+        }
+    }
 }
 
+thread_local! {
+    static IN_SLICE: Cell<bool> = const { Cell::new(false) };
+    /// A slice asked for the next one.
+    static WANTED: Cell<bool> = const { Cell::new(false) };
+    /// Client commands seen when the last slice ended.
+    static SEEN_AT_END: Cell<u64> = const { Cell::new(0) };
+    /// When a slice last found that clients had sent commands since the
+    /// one before (a client that waits for each reply sends its next
+    /// command a little after a slice, so one gap without one says little).
+    static BUSY_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Clients sent commands in the last 100 ms.
+fn busy() -> bool {
+    BUSY_AT
+        .with(Cell::get)
+        .is_some_and(|t| t.elapsed() < Duration::from_millis(100))
+}
+
+extern "C" fn on_wake(_: *mut std::ffi::c_void) {}
+
 /// How long this slice may run: `purge-slice-us`, or a quarter of it while
-/// other clients send commands, so that a client waiting for each reply
+/// other clients send commands (`busy`), so that a client waiting for each reply
 /// before its next command is answered every quarter slice rather than
 /// every slice (the purge still has the CPU whenever they have nothing).
 fn budget() -> Duration {
     let us = u64::try_from(config::purge_slice_us()).unwrap_or(1000);
-    let us = match BUSY.with(Cell::get) {
+    let us = match busy() {
         true => (us / 4).max(u64::try_from(config::PURGE_SLICE_US_MIN).unwrap_or(100)),
         false => us,
     };
     Duration::from_micros(us)
 }
 
-thread_local! {
-    static IN_SLICE: Cell<bool> = const { Cell::new(false) };
-    /// Client commands seen when the last slice ended.
-    static SEEN_AT_END: Cell<u64> = const { Cell::new(0) };
-    /// Whether clients sent commands between the last two slices.
-    static BUSY: Cell<bool> = const { Cell::new(false) };
-}
-
-fn wake_through_loop() -> bool {
-    if super::detached().is_none() {
-        return false;
-    }
-    // SAFETY: a module API function pointer; the callback takes no data.
-    unsafe {
-        raw::RedisModule_EventLoopAddOneShot
-            .is_some_and(|f| f(Some(on_wake), std::ptr::null_mut()) == raw::REDISMODULE_OK as i32)
-    }
-}
-
-extern "C" fn on_wake(_: *mut std::ffi::c_void) {
-    match super::detached() {
-        Some(ctx) => {
-            ctx.create_timer(Duration::ZERO, on_timer, ());
-        }
-        None => ARMED.with(|a| a.set(false)),
-    }
-}
-
 fn on_timer(ctx: &Context, (): ()) {
     ARMED.with(|a| a.set(false));
     IN_SLICE.with(|c| c.set(true));
-    let seen = super::notify::commands_seen();
-    BUSY.with(|b| b.set(seen != SEEN_AT_END.with(Cell::get)));
+    if super::notify::commands_seen() != SEEN_AT_END.with(Cell::get) {
+        BUSY_AT.with(|b| b.set(Some(Instant::now())));
+    }
     slice(ctx);
     SEEN_AT_END.with(|c| c.set(super::notify::commands_seen()));
     IN_SLICE.with(|c| c.set(false));
