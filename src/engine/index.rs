@@ -611,6 +611,23 @@ impl Index {
         before
     }
 
+    /// Forgets every key of `db` in one of `slots` (they left this node).
+    pub fn forget_slots(&mut self, db: Db, slots: &super::moves::SlotSet) {
+        let Some(d) = self.dbs.get(&db) else {
+            return;
+        };
+        let gone: Vec<Vec<u8>> = d
+            .keys
+            .iter()
+            .flatten()
+            .filter(|k| slots.holds(&k.name))
+            .map(|k| k.name.to_vec())
+            .collect();
+        for k in &gone {
+            self.forget_key(db, k);
+        }
+    }
+
     /// As `drop_tag`, when nobody needs the keys.
     pub fn forget_tag(&mut self, db: Db, tag: &[u8]) {
         self.changes += 1;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod events;
 pub mod index;
 pub mod lease;
+pub mod moves;
 pub mod notes;
 pub mod plan;
 pub mod purge;
@@ -141,6 +142,8 @@ pub struct State {
     pub leases: Book,
     /// Clients blocked in TAG.GETL, per key, first come first served.
     pub waiters: HashMap<(Db, Vec<u8>), VecDeque<Waiter>>,
+    /// Slots moving by atomic slot migration.
+    pub moves: moves::Moves,
     /// Writes owed to the tag sets, in order.
     pub owed: VecDeque<Owed>,
     /// Set writes already made that replicas and the AOF are owed

@@ -7,7 +7,6 @@
 use super::blocked;
 use super::config;
 use super::events::{self, Event, Op};
-use super::keys;
 use crate::engine::cluster::{encode, kind, Gather, Gathered};
 use crate::engine::purge::ReplyTo;
 use crate::engine::{self, Wake};
@@ -37,18 +36,7 @@ pub const MIGRATING: &str = "a slot of a master is being migrated: purge again w
 /// of `CLUSTER NODES` names it `[slot->-node]` or `[slot-<-node]`): keys
 /// and their index sets are then on two nodes, and a purge would miss some.
 pub fn migrating(ctx: &Context) -> bool {
-    let Ok(keys::Reply::Bytes(text)) = keys::call(ctx, keys::Mode::Local, "CLUSTER", &[b"NODES"])
-    else {
-        return false;
-    };
-    String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(2)
-                .is_some_and(|f| f.split(',').any(|x| x == "myself"))
-        })
-        .any(|l| l.contains("->-") || l.contains("-<-"))
+    super::moves::any_moving(ctx)
 }
 
 /// A sliced purge whose count was already given: its end tells no one.

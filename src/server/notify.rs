@@ -54,6 +54,13 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         let moving =
             (name.len() == 7 && is(b"migrate")) || (name.len() == 14 && is(b"restore-asking"));
         MOVING.with(|m| m.set(moving));
+        if name.len() == 7 && is(b"cluster") {
+            super::moves::forget_myself();
+            let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
+            if argc >= 5 && word(1, b"setslot") && word(3, b"node") {
+                super::moves::setslot_node(slice(2));
+            }
+        }
     }
     match name.len() {
         3 if is(b"acl") => return super::acl::acl_may_have_changed(),
@@ -172,6 +179,11 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     }
     let db = keys::selected_db(ctx);
     let p = config::layout();
+    // An atomic migration's import writes keys in any order: they are
+    // read once it ends (`moves::arrived`).
+    if p.slotted && super::moves::importing(key) {
+        return;
+    }
     let index = p.index_of(key);
     // Most keys of a busy server are neither tagged nor watched by a rule or
     // a lease: leave them after one lookup.
@@ -196,7 +208,9 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         return;
     }
     let _in = InNotification::begin();
-    let moving = p.slotted && MOVING.with(Cell::get);
+    // A `MIGRATE` or `RESTORE-ASKING` of a key whose slot is not on the
+    // move is a client's: it removes or replaces as any command does.
+    let moving = p.slotted && MOVING.with(Cell::get) && super::moves::slot_moving(ctx, key);
     if rules::is_links_key(key) && moving && removes(event) {
         // This master's copy of the rules left with its slot: it keeps
         // them, and writes them again in a slot it keeps.
@@ -221,7 +235,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         rebuild::load_stale_hash(ctx, db, key);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
-    if index.is_none() && p.slotted && MOVING.with(Cell::get) {
+    if index.is_none() && moving {
         let wakes = engine::with(|s| {
             if removes(event) {
                 s.index.forget_key(db, key);
@@ -427,6 +441,11 @@ unsafe extern "C" fn on_event_loop(
     }
     // No command runs now: an expiry or eviction is not a migration.
     MOVING.with(|m| m.set(false));
+    if config::slotted() {
+        let ctx = Context::new(ctx);
+        super::moves::after_setslot(&ctx);
+        super::moves::forget_myself();
+    }
     if engine::with(|s| s.owes()).unwrap_or(false) {
         owed::settle(&Context::new(ctx));
     }
@@ -437,6 +456,7 @@ unsafe extern "C" fn on_event_loop(
         }
     });
     super::blocked::release_woken();
+    super::purge::before_sleep(&Context::new(ctx));
 }
 
 fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool {
@@ -548,13 +568,13 @@ pub fn subscribe_server_events(ctx: &Context) -> Result<(), String> {
     if !ok {
         return Err("could not subscribe to server events".into());
     }
-    // SAFETY: called from init with the module's context.
+    let options =
+        raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD as c_int | super::moves::subscribe(ctx);
+    // SAFETY: called from init with the module's context; the options are
+    // given all at once (each call replaces the last).
     unsafe {
         if let Some(f) = raw::RedisModule_SetModuleOptions {
-            f(
-                ctx.ctx,
-                raw::REDISMODULE_OPTIONS_HANDLE_REPL_ASYNC_LOAD as c_int,
-            );
+            f(ctx.ctx, options);
         }
     }
     Ok(())

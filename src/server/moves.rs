@@ -1,0 +1,363 @@
+//! Slots that move, as each server signals it, fed into one path
+//! (`engine::moves`): `arrived` rebuilds what the module keeps for a set
+//! of slots from their data, `left` forgets it.
+//!
+//! The signals: Valkey 9.0+'s atomic slot migration event (the module
+//! declares that it handles it, without which the server refuses `CLUSTER
+//! MIGRATESLOTS`); Redis 8.4+'s slot migration and trim events (looked up
+//! at run time: subscribing fails on older servers); and `CLUSTER SETSLOT
+//! … NODE`, which ends a resharding by `MIGRATE`/`RESTORE-ASKING`. While a
+//! resharding by `MIGRATE` runs, the commands that move keys are told
+//! from a client's own `MIGRATE` or `RESTORE-ASKING` by the slot's state
+//! (`[slot->-node]`, `[slot-<-node]` in `CLUSTER NODES`): only keys of a
+//! slot on the move keep their tags without their index sets.
+
+use super::keys::{self, Mode, Reply};
+use super::{config, rebuild, rules};
+use crate::engine::index::Db;
+use crate::engine::moves::{self, Myself, Signal, SlotSet, Then};
+use crate::engine::{self, Owed};
+use redis_module::{raw, Context, KeyType};
+use std::cell::RefCell;
+use std::os::raw::{c_char, c_int};
+
+/// `VALKEYMODULE_OPTIONS_HANDLE_ATOMIC_SLOT_MIGRATION`.
+const HANDLE_ATOMIC_SLOT_MIGRATION: c_int = 1 << 5;
+
+/// A cluster has one database.
+const DB: Db = 0;
+
+thread_local! {
+    /// This node's line of `CLUSTER NODES`, read at most once per turn of
+    /// the event loop (and again after a `CLUSTER` command).
+    static MYSELF: RefCell<Option<Myself>> = const { RefCell::new(None) };
+    /// Slots named by `CLUSTER SETSLOT … NODE` commands this turn, acted
+    /// on once they ran.
+    static SETSLOT: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Which server runs the module, by `INFO server`: Valkey names itself.
+fn valkey_major(ctx: &Context) -> Option<u32> {
+    let Ok(Reply::Bytes(info)) = keys::call(ctx, Mode::Local, "INFO", &[b"server"]) else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(&info);
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("valkey_version:"))?;
+    version.trim().split('.').next()?.parse().ok()
+}
+
+/// Subscribes to the slot migration events of the server that runs the
+/// module; returns the module options it must declare with them.
+pub fn subscribe(ctx: &Context) -> c_int {
+    let sub = |id: u64, cb: raw::RedisModuleEventCallback| {
+        let event = raw::RedisModuleEvent { id, dataver: 1 };
+        // SAFETY: called from init with the module's context; the callback
+        // matches the server-event callback signature. A server that does
+        // not know the event answers an error.
+        unsafe {
+            raw::RedisModule_SubscribeToServerEvent
+                .is_some_and(|f| f(ctx.ctx, event, cb) == raw::REDISMODULE_OK as i32)
+        }
+    };
+    match valkey_major(ctx) {
+        Some(major) if major >= 9 && sub(moves::VALKEY_EVENT, Some(on_valkey)) => {
+            HANDLE_ATOMIC_SLOT_MIGRATION
+        }
+        Some(_) => 0,
+        None => {
+            // Redis before 8.4 has neither event: nothing to do there.
+            sub(moves::REDIS_EVENT, Some(on_redis));
+            sub(moves::REDIS_TRIM_EVENT, Some(on_redis));
+            0
+        }
+    }
+}
+
+#[repr(C)]
+struct ValkeyRange {
+    start: c_int,
+    end: c_int,
+}
+
+/// `ValkeyModuleAtomicSlotMigrationInfoV1`.
+#[repr(C)]
+struct ValkeyInfo {
+    version: u64,
+    job_name: [c_char; 41],
+    slot_ranges: *const ValkeyRange,
+    num_slot_ranges: u32,
+}
+
+#[repr(C)]
+struct RedisRange {
+    start: u16,
+    end: u16,
+}
+
+/// `RedisModuleSlotRangeArray`: a count, then the ranges.
+#[repr(C)]
+struct RedisRanges {
+    num_ranges: i32,
+    ranges: [RedisRange; 0],
+}
+
+/// `RedisModuleClusterSlotMigrationInfoV1`.
+#[repr(C)]
+struct RedisInfo {
+    version: u64,
+    source: [c_char; 41],
+    destination: [c_char; 41],
+    task_id: *const c_char,
+    slots: *const RedisRanges,
+}
+
+/// `RedisModuleClusterSlotMigrationTrimInfoV1`.
+#[repr(C)]
+struct RedisTrimInfo {
+    version: u64,
+    slots: *const RedisRanges,
+}
+
+unsafe extern "C" fn on_valkey(
+    ctx: *mut raw::RedisModuleCtx,
+    _eid: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut std::ffi::c_void,
+) {
+    let (Some(signal), false) = (moves::valkey_signal(sub), data.is_null()) else {
+        return;
+    };
+    // SAFETY: for this event Valkey passes its migration info, whose
+    // ranges array holds `num_slot_ranges` entries, alive for the call.
+    let slots = unsafe {
+        let info = &*(data as *const ValkeyInfo);
+        let mut slots = SlotSet::default();
+        if !info.slot_ranges.is_null() && info.num_slot_ranges as usize <= moves::SLOTS {
+            let ranges =
+                std::slice::from_raw_parts(info.slot_ranges, info.num_slot_ranges as usize);
+            for r in ranges {
+                slots.add_range(i64::from(r.start), i64::from(r.end));
+            }
+        }
+        slots
+    };
+    signal_now(&Context::new(ctx), signal, &slots);
+}
+
+unsafe extern "C" fn on_redis(
+    ctx: *mut raw::RedisModuleCtx,
+    eid: raw::RedisModuleEvent,
+    sub: u64,
+    data: *mut std::ffi::c_void,
+) {
+    let (Some(signal), false) = (moves::redis_signal(eid.id, sub), data.is_null()) else {
+        return;
+    };
+    // SAFETY: for these events Redis passes its migration (or trim) info,
+    // whose range array holds `num_ranges` entries, alive for the call.
+    let slots = unsafe {
+        let ranges = match eid.id {
+            moves::REDIS_EVENT => (*(data as *const RedisInfo)).slots,
+            _ => (*(data as *const RedisTrimInfo)).slots,
+        };
+        let mut slots = SlotSet::default();
+        if !ranges.is_null() {
+            let n = usize::try_from((*ranges).num_ranges).unwrap_or(0);
+            if n <= moves::SLOTS {
+                let first = std::ptr::addr_of!((*ranges).ranges).cast::<RedisRange>();
+                for r in std::slice::from_raw_parts(first, n) {
+                    slots.add_range(i64::from(r.start), i64::from(r.end));
+                }
+            }
+        }
+        slots
+    };
+    signal_now(&Context::new(ctx), signal, &slots);
+}
+
+/// The one path: what a signal means for the module's state.
+pub fn signal_now(ctx: &Context, signal: Signal, slots: &SlotSet) {
+    let then = engine::with(|s| s.moves.on(signal, slots)).unwrap_or(Then::Nothing);
+    match then {
+        Then::Nothing => {}
+        Then::Arrived(slots) => arrived(ctx, &slots),
+        Then::Left(slots) => left(ctx, &slots),
+    }
+    forget_myself();
+}
+
+/// Forgets what the module keeps for `slots`: their keys left this node.
+/// This master's rules, if they lived in one of them, are written again in
+/// a slot it keeps.
+fn left(ctx: &Context, slots: &SlotSet) {
+    let home = keys::selected_db(ctx);
+    keys::select_db(ctx, DB);
+    let master = keys::may_write(ctx);
+    let rules_left = master
+        && rules::links_key(ctx)
+            .map(|k| slots.holds(&k))
+            .unwrap_or(false);
+    super::update(|s| {
+        s.index.forget_slots(DB, slots);
+        s.stale.replace_where(DB, |k| slots.holds(k), Vec::new());
+        if rules_left {
+            s.owed.push_back(Owed::Rehome { db: DB });
+        }
+    });
+    keys::select_db(ctx, home);
+    if engine::with(|s| s.owes()).unwrap_or(false) {
+        super::owed::settle_later(ctx);
+    }
+}
+
+/// Rebuilds what the module keeps for `slots` from the data there now:
+/// the members of their index sets (a member that is no key is owed its
+/// removal on a master, as after a load), their stale hashes, and rules
+/// that came with them (another master's copy acts for nobody here).
+fn arrived(ctx: &Context, slots: &SlotSet) {
+    let p = config::layout();
+    let home = keys::selected_db(ctx);
+    keys::select_db(ctx, DB);
+    let master = keys::may_write(ctx);
+    // Nothing of these slots is forgotten first: what the index holds of
+    // them came with them (by `RESTORE-ASKING`), or nothing did (an import
+    // is left alone, and a slot that left was forgotten then).
+    for slot in slots.iter() {
+        for key in keys_in_slot(ctx, slot) {
+            if let Some((tag, scope)) = p.index_of(&key) {
+                if keys::key_type(ctx, &key) != KeyType::Set {
+                    continue;
+                }
+                let tag = tag.to_vec();
+                for member in keys::smembers(ctx, &key).unwrap_or_default() {
+                    if !scope.holds(&member) {
+                        continue;
+                    }
+                    let live = keys::exists(ctx, &member);
+                    super::update(|s| {
+                        if live {
+                            s.index.add(DB, &member, &tag);
+                        } else if master {
+                            let seq = s.next_seq();
+                            s.owed.push_back(Owed::Untag {
+                                db: DB,
+                                tag: tag.clone(),
+                                key: member,
+                                seq,
+                                in_exec: None,
+                            });
+                        }
+                    });
+                }
+            } else if p.is_stale_hash(&key) {
+                rebuild::load_stale_hash(ctx, DB, &key);
+            } else if rules::is_links_key(&key) {
+                if master {
+                    rules::disown_now(ctx, DB);
+                } else {
+                    rules::reload_rules(ctx, DB, true);
+                }
+            }
+        }
+    }
+    keys::select_db(ctx, home);
+    if engine::with(|s| s.owes()).unwrap_or(false) {
+        super::owed::settle_later(ctx);
+    }
+}
+
+/// Every key of `slot` here.
+fn keys_in_slot(ctx: &Context, slot: u16) -> Vec<Vec<u8>> {
+    let s = slot.to_string();
+    let n = keys::call(
+        ctx,
+        Mode::Local,
+        "CLUSTER",
+        &[b"COUNTKEYSINSLOT", s.as_bytes()],
+    )
+    .map(|r| r.int())
+    .unwrap_or(0);
+    if n <= 0 {
+        return Vec::new();
+    }
+    let n = n.to_string();
+    keys::call(
+        ctx,
+        Mode::Local,
+        "CLUSTER",
+        &[b"GETKEYSINSLOT", s.as_bytes(), n.as_bytes()],
+    )
+    .map(Reply::into_bytes_list)
+    .unwrap_or_default()
+}
+
+/// Whether writes to `key` now are an atomic migration's import (left
+/// alone until it ends).
+pub fn importing(key: &[u8]) -> bool {
+    engine::with(|s| s.moves.importing(key)).unwrap_or(false)
+}
+
+/// This node's slots, read once per turn of the event loop.
+fn with_myself<T>(ctx: &Context, f: impl FnOnce(&Myself) -> T) -> Option<T> {
+    MYSELF.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.is_none() {
+            if let Ok(Reply::Bytes(text)) = keys::call(ctx, Mode::Local, "CLUSTER", &[b"NODES"]) {
+                *m = Myself::parse(&text);
+            }
+        }
+        m.as_ref().map(f)
+    })
+}
+
+/// Whether the slot of `key` is on the move by `MIGRATE` here (leaving or
+/// arriving): a `MIGRATE` or `RESTORE-ASKING` of it is a resharding's.
+pub fn slot_moving(ctx: &Context, key: &[u8]) -> bool {
+    with_myself(ctx, |me| me.migrating.holds(key) || me.importing.holds(key)).unwrap_or(false)
+}
+
+/// Whether slots of this node are moving, by either kind of migration.
+pub fn any_moving(ctx: &Context) -> bool {
+    engine::with(|s| s.moves.active()).unwrap_or(false)
+        || with_myself(ctx, Myself::moving).unwrap_or(false)
+}
+
+/// A `CLUSTER` command ran or the loop turned: the node's line is read
+/// again when next needed.
+pub fn forget_myself() {
+    MYSELF.with(|m| m.borrow_mut().take());
+}
+
+/// `CLUSTER SETSLOT <slot> NODE <id>` is about to run (seen by the command
+/// filter): once it has, the slot is read again or forgotten.
+pub fn setslot_node(slot: &[u8]) {
+    let Some(slot) = std::str::from_utf8(slot)
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|&s| usize::from(s) < moves::SLOTS)
+    else {
+        return;
+    };
+    SETSLOT.with(|q| q.borrow_mut().push(slot));
+}
+
+/// Acts on the `CLUSTER SETSLOT … NODE` commands that ran (called before
+/// the server sleeps): a slot this node owns now is read again. (A slot
+/// that left by `MIGRATE` was forgotten key by key as its keys left.)
+pub fn after_setslot(ctx: &Context) {
+    let slots = SETSLOT.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    if slots.is_empty() {
+        return;
+    }
+    forget_myself();
+    let owned = with_myself(ctx, |me| me.owned.clone()).unwrap_or_default();
+    let mut mine = SlotSet::default();
+    for s in slots.into_iter().filter(|&s| owned.contains(s)) {
+        mine.add(s);
+    }
+    if !mine.is_empty() {
+        signal_now(ctx, Signal::Assigned, &mine);
+    }
+}

@@ -1,0 +1,273 @@
+"""Resharding keeps every tag: keys that leave or arrive with their slots,
+by `MIGRATE`/`RESTORE-ASKING` (every server) or by atomic slot migration
+(`CLUSTER MIGRATESLOTS`, Valkey 9.0+), with writes going on meanwhile; and a
+client's own `MIGRATE` or `RESTORE-ASKING` of a key outside a resharding is
+a removal or a replacing write like any other (SPEC: Redis Cluster)."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from harness import ServerFactory, tag_info, wait_until
+from test_cluster import (REDIS_CLI, Cluster, assert_index_is_local, assert_replicas_match, slot_of,
+                          stale_marks)
+
+pytestmark = pytest.mark.skipif(REDIS_CLI is None, reason="redis-cli is needed to create a cluster")
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    factory = ServerFactory(tmp_path)
+    c = Cluster(factory, module_args=["cluster-timeout-ms", "1000"])
+    yield c
+    factory.stop_all()
+
+
+def node_id(c: Cluster, s) -> str:
+    return c.client(s).execute_command("CLUSTER", "MYID").decode()
+
+
+def owned_slots(c: Cluster, s) -> list[int]:
+    """The slots a master serves, from its own line of CLUSTER NODES."""
+    for line in c.client(s).execute_command("CLUSTER", "NODES").decode().splitlines():
+        f = line.split(" ")
+        if "myself" in f[2].split(","):
+            out = []
+            for r in f[8:]:
+                if r.startswith("["):
+                    continue
+                a, _, b = r.partition("-")
+                out.extend(range(int(a), int(b or a) + 1))
+            return out
+    raise AssertionError("no myself line")
+
+
+def tags_of(c: Cluster, keys) -> dict:
+    out = {}
+    for k in keys:
+        out[k] = sorted(c.rc.execute_command("TAG.TAGS", k))
+    return out
+
+
+def assert_index_on_owners(c: Cluster) -> None:
+    """Every index set and stale hash sits on the master that owns its slot."""
+    for m in c.masters():
+        mine = set(owned_slots(c, m))
+        for k in c.client(m).keys("tagcache:*"):
+            if k.startswith(b"tagcache:links"):
+                continue
+            assert slot_of(k) in mine, (m.port, k)
+
+
+def test_a_key_migrated_alone_leaves_no_index_entry_on_its_source(fresh, tmp_path):
+    """`MIGRATE` of one tagged key to a server outside the cluster, no slot
+    on the move: the key is gone from the source as by `DEL`, untagged
+    there, and a later plain `SET` of that name there (after a reload too)
+    carries no tag and survives a purge."""
+    outside = ServerFactory(tmp_path / "outside").start()
+    try:
+        k = b"item:alone"
+        fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "solo")
+        src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
+        cs = fresh.client(src)
+        assert cs.execute_command("MIGRATE", "127.0.0.1", outside.port, k, 0, 5000) == b"OK"
+        assert outside.client().get(k) == b"v"
+        assert cs.exists(k) == 0
+        assert [s for s in cs.keys("tagcache:idx:*") if k in cs.smembers(s)] == []
+        assert cs.execute_command("DEBUG", "RELOAD") == b"OK"
+        cs.set(k, "plain")
+        assert fresh.rc.execute_command("TAG.TAGS", k) == []
+        assert fresh.on(src, "TAG.PURGE", "solo") == 0
+        assert cs.get(k) == b"plain"
+    finally:
+        outside.stop()
+
+
+def test_restore_asking_replace_outside_a_migration_ends_the_old_tags(fresh):
+    k = b"item:restored"
+    fresh.rc.execute_command("TAG.SET", k, "old", "TAGS", 2, "a", "b")
+    fresh.rc.set(b"item:other", "new")
+    payload = fresh.rc.dump(b"item:other")
+    owner = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
+    co = fresh.client(owner)
+    assert co.execute_command("RESTORE-ASKING", k, 0, payload, "REPLACE") == b"OK"
+    assert co.get(k) == b"new"
+    assert fresh.rc.execute_command("TAG.TAGS", k) == []
+    assert [s for s in co.keys("tagcache:idx:*") if k in co.smembers(s)] == []
+    assert fresh.on(owner, "TAG.PURGE", "a") == 0
+    assert co.get(k) == b"new"
+
+
+def is_valkey9(c: Cluster) -> bool:
+    info = c.client(c.nodes[0]).info("server")
+    return int(str(info.get("valkey_version", "0")).split(".")[0]) >= 9
+
+
+class Writer(threading.Thread):
+    """Rewrites random keys while slots move: TAG.SET with new tags (the
+    key's tags are then those), or a plain SET (the key carries none).
+    Bounded in count and time; what it wrote last per key is kept."""
+
+    def __init__(self, c: Cluster, keys, seed: int):
+        super().__init__(daemon=True)
+        self.rc = RedisCluster(host="127.0.0.1", port=c.masters()[0].port,
+                               decode_responses=False, socket_timeout=30)
+        self.keys = keys
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.wrote: dict[bytes, list] = {}
+        self.errors: list[str] = []
+
+    def run(self):
+        deadline = time.monotonic() + 60
+        for i in range(20000):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                break
+            k = self.rng.choice(self.keys)
+            try:
+                if self.rng.random() < 0.7:
+                    t = sorted({f"w{self.rng.randrange(3)}", "all"})
+                    self.rc.execute_command("TAG.SET", k, f"w{i}", "TAGS", len(t), *t)
+                    self.wrote[k] = [x.encode() for x in t]
+                else:
+                    self.rc.set(k, f"p{i}")
+                    self.wrote[k] = []
+            except redis.RedisError as e:  # a write refused mid-move is retried by no one
+                self.errors.append(str(e))
+                self.wrote.pop(k, None)
+            time.sleep(0.001)
+
+
+def atomic_migrate(c: Cluster, src, dst, slots: list[int]) -> None:
+    """CLUSTER MIGRATESLOTS of `slots` (contiguous) from src to dst; waits
+    until every node sees dst own them."""
+    a, b = slots[0], slots[-1]
+    cs = c.client(src)
+    assert cs.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", a, b, "NODE",
+                              node_id(c, dst)) == b"OK"
+
+    def moved():
+        return all(x in owned_slots(c, dst) for x in (a, b)) and a not in owned_slots(c, src)
+    wait_until(moved, 60, interval=0.05, what=f"slots {a}-{b} owned by {dst.port}")
+    c.wait_ok()
+
+
+def test_atomic_slot_migration_keeps_tags_and_stale_state_with_writes_going_on(fresh):
+    if not is_valkey9(fresh):
+        pytest.skip("atomic slot migration (CLUSTER MIGRATESLOTS) is a Valkey 9.0+ command")
+    keys = fresh.fill(3000)
+    # Some keys stale: a soft invalidation of t1 from one master.
+    assert fresh.on(fresh.masters()[0], "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "t1") == 600
+    marks = stale_marks(fresh)
+    assert len(marks) == 600
+    before = tags_of(fresh, keys)
+    masters = fresh.masters()
+    src, dst = masters[0], masters[1]
+    moving = owned_slots(fresh, src)[:300]
+    in_moving = [k for k in keys if slot_of(k) in set(moving)]
+    assert len(in_moving) > 20
+    writer = Writer(fresh, in_moving[:50] + keys[-50:], seed=7)
+    writer.start()
+    try:
+        atomic_migrate(fresh, src, dst, moving)
+        time.sleep(0.2)
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    fresh.rc = RedisCluster(host="127.0.0.1", port=dst.port, decode_responses=False,
+                            socket_timeout=30)
+    want = dict(before)
+    want.update({k: sorted(t) for k, t in writer.wrote.items()})
+    assert tags_of(fresh, keys) == want
+    # A key rewritten meanwhile is fresh; every other stale key still is.
+    after = stale_marks(fresh)
+    assert after == {k: v for k, v in marks.items() if k not in writer.wrote}
+    assert_index_is_local(fresh)
+    assert_index_on_owners(fresh)
+    n_all = sum(1 for t in want.values() if b"all" in t)
+    for m in fresh.masters():
+        assert fresh.on(m, "TAG.CARD", "all") == n_all
+    assert_replicas_match(fresh)
+    assert fresh.on(src, "TAG.PURGE", "all") == n_all
+    left = {k for k in fresh.all_keys() if not k.startswith((b"tagcache:", b"tag:"))}
+    assert left == {k for k, t in want.items() if b"all" not in t}
+    assert_replicas_match(fresh)
+
+
+def test_atomic_migration_back_and_forth_keeps_the_index_exact(fresh):
+    """Slots moved away and back: nothing of them stays behind on the node
+    they left, and the node they return to reads them again."""
+    if not is_valkey9(fresh):
+        pytest.skip("atomic slot migration (CLUSTER MIGRATESLOTS) is a Valkey 9.0+ command")
+    keys = fresh.fill(1500)
+    before = tags_of(fresh, keys)
+    masters = fresh.masters()
+    a, b = masters[0], masters[1]
+    moving = owned_slots(fresh, a)[-100:]
+    atomic_migrate(fresh, a, b, moving)
+    for m in (a, b):
+        cl = fresh.client(m)
+        data = [k for k in cl.keys("*") if not k.startswith((b"tagcache:", b"tag:"))]
+        assert tag_info(cl)["tagged_keys"] == len(data), m.port
+    atomic_migrate(fresh, b, a, moving)
+    fresh.rc = RedisCluster(host="127.0.0.1", port=a.port, decode_responses=False,
+                            socket_timeout=30)
+    assert tags_of(fresh, keys) == before
+    assert_index_is_local(fresh)
+    assert_index_on_owners(fresh)
+    for m in fresh.masters():
+        assert fresh.on(m, "TAG.CARD", "all") == len(keys)
+    assert_replicas_match(fresh)
+
+
+def test_a_resharding_by_migrate_with_writes_going_on_keeps_every_tag(fresh):
+    """`redis-cli --cluster reshard` (MIGRATE, RESTORE-ASKING, then CLUSTER
+    SETSLOT … NODE) of 300 slots while another client rewrites keys."""
+    keys = fresh.fill(3000)
+    assert fresh.on(fresh.masters()[0], "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "t2") == 600
+    marks = stale_marks(fresh)
+    before = tags_of(fresh, keys)
+    masters = fresh.masters()
+    src, dst = masters[0], masters[1]
+    moving = set(owned_slots(fresh, src)[:300])
+    in_moving = [k for k in keys if slot_of(k) in moving]
+    writer = Writer(fresh, in_moving[:50] + keys[-50:], seed=11)
+    writer.start()
+    try:
+        out = subprocess.run(
+            [REDIS_CLI, "--cluster", "reshard", f"127.0.0.1:{src.port}",
+             "--cluster-from", node_id(fresh, src), "--cluster-to", node_id(fresh, dst),
+             "--cluster-slots", "300", "--cluster-yes"],
+            capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    fresh.wait_ok()
+    fresh.rc = RedisCluster(host="127.0.0.1", port=dst.port, decode_responses=False,
+                            socket_timeout=30)
+    want = dict(before)
+    want.update({k: sorted(t) for k, t in writer.wrote.items()})
+    got = tags_of(fresh, keys)
+    assert got == want, ([(k, got[k], want[k]) for k in keys if got[k] != want[k]], writer.errors[:5])
+    assert stale_marks(fresh) == {k: v for k, v in marks.items() if k not in writer.wrote}
+    assert_index_is_local(fresh)
+    assert_index_on_owners(fresh)
+    n_all = sum(1 for t in want.values() if b"all" in t)
+    for m in fresh.masters():
+        assert fresh.on(m, "TAG.CARD", "all") == n_all
+        cl = fresh.client(m)
+        data = [k for k in cl.keys("*") if not k.startswith((b"tagcache:", b"tag:"))]
+        tagged = [k for k in data if want.get(k)]
+        assert tag_info(cl)["tagged_keys"] == len(tagged), m.port
+    assert_replicas_match(fresh)
+    assert fresh.on(src, "TAG.PURGE", "all") == n_all
+    left = {k for k in fresh.all_keys() if not k.startswith((b"tagcache:", b"tag:"))}
+    assert left == {k for k, t in want.items() if b"all" not in t}
