@@ -226,7 +226,11 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
             rules::disown_now(ctx, db);
         }
     }
-    if let Some((tag, scope)) = index {
+    // An index set moving with its slot changes nothing here: on the node
+    // it reaches, the slot is read whole once it is assigned there
+    // (`moves::arrived`); on the node it leaves, each of its keys is
+    // forgotten as it leaves in turn.
+    if let Some((tag, scope)) = index.filter(|_| !moving) {
         tag_set_changed(ctx, db, &p, (tag, scope), key, event);
     }
     // A client wrote a stale hash itself: the master reads it again (a
