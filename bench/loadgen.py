@@ -28,10 +28,20 @@ KINDS = {
     "set": (True, 1),           # SET key v
     "tag_pipeline": (True, 5),  # SET key v EX 3600, then per tag SADD tag:<t> key, EXPIRE tag:<t> 3900
     "tagset_module": (True, 1),  # TAG.SET key v EX 3600 TAGS 2 t1 t2
+    # The shapes where keys are re-tagged as they are rewritten: two tags,
+    # each a fresh random number per write ("fresh"), or one fresh random
+    # tag and `all` on every key ("all"); EX 600.
+    "tag_pipeline_fresh": (True, 5),
+    "tagset_fresh": (True, 1),
+    "tag_pipeline_all": (True, 5),
+    "tagset_all": (True, 1),
     "get": (False, 1),          # GET v5:key
     "vget_2rt": (False, 2),     # GET ver:s, then GET v<N>:key with the N just read
     "vget_module": (False, 1),  # VER.GET s key
 }
+
+
+SHAPES = ("tag_pipeline_fresh", "tagset_fresh", "tag_pipeline_all", "tagset_all")
 
 
 def key_name(i):
@@ -45,6 +55,26 @@ def tag_write_group(k):
         (b"SET", k, VALUE, b"EX", b"3600"),
         (b"SADD", b"tag:t1", k), (b"EXPIRE", b"tag:t1", b"3900"),
         (b"SADD", b"tag:t2", k), (b"EXPIRE", b"tag:t2", b"3900")])
+
+
+def _shape_tags(kind, rnd, keyspace):
+    t = b"t:%d" % rnd.randrange(keyspace)
+    return (t, b"u:%d" % rnd.randrange(keyspace)) if kind.endswith("fresh") else (t, b"all")
+
+
+def _shape_requests(kind, keys, rnd, keyspace):
+    """One batch of a re-tagging shape: each key with tags drawn now."""
+    out = []
+    for k in keys:
+        a, b = _shape_tags(kind, rnd, keyspace)
+        if kind.startswith("tagset"):
+            out.append(resp.encode(b"TAG.SET", k, VALUE, b"EX", b"600", b"TAGS", b"2", a, b))
+        else:
+            out.append(resp.encode_many([
+                (b"SET", k, VALUE, b"EX", b"600"),
+                (b"SADD", b"tag:" + a, k), (b"EXPIRE", b"tag:" + a, b"900"),
+                (b"SADD", b"tag:" + b, k), (b"EXPIRE", b"tag:" + b, b"900")]))
+    return b"".join(out)
 
 
 def _requests(kind, key, pipeline_keys):
@@ -126,7 +156,13 @@ def _evloop_main(port, kind, conns, pipeline, keyspace, seed, cpu, ready_q, go_e
         for _ in range(conns):
             keys = [key_name(rnd.randrange(keyspace)).encode() for _ in range(1024)]
             c = _Conn(port, keys)
-            if pipelined:
+            if kind in SHAPES:
+                # Every key twice per cycle, with tags drawn each time: a
+                # key is re-tagged whenever it is written.
+                n = min(64, len(keys) // pipeline)
+                c.reqs = [_shape_requests(kind, keys[j * pipeline:(j + 1) * pipeline], rnd, keyspace)
+                          for _ in range(2) for j in range(n)]
+            elif pipelined:
                 # 64 different pre-encoded batches per connection, cycled.
                 c.reqs = [_requests(kind, None, keys[j * pipeline:(j + 1) * pipeline])
                           for j in range(min(64, len(keys) // pipeline))]

@@ -384,7 +384,7 @@ class Ctx:
             self._n_cache[key] = int(min(5_000_000, max(n0, rate * seconds)))
         return self.rb(argv, clients, pipeline, self._n_cache[key], keyspace)
 
-    def raw(self, kind, conns=50, pipeline=1):
+    def raw(self, kind, conns=50, pipeline=1, keyspace=KEYSPACE):
         """One window of the raw-RESP generator (bench/loadgen.py)."""
         duration = 0.6 if self.quick else 3.0
         warmup = 0.3 if self.quick else 0.7
@@ -393,7 +393,7 @@ class Ctx:
         def on_window(which):
             marks[which] = server_cpu(self.r)
 
-        out = loadgen.run(self.port, kind, conns=conns, pipeline=pipeline, keyspace=KEYSPACE,
+        out = loadgen.run(self.port, kind, conns=conns, pipeline=pipeline, keyspace=keyspace,
                           duration=duration, warmup=warmup, cpu=LOAD_CPU if self.pin else None,
                           on_window=on_window)
         if out["errors"]:

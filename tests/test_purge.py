@@ -1,5 +1,7 @@
 """TAG.PURGE: deletion count, index cleanup, client-written sets, errors, tracking."""
 
+import time
+
 import pytest
 import redis
 
@@ -268,3 +270,39 @@ def test_purge_sees_an_overwrite_earlier_in_the_same_pipeline_transaction_or_scr
     assert r.get("k") == b"fresh"
     assert r.execute_command("TAG.TAGS", "k") == []
     assert not r.exists("tag:t")
+
+
+def del_events(r, action, timeout=5.0):
+    """The keys named by `__keyevent@0__:del` messages while `action` runs
+    (notify-keyspace-events with generic events), in order."""
+    r.config_set("notify-keyspace-events", "Eg")
+    p = r.pubsub()
+    p.subscribe("__keyevent@0__:del")
+    assert p.get_message(timeout=2)["type"] == "subscribe"
+    try:
+        action()
+        out = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = p.get_message(timeout=0.2)
+            if m is None:
+                break
+            out.append(m["data"])
+        return out
+    finally:
+        p.close()
+        r.config_set("notify-keyspace-events", "")
+
+
+@pytest.mark.parametrize("atomic_max", [10000, 0], ids=["one-step", "sliced"])
+def test_purge_fires_a_del_event_per_deleted_key_when_generic_events_are_on(r, atomic_max):
+    r.config_set("tagcache.purge-atomic-max", atomic_max)
+    try:
+        keys = [f"ev:{i}" for i in range(300)]
+        for k in keys:
+            tag_set(r, k, "v", "evt")
+        got = del_events(r, lambda: r.execute_command("TAG.PURGE", "evt"))
+        assert sorted(x for x in got if x != b"tag:evt") == sorted(k.encode() for k in keys)
+        assert len(got) == len(set(got))
+    finally:
+        r.config_set("tagcache.purge-atomic-max", 10000)

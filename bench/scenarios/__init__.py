@@ -18,4 +18,4 @@ def scenario(name, description):
 
 
 # Registration order = run order: the goals in the order BENCHMARKS.md lists them.
-from . import tagset, callgrind, tax, purge, memory, vget, purge_latency, stampede, cluster, reshard  # noqa: E402,F401,E501
+from . import tagset, callgrind, tax, purge, memory, vget, purge_latency, stampede, cluster, reshard, tagshapes  # noqa: E402,F401,E501

@@ -702,7 +702,7 @@ pub fn delete<K: AsRef<[u8]>>(ctx: &Context, mode: Mode, names: &[K]) -> Result<
     };
     // SAFETY: a module API call without arguments.
     let events = unsafe { raw::RedisModule_GetNotifyKeyspaceEvents.map_or(-1, |f| f()) };
-    let publish = events & raw::REDISMODULE_NOTIFY_GENERIC != 0;
+    let publish = events & raw::REDISMODULE_NOTIFY_GENERIC != 0 || other_modules(ctx);
     let mut gone: Vec<RedisString> = Vec::with_capacity(names.len());
     for k in names {
         let name = RedisString::create_from_slice(ctx.ctx, k.as_ref());
@@ -744,6 +744,41 @@ pub fn delete<K: AsRef<[u8]>>(ctx: &Context, mode: Mode, names: &[K]) -> Result<
         }
     }
     Ok(n)
+}
+
+thread_local! {
+    /// Whether another module is loaded (it may index keys by their
+    /// keyspace events); `None`: ask again (a `MODULE` command ran).
+    static OTHER_MODULES: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// A `MODULE` command ran: the modules loaded are asked again.
+pub fn modules_changed() {
+    OTHER_MODULES.with(|m| m.set(None));
+}
+
+/// Whether a module other than this one (and the server's own Lua engine)
+/// is loaded: then every deletion fires its `del` event, which such a
+/// module may be listening for whatever `notify-keyspace-events` says.
+fn other_modules(ctx: &Context) -> bool {
+    if let Some(known) = OTHER_MODULES.with(std::cell::Cell::get) {
+        return known;
+    }
+    let others = match call(ctx, Mode::Local, "MODULE", &[b"LIST"]) {
+        Ok(Reply::Array(list)) => list.into_iter().any(|m| {
+            let Reply::Array(fields) = m else {
+                return true;
+            };
+            let name = fields.windows(2).find_map(|w| match w {
+                [Reply::Bytes(k), Reply::Bytes(v)] if k.as_slice() == b"name" => Some(v.clone()),
+                _ => None,
+            });
+            !matches!(name.as_deref(), Some(b"tagcache" | b"lua"))
+        }),
+        _ => true,
+    };
+    OTHER_MODULES.with(|m| m.set(Some(others)));
+    others
 }
 
 /// Replicates `cmd` with live strings as its arguments: the server takes

@@ -64,6 +64,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
     }
     match name.len() {
         3 if is(b"acl") => return super::acl::acl_may_have_changed(),
+        6 if is(b"module") => return super::keys::modules_changed(),
         4 if argc == 1 && is(b"exec") => return end_transaction(),
         4 if argc >= 3 && (is(b"sadd") || is(b"srem")) => {}
         5 if argc == 1 && is(b"multi") => {
