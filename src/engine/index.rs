@@ -69,6 +69,14 @@ struct DbIndex {
     /// renumbering it in one step would hold the server longer than a slice
     /// (the slab goes at once if the database ends with no tagged key).
     hold: bool,
+    /// Purges listing ids of this database: while any does, an id keeps
+    /// naming its key (`tombs`), is not handed to another key, and nothing
+    /// is renumbered.
+    pins: u32,
+    tombs: HashMap<KeyId, Box<[u8]>>,
+    held_free: Vec<KeyId>,
+    /// Tells this database's index from one made after a flush.
+    generation: u64,
 }
 
 fn slot_id(n: usize) -> u32 {
@@ -152,19 +160,29 @@ impl DbIndex {
 
     /// As `release_key`, the hash of its name known.
     fn release_key_hashed(&mut self, id: KeyId, hash: u64) {
-        if self
-            .keys
-            .get_mut(id as usize)
-            .and_then(Option::take)
-            .is_none()
-        {
+        let Some(key) = self.keys.get_mut(id as usize).and_then(Option::take) else {
             return;
-        }
+        };
         if let Ok(entry) = self.by_name.find_entry(hash, |&other| other == id) {
             entry.remove();
         }
-        self.free_keys.push(id);
+        if self.pins > 0 {
+            // A purge still lists this id: it keeps naming this key.
+            self.tombs.insert(id, key.name);
+            self.held_free.push(id);
+        } else {
+            self.free_keys.push(id);
+        }
         self.live_keys = self.live_keys.saturating_sub(1);
+    }
+
+    /// The name of the key `id` stands for (a key released while pinned
+    /// keeps its name until unpinned).
+    fn name_of(&self, id: KeyId) -> Option<&[u8]> {
+        match self.key(id) {
+            Some(k) => Some(&k.name),
+            None => self.tombs.get(&id).map(|n| &**n),
+        }
     }
 
     fn intern(&mut self, name: &[u8]) -> TagId {
@@ -313,7 +331,11 @@ impl DbIndex {
     /// Gives memory back once most entries are gone, so the index stays
     /// proportional to the live tagged keys rather than to their peak.
     fn shrink(&mut self) {
-        if self.keys.len() > 64 && self.live_keys * 4 < self.keys.len() && !self.hold {
+        if self.keys.len() > 64
+            && self.live_keys * 4 < self.keys.len()
+            && !self.hold
+            && self.pins == 0
+        {
             self.compact();
         }
         if self.tag_ids.capacity() > 64 && self.tag_ids.len() * 4 < self.tag_ids.capacity() {
@@ -395,15 +417,97 @@ impl Index {
 
     fn db_mut(&mut self, db: Db) -> &mut DbIndex {
         let hold = self.holding;
-        self.dbs.entry(db).or_insert_with(|| DbIndex {
-            hold,
-            ..DbIndex::default()
+        self.dbs.entry(db).or_insert_with(|| {
+            static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            DbIndex {
+                hold,
+                generation: MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                ..DbIndex::default()
+            }
         })
+    }
+
+    /// Pins `db` for a purge that lists its ids: each keeps naming its key
+    /// until `unpin` with the token returned.
+    pub fn pin(&mut self, db: Db) -> u64 {
+        let d = self.db_mut(db);
+        d.pins += 1;
+        d.generation
+    }
+
+    /// Ends a pin (none if the database was flushed since: its index, and
+    /// its pins, went with it).
+    pub fn unpin(&mut self, db: Db, token: u64) {
+        if let Some(d) = self.dbs.get_mut(&db).filter(|d| d.generation == token) {
+            d.pins = d.pins.saturating_sub(1);
+            if d.pins == 0 {
+                let held = std::mem::take(&mut d.held_free);
+                d.free_keys.extend(held);
+                d.tombs = HashMap::default();
+                d.shrink();
+            }
+        }
+        self.tidy(db);
+    }
+
+    /// The name the id stands for in `db`.
+    pub fn name_of(&self, db: Db, id: u32) -> Option<&[u8]> {
+        self.dbs.get(&db)?.name_of(id)
+    }
+
+    /// The ids of the keys that carry any of `tags` (`all`: every one of
+    /// them), each once: a purge's selection, without a name copied.
+    pub fn member_ids(&self, db: Db, tags: &[Vec<u8>], all: bool) -> Vec<u32> {
+        let Some(d) = self.dbs.get(&db) else {
+            return Vec::new();
+        };
+        let ids: Vec<Option<TagId>> = tags
+            .iter()
+            .map(|t| d.tag_ids.get(t.as_slice()).copied())
+            .collect();
+        if all {
+            let (Some(Some(first)), false) = (ids.first(), ids.iter().any(Option::is_none)) else {
+                return Vec::new();
+            };
+            let want: Vec<TagId> = ids.iter().flatten().copied().collect();
+            return d
+                .tag(*first)
+                .map(|t| {
+                    t.members
+                        .iter()
+                        .copied()
+                        .filter(|&k| {
+                            d.key(k)
+                                .is_some_and(|k| want.iter().all(|w| k.tags.contains(w)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        let mut seen = vec![0u64; d.keys.len() / 64 + 1];
+        let mut out = Vec::new();
+        for t in ids.iter().flatten().filter_map(|&t| d.tag(t)) {
+            out.reserve(t.members.len());
+            for &k in &t.members {
+                if let Some(w) = seen.get_mut(k as usize / 64) {
+                    let b = 1u64 << (k % 64);
+                    if *w & b == 0 {
+                        *w |= b;
+                        out.push(k);
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// An emptied database keeps nothing, not even table capacity.
     fn tidy(&mut self, db: Db) {
-        if self.dbs.get(&db).is_some_and(|d| d.live_keys == 0) {
+        if self
+            .dbs
+            .get(&db)
+            .is_some_and(|d| d.live_keys == 0 && d.pins == 0)
+        {
             self.dbs.remove(&db);
         }
     }

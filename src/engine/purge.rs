@@ -71,9 +71,20 @@ impl Request {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Reading the names of the ids selected when the call arrived, a
+    /// batch per step (the index keeps each id naming its key meanwhile).
+    Listing,
     /// Checking the caller's permission on each key (nothing deleted yet).
     Checking,
     Deleting,
+}
+
+/// What happened to a key while the job was still listing: applied, in
+/// order, once every name is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Seen {
+    Touched(Vec<u8>),
+    Renamed(Vec<u8>, Vec<u8>),
 }
 
 type Hasher = foldhash::fast::RandomState;
@@ -170,6 +181,13 @@ pub struct Job {
     /// `NOPERM` instead, as for a purge it waits for).
     pub early: Option<i64>,
     refused: bool,
+    /// Listing: the ids still to name, and the index's pin that keeps them
+    /// naming their keys (`None` once listed).
+    ids: Vec<u32>,
+    listed: usize,
+    pub pin: Option<u64>,
+    check: bool,
+    seen: Vec<Seen>,
 }
 
 fn bit(i: usize) -> (usize, u64) {
@@ -209,7 +227,71 @@ impl Job {
             waiter: None,
             early: None,
             refused: false,
+            ids: Vec::new(),
+            listed: 0,
+            pin: None,
+            check,
+            seen: Vec::new(),
         }
+    }
+
+    /// A job of the ids selected (each once), to be named a batch at a
+    /// time while the index is pinned (`pin`).
+    fn listing(id: u64, req: Request, ids: Vec<u32>, pin: u64, check: bool) -> Job {
+        let mut job = Job::new(id, req, &[], check);
+        job.phase = Phase::Listing;
+        job.left = ids.len();
+        job.pending = vec![0u64; ids.len() / 64 + 1];
+        job.names = Names::with_capacity(ids.len(), 0);
+        job.ids = ids;
+        job.pin = Some(pin);
+        job
+    }
+
+    /// Names up to `n` more ids (`name_of` answers from the pinned index).
+    /// Once all are named, what happened meanwhile is applied in order and
+    /// the job moves on; returns its pin then, for the caller to release.
+    pub fn list<'a>(&mut self, n: usize, name_of: impl Fn(u32) -> Option<&'a [u8]>) -> Option<u64> {
+        if self.phase != Phase::Listing {
+            return None;
+        }
+        let end = self.listed.saturating_add(n).min(self.ids.len());
+        for i in self.listed..end {
+            let named = self.ids.get(i).and_then(|&id| name_of(id));
+            match named.and_then(|name| self.names.push(name)) {
+                Some(at) => {
+                    let (w, b) = bit(at);
+                    if self.pending.len() <= w {
+                        self.pending.resize(w + 1, 0);
+                    }
+                    if let Some(word) = self.pending.get_mut(w) {
+                        *word |= b;
+                    }
+                }
+                None => self.left = self.left.saturating_sub(1),
+            }
+        }
+        self.listed = end;
+        if self.listed < self.ids.len() {
+            return None;
+        }
+        self.ids = Vec::new();
+        self.phase = if self.check {
+            Phase::Checking
+        } else {
+            Phase::Deleting
+        };
+        for seen in std::mem::take(&mut self.seen) {
+            match seen {
+                Seen::Touched(k) => self.forget(&k),
+                Seen::Renamed(from, to) => self.renamed(&from, &to),
+            }
+        }
+        self.pin.take()
+    }
+
+    pub fn is_listing(&self) -> bool {
+        self.phase == Phase::Listing
     }
 
     pub fn db(&self) -> Db {
@@ -256,6 +338,10 @@ impl Job {
 
     /// `key`'s value was written, or the key deleted: not this purge's.
     fn forget(&mut self, key: &[u8]) {
+        if self.phase == Phase::Listing {
+            self.seen.push(Seen::Touched(key.to_vec()));
+            return;
+        }
         if let Some(i) = self.names.find(key) {
             self.clear(i);
         }
@@ -264,6 +350,10 @@ impl Job {
     /// `from` was renamed to `to`: what `to` held is gone, and `from`'s
     /// value, if this purge is to delete it, is now at `to`.
     fn renamed(&mut self, from: &[u8], to: &[u8]) {
+        if self.phase == Phase::Listing {
+            self.seen.push(Seen::Renamed(from.to_vec(), to.to_vec()));
+            return;
+        }
         self.forget(to);
         let Some(i) = self.names.find(from) else {
             return;
@@ -304,11 +394,6 @@ impl Job {
             }
         }
         out
-    }
-
-    /// Whether `name` is one of this purge's to delete still.
-    pub fn holds(&self, name: &[u8]) -> bool {
-        self.names.find(name).is_some_and(|i| self.is_pending(i))
     }
 
     /// Whether `name`, taken by `batch`, is still to be checked against
@@ -362,15 +447,24 @@ pub struct Purges {
 
 impl Purges {
     /// A purge of `selected`, the keys that carry the request's tags now
-    /// (their names, as the index lists them); `check`: each key is checked
-    /// against the user's ACL before any is deleted. Returns its id and how
-    /// many keys it holds.
+    /// (their names); `check`: each key is checked against the user's ACL
+    /// before any is deleted. Returns its id and how many keys it holds.
+    #[cfg(test)]
     pub fn start(&mut self, req: Request, selected: &[Vec<u8>], check: bool) -> (u64, usize) {
         self.last_id += 1;
         let job = Job::new(self.last_id, req, selected, check);
         let n = job.left();
         self.jobs.push(job);
         (self.last_id, n)
+    }
+
+    /// A purge of the keys whose ids the pinned index (`pin`) listed for
+    /// the request's tags, each once; named a batch per step. Returns its id.
+    pub fn start_listing(&mut self, req: Request, ids: Vec<u32>, pin: u64, check: bool) -> u64 {
+        self.last_id += 1;
+        self.jobs
+            .push(Job::listing(self.last_id, req, ids, pin, check));
+        self.last_id
     }
 
     /// `key`'s value was written, or the key deleted, by something other
@@ -587,11 +681,87 @@ mod tests {
         let sel = vec![b"a".to_vec(), b"a".to_vec(), b"b".to_vec()];
         let (id, n) = p.start(request(None), &sel, false);
         assert_eq!(n, 2);
-        assert!(p.get(id).unwrap().holds(b"a") && !p.get(id).unwrap().holds(b"c"));
         assert_eq!(
             drain(p.get(id).unwrap()),
             vec![b"a".to_vec(), b"b".to_vec()]
         );
+    }
+
+    /// A job of ids, listed a few at a time from a pinned index while the
+    /// keyspace changes between the steps.
+    fn listing_job(ix: &mut Index, tags: &[&[u8]]) -> (Purges, u64) {
+        let mut p = Purges::default();
+        let tags: Vec<Vec<u8>> = tags.iter().map(|t| t.to_vec()).collect();
+        let ids = ix.member_ids(0, &tags, false);
+        let pin = ix.pin(0);
+        let mut req = request(None);
+        req.tags = tags;
+        let id = p.start_listing(req, ids, pin, false);
+        (p, id)
+    }
+
+    fn list_all(p: &mut Purges, id: u64, ix: &mut Index) {
+        for _ in 0..100 {
+            let j = p.get(id).unwrap();
+            if !j.is_listing() {
+                return;
+            }
+            if let Some(pin) = j.list(2, |i| ix.name_of(0, i)) {
+                ix.unpin(0, pin);
+            }
+        }
+        panic!("never listed");
+    }
+
+    #[test]
+    fn a_listing_job_names_what_was_selected_whatever_the_index_does_meanwhile() {
+        let mut ix = Index::default();
+        for k in names(6) {
+            ix.add(0, &k, b"t");
+        }
+        let (mut p, id) = listing_job(&mut ix, &[b"t"]);
+        // Before any id is named: k1 untagged (still the purge's), k2
+        // written (spared), k3 renamed to r3 (followed), and a new key
+        // tagged into the id k1 gave back (never the purge's).
+        ix.remove(0, b"k1", b"t");
+        p.touched(0, b"k2");
+        p.renamed(0, b"k3", b"r3");
+        ix.rename(0, b"k3", b"r3");
+        ix.add(0, b"victim", b"t");
+        ix.add(0, b"victim2", b"other");
+        list_all(&mut p, id, &mut ix);
+        let got = drain(p.get(id).unwrap());
+        let want: Vec<Vec<u8>> = [&b"k0"[..], b"k1", b"k4", b"k5", b"r3"]
+            .iter()
+            .map(|k| k.to_vec())
+            .collect();
+        assert_eq!(got, want);
+        // Unpinned: the ids given back are handed out again.
+        ix.add(0, b"later", b"t");
+        assert!(ix.is_tagged(0, b"later"));
+    }
+
+    #[test]
+    fn a_flushed_index_ignores_the_pin_of_a_job_from_before() {
+        let mut ix = Index::default();
+        ix.add(0, b"a", b"t");
+        let (mut p, id) = listing_job(&mut ix, &[b"t"]);
+        ix.flush(Some(0));
+        ix.add(0, b"b", b"t");
+        let other = ix.pin(0);
+        p.flushed(Some(0));
+        let j = p.take_done().pop().unwrap();
+        assert_eq!(j.id, id);
+        ix.unpin(0, j.pin.unwrap());
+        // The new index is still pinned by `other`: a key released keeps
+        // its name until that pin ends.
+        let b = ix.member_ids(0, &[b"t".to_vec()], false);
+        assert_eq!(b.len(), 1);
+        ix.remove(0, b"b", b"t");
+        ix.add(0, b"c", b"x");
+        assert_eq!(ix.name_of(0, b[0]), Some(&b"b"[..]));
+        ix.unpin(0, other);
+        assert_eq!(ix.name_of(0, b[0]), None);
     }
 
     #[test]

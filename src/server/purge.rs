@@ -21,6 +21,7 @@ use super::events::{Event, Op};
 use super::keys;
 use crate::engine::cluster::Gathered;
 use crate::engine::error::{Error, Result};
+use crate::engine::index::Db;
 use crate::engine::plan::{self, Access, Kind, Plan, TagSets};
 use crate::engine::purge::{Job, Phase, ReplyTo, Request};
 use crate::engine::{self, stats, Wake};
@@ -30,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// Keys per step inside a slice at most (the clock is read between steps).
 const BATCH: usize = 128;
+/// Names a listing step reads (a few microseconds).
+const LIST_BATCH: usize = 1024;
 
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
@@ -94,9 +97,9 @@ pub fn here(ctx: &Context, req: Request, caller: Option<&Caller>, wait: Wait) ->
     // The sum of the tags' sizes bounds the count without listing them.
     let bound = engine::with(|s| s.index.member_count_bound(db, &req.tags))?;
     if wait != Wait::Never && over(bound) {
-        let (selected, listed) = select(db, &req.tags, req.all)?;
-        if over(selected.len()) {
-            return sliced(ctx, req, caller, wait, selected, listed);
+        let (ids, listed) = select_ids(db, &req.tags, req.all)?;
+        if over(ids.len()) {
+            return sliced(ctx, req, caller, wait, ids, listed);
         }
     }
     atomic(ctx, &req, caller)
@@ -112,6 +115,25 @@ fn select(
             crate::engine::purge::select(&s.index, db, tags, all),
             s.index.changes(),
         )
+    })
+}
+
+/// The ids of the keys a sliced purge selects (named later, a batch per
+/// step: copying a million names is one step far longer than a slice).
+fn select_ids(db: Db, tags: &[Vec<u8>], all: bool) -> Result<(Vec<u32>, u64)> {
+    engine::with(|s| (s.index.member_ids(db, tags, all), s.index.changes()))
+}
+
+/// The names of `ids`, for the checks that need them: in a cluster the
+/// sets of a tag are one per slot of its keys.
+fn names_for_sets(db: Db, ids: &[u32]) -> Result<Vec<Vec<u8>>> {
+    if !config::slotted() {
+        return Ok(Vec::new());
+    }
+    engine::with(|s| {
+        ids.iter()
+            .filter_map(|&id| s.index.name_of(db, id).map(<[u8]>::to_vec))
+            .collect()
     })
 }
 
@@ -252,18 +274,19 @@ fn sliced(
     req: Request,
     caller: Option<&Caller>,
     wait: Wait,
-    mut selected: Vec<Vec<u8>>,
+    mut ids: Vec<u32>,
     listed: u64,
 ) -> Result<Here> {
     let db = req.db;
     let p = config::layout();
+    let named = names_for_sets(db, &ids)?;
     if req.by_rule() {
-        if !sets_allowed(ctx, &req, caller, &selected) {
-            stats::add(&stats::RULE_KEYS_DENIED, selected.len() as u64);
+        if !sets_allowed(ctx, &req, caller, &named) {
+            stats::add(&stats::RULE_KEYS_DENIED, ids.len() as u64);
             return Ok(Here::Done { deleted: 0 });
         }
     } else {
-        let names = engine::with(|s| plan::index_sets(&s.index, db, &p, &req.tags, &selected))?;
+        let names = engine::with(|s| plan::index_sets(&s.index, db, &p, &req.tags, &named))?;
         let mut sets = Plan {
             local: true,
             ..Plan::default()
@@ -285,23 +308,28 @@ fn sliced(
     // The checks read the tag sets, and a set that expired on the way took
     // its members' tags with it: list them again then.
     if engine::with(|s| s.index.changes())? != listed {
-        selected = select(db, &req.tags, req.all)?.0;
+        ids = select_ids(db, &req.tags, req.all)?.0;
     }
-    let (id, held, ghosts) = engine::with(|s| {
-        let (id, n) = s.purges.start(req, &selected, check);
-        s.index.hold_compaction(true);
+    let held = ids.len();
+    let (id, ghosts) = engine::with(|s| {
         // Names a client put in a tag set before they were keys, that the
         // job holds (few: the ghosts are bounded).
-        let ghosts: Vec<Vec<u8>> = match s.purges.get(id) {
-            Some(job) => s
-                .ghosts
-                .iter()
-                .filter(|(d, k)| *d == db && job.holds(k))
-                .map(|(_, k)| k.clone())
-                .collect(),
-            None => Vec::new(),
+        let carries = |k: &[u8]| {
+            let mut has = req.tags.iter().map(|t| s.index.has(db, k, t));
+            match req.all {
+                true => has.all(|x| x),
+                false => has.any(|x| x),
+            }
         };
-        (id, n, ghosts)
+        let ghosts: Vec<Vec<u8>> = s
+            .ghosts
+            .iter()
+            .filter(|(d, k)| *d == db && carries(k))
+            .map(|(_, k)| k.clone())
+            .collect();
+        let pin = s.index.pin(db);
+        s.index.hold_compaction(true);
+        (s.purges.start_listing(req, ids, pin, check), ghosts)
     })?;
     // One that is still no key carries nothing: the count leaves it out
     // (the job keeps it: any command may make it a key before its turn).
@@ -426,10 +454,14 @@ fn slice(ctx: &Context) {
     let mut failed = Vec::new();
     for id in ids {
         while let Some(left) = budget.checked_sub(started.elapsed()) {
-            let n = step_size(left);
+            let listing =
+                engine::with(|s| s.purges.get(id).is_some_and(|j| j.is_listing())).unwrap_or(false);
+            let n = if listing { LIST_BATCH } else { step_size(left) };
             let t = Instant::now();
             let more = step(ctx, id, n);
-            learn(n, t.elapsed());
+            if !listing {
+                learn(n, t.elapsed());
+            }
             match more {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -463,6 +495,19 @@ fn step(ctx: &Context, id: u64, n: usize) -> Result<bool> {
         return Ok(false);
     };
     keys::select_db(ctx, req.db);
+    if phase == Phase::Listing {
+        let db = req.db;
+        let pin = engine::with(|s| {
+            let index = &s.index;
+            s.purges
+                .get(id)
+                .and_then(|j| j.list(n, |i| index.name_of(db, i)))
+        })?;
+        if let Some(pin) = pin {
+            super::update(|s| s.index.unpin(db, pin));
+        }
+        return Ok(true);
+    }
     let caller = req.user.as_deref().map(Caller::named);
     if phase == Phase::Checking {
         let names =
@@ -569,6 +614,13 @@ fn fail(ctx: &Context, id: u64, e: Error) {
 fn finish(ctx: &Context) {
     let done = engine::with(|s| {
         let done = s.purges.take_done();
+        // A job ended while still listing (flushed, refused) lets go of
+        // the index.
+        for j in &done {
+            if let Some(pin) = j.pin {
+                s.index.unpin(j.db(), pin);
+            }
+        }
         if s.purges.jobs.is_empty() {
             s.index.hold_compaction(false);
         }
