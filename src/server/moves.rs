@@ -31,9 +31,10 @@ thread_local! {
     /// This node's line of `CLUSTER NODES`, read at most once per turn of
     /// the event loop (and again after a `CLUSTER` command).
     static MYSELF: RefCell<Option<Myself>> = const { RefCell::new(None) };
-    /// Slots named by `CLUSTER SETSLOT … NODE` commands this turn, acted
-    /// on once they ran.
-    static SETSLOT: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// Slots named by `CLUSTER SETSLOT … NODE` commands, acted on once
+    /// they ran (Valkey holds the command until its replicas have it), and
+    /// when they were named.
+    static SETSLOT: RefCell<Vec<(u16, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Which server runs the module, by `INFO server`: Valkey names itself.
@@ -340,23 +341,35 @@ pub fn setslot_node(slot: &[u8]) {
     else {
         return;
     };
-    SETSLOT.with(|q| q.borrow_mut().push(slot));
+    SETSLOT.with(|q| q.borrow_mut().push((slot, std::time::Instant::now())));
 }
 
+/// How long a `SETSLOT … NODE` may take to run (Valkey waits for replicas).
+const SETSLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Acts on the `CLUSTER SETSLOT … NODE` commands that ran (called before
-/// the server sleeps): a slot this node owns now is read again. (A slot
-/// that left by `MIGRATE` was forgotten key by key as its keys left.)
+/// the server sleeps): a slot this node owns now is read again; one still
+/// importing waits for its command to end. (A slot that left by `MIGRATE`
+/// was forgotten key by key as its keys left.)
 pub fn after_setslot(ctx: &Context) {
-    let slots = SETSLOT.with(|q| std::mem::take(&mut *q.borrow_mut()));
-    if slots.is_empty() {
+    if SETSLOT.with(|q| q.borrow().is_empty()) {
         return;
     }
     forget_myself();
-    let owned = with_myself(ctx, |me| me.owned.clone()).unwrap_or_default();
+    let Some((owned, importing)) = with_myself(ctx, |me| (me.owned.clone(), me.importing.clone()))
+    else {
+        return;
+    };
     let mut mine = SlotSet::default();
-    for s in slots.into_iter().filter(|&s| owned.contains(s)) {
-        mine.add(s);
-    }
+    SETSLOT.with(|q| {
+        q.borrow_mut().retain(|&(s, at)| {
+            if owned.contains(s) && !importing.contains(s) {
+                mine.add(s);
+                return false;
+            }
+            importing.contains(s) && at.elapsed() < SETSLOT_WAIT
+        })
+    });
     if !mine.is_empty() {
         signal_now(ctx, Signal::Assigned, &mine);
     }
