@@ -41,10 +41,21 @@ impl SlotSet {
         if start < 0 || end < start || end >= SLOTS as i64 {
             return;
         }
-        for s in start..=end {
-            if let Ok(s) = u16::try_from(s) {
-                self.add(s);
+        // Whole words at a time: `CLUSTER NODES` gives a master's slots as
+        // ranges of thousands, read again every turn of the event loop
+        // while a resharding runs.
+        let (Ok(a), Ok(b)) = (usize::try_from(start), usize::try_from(end)) else {
+            return;
+        };
+        let mut s = a;
+        while s <= b {
+            let (w, bit) = (s / 64, s % 64);
+            let n = (64 - bit).min(b - s + 1);
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+            if let Some(word) = self.bits.get_mut(w) {
+                *word |= mask;
             }
+            s += n;
         }
     }
 
@@ -125,10 +136,18 @@ pub enum Then {
 pub struct Moves {
     importing: SlotSet,
     exporting: SlotSet,
+    /// Whether `importing` has a slot (asked on every keyspace event).
+    any_import: bool,
 }
 
 impl Moves {
     pub fn on(&mut self, signal: Signal, slots: &SlotSet) -> Then {
+        let then = self.apply(signal, slots);
+        self.any_import = !self.importing.is_empty();
+        then
+    }
+
+    fn apply(&mut self, signal: Signal, slots: &SlotSet) -> Then {
         match signal {
             Signal::ImportStarted => {
                 self.importing.insert_all(slots);
@@ -160,7 +179,7 @@ impl Moves {
 
     /// Whether writes to `key` now are an import's, not a client's.
     pub fn importing(&self, key: &[u8]) -> bool {
-        !self.importing.is_empty() && self.importing.holds(key)
+        self.any_import && self.importing.holds(key)
     }
 
     /// Whether slots of this node are moving (a purge then waits: their
@@ -297,6 +316,15 @@ bbb 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5 7 9-10 [8->-aaa] [1
         let k = b"product:42";
         assert!(slots(&[(0, 16383)]).holds(k));
         assert!(!slots(&[(0, 0)]).holds(b"x") || slot::slot(b"x") == 0);
+    }
+
+    #[test]
+    fn ranges_set_exactly_their_slots() {
+        for (a, b) in [(0, 0), (0, 63), (0, 64), (5, 200), (63, 64), (100, 16383), (16383, 16383)] {
+            let s = slots(&[(a, b)]);
+            let want: Vec<u16> = (a as u16..=b as u16).collect();
+            assert_eq!(s.iter().collect::<Vec<_>>(), want, "{a}-{b}");
+        }
     }
 
     #[test]

@@ -28,9 +28,11 @@ const HANDLE_ATOMIC_SLOT_MIGRATION: c_int = 1 << 5;
 const DB: Db = 0;
 
 thread_local! {
-    /// This node's line of `CLUSTER NODES`, read at most once per turn of
-    /// the event loop (and again after a `CLUSTER` command).
-    static MYSELF: RefCell<Option<Myself>> = const { RefCell::new(None) };
+    /// This node's line of `CLUSTER NODES` and when it was read: again
+    /// after a command that changes slots here, or 100 ms later (what the
+    /// cluster bus changes). Generating and reading it costs more than a
+    /// `MIGRATE` of ten keys, so not every turn of a resharding.
+    static MYSELF: RefCell<Option<(Myself, std::time::Instant)>> = const { RefCell::new(None) };
     /// Slots named by `CLUSTER SETSLOT … NODE` commands, acted on once
     /// they ran (Valkey holds the command until its replicas have it), and
     /// when they were named.
@@ -304,12 +306,15 @@ pub fn importing(key: &[u8]) -> bool {
 fn with_myself<T>(ctx: &Context, f: impl FnOnce(&Myself) -> T) -> Option<T> {
     MYSELF.with(|m| {
         let mut m = m.borrow_mut();
-        if m.is_none() {
-            if let Ok(Reply::Bytes(text)) = keys::call(ctx, Mode::Local, "CLUSTER", &[b"NODES"]) {
-                *m = Myself::parse(&text);
-            }
+        if m.as_ref().is_none_or(|(_, at)| at.elapsed() > MYSELF_FOR) {
+            *m = match keys::call(ctx, Mode::Local, "CLUSTER", &[b"NODES"]) {
+                Ok(Reply::Bytes(text)) => {
+                    Myself::parse(&text).map(|me| (me, std::time::Instant::now()))
+                }
+                _ => None,
+            };
         }
-        m.as_ref().map(f)
+        m.as_ref().map(|(me, _)| f(me))
     })
 }
 
@@ -325,8 +330,10 @@ pub fn any_moving(ctx: &Context) -> bool {
         || with_myself(ctx, Myself::moving).unwrap_or(false)
 }
 
-/// A `CLUSTER` command ran or the loop turned: the node's line is read
-/// again when next needed.
+const MYSELF_FOR: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A command that changes this node's slots ran (or a slot signal came):
+/// the node's line is read again when next needed.
 pub fn forget_myself() {
     MYSELF.with(|m| m.borrow_mut().take());
 }

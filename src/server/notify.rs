@@ -55,8 +55,16 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
             (name.len() == 7 && is(b"migrate")) || (name.len() == 14 && is(b"restore-asking"));
         MOVING.with(|m| m.set(moving));
         if name.len() == 7 && is(b"cluster") {
-            super::moves::forget_myself();
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
+            let changes_slots = [
+                &b"setslot"[..], b"addslots", b"addslotsrange", b"delslots", b"delslotsrange",
+                b"flushslots", b"reset", b"failover", b"forget",
+            ]
+            .iter()
+            .any(|w| word(1, w));
+            if changes_slots {
+                super::moves::forget_myself();
+            }
             if argc >= 5 && word(1, b"setslot") && word(3, b"node") {
                 super::moves::setslot_node(slice(2));
             }
@@ -447,9 +455,7 @@ unsafe extern "C" fn on_event_loop(
     // No command runs now: an expiry or eviction is not a migration.
     MOVING.with(|m| m.set(false));
     if config::slotted() {
-        let ctx = Context::new(ctx);
-        super::moves::after_setslot(&ctx);
-        super::moves::forget_myself();
+        super::moves::after_setslot(&Context::new(ctx));
     }
     if engine::with(|s| s.owes()).unwrap_or(false) {
         owed::settle(&Context::new(ctx));

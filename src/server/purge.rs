@@ -31,31 +31,42 @@ use std::time::{Duration, Instant};
 
 /// Keys per step inside a slice at most (the clock is read between steps).
 const BATCH: usize = 128;
-/// Names a listing step reads (a few microseconds).
-const LIST_BATCH: usize = 1024;
+/// Names a listing step reads at most.
+const LIST_BATCH: usize = 4096;
 
 thread_local! {
     static ARMED: Cell<bool> = const { Cell::new(false) };
-    /// What one key of a step has cost lately, in nanoseconds: a step is
-    /// sized to what is left of the slice, so a slice ends within its
-    /// budget rather than one whole batch past it.
+    /// What one key of a step has cost lately, in nanoseconds, deleting
+    /// (or checking) and listing: a step is sized to what is left of the
+    /// slice, so a slice ends within its budget rather than one whole
+    /// batch past it.
     static PER_KEY_NS: Cell<u64> = const { Cell::new(2_000) };
+    static PER_NAME_NS: Cell<u64> = const { Cell::new(200) };
+}
+
+/// The estimate for a step of this kind.
+fn estimate(listing: bool) -> &'static std::thread::LocalKey<Cell<u64>> {
+    match listing {
+        true => &PER_NAME_NS,
+        false => &PER_KEY_NS,
+    }
 }
 
 /// Keys for a step that should take at most `left`.
-fn step_size(left: Duration) -> usize {
-    let per_key = PER_KEY_NS.with(Cell::get).max(1);
+fn step_size(left: Duration, listing: bool) -> usize {
+    let per_key = estimate(listing).with(Cell::get).max(1);
     let n = u64::try_from(left.as_nanos()).unwrap_or(u64::MAX) / per_key;
-    usize::try_from(n).unwrap_or(BATCH).clamp(1, BATCH)
+    let max = if listing { LIST_BATCH } else { BATCH };
+    usize::try_from(n).unwrap_or(max).clamp(1, max)
 }
 
 /// Folds the cost of a step of `n` keys into the estimate.
-fn learn(n: usize, took: Duration) {
+fn learn(n: usize, took: Duration, listing: bool) {
     let Ok(n) = u64::try_from(n.max(1)) else {
         return;
     };
     let seen = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX) / n;
-    PER_KEY_NS.with(|c| c.set((c.get() * 3 + seen) / 4));
+    estimate(listing).with(|c| c.set((c.get() * 3 + seen) / 4));
 }
 
 /// How a purge on this node went.
@@ -456,12 +467,10 @@ fn slice(ctx: &Context) {
         while let Some(left) = budget.checked_sub(started.elapsed()) {
             let listing =
                 engine::with(|s| s.purges.get(id).is_some_and(|j| j.is_listing())).unwrap_or(false);
-            let n = if listing { LIST_BATCH } else { step_size(left) };
+            let n = step_size(left, listing);
             let t = Instant::now();
             let more = step(ctx, id, n);
-            if !listing {
-                learn(n, t.elapsed());
-            }
+            learn(n, t.elapsed(), listing);
             match more {
                 Ok(true) => {}
                 Ok(false) => break,
