@@ -185,7 +185,8 @@ def test_atomic_slot_migration_keeps_tags_and_stale_state_with_writes_going_on(f
                             socket_timeout=30)
     want = dict(before)
     want.update({k: sorted(t) for k, t in writer.wrote.items()})
-    assert tags_of(fresh, keys) == want
+    got = tags_of(fresh, keys)
+    assert got == want, ([(k, got[k], want[k]) for k in keys if got[k] != want[k]], writer.errors[:5])
     # A key rewritten meanwhile is fresh; every other stale key still is.
     after = stale_marks(fresh)
     assert after == {k: v for k, v in marks.items() if k not in writer.wrote}

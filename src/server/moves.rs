@@ -185,7 +185,21 @@ pub fn signal_now(ctx: &Context, signal: Signal, slots: &SlotSet) {
     let then = engine::with(|s| s.moves.on(signal, slots)).unwrap_or(Then::Nothing);
     match then {
         Then::Nothing => {}
-        Then::Arrived(slots) => arrived(ctx, &slots),
+        Then::Arrived(slots) => {
+            if signal == Signal::ImportCompleted {
+                // An import's stream may have run module commands that
+                // wrote the index directly (`TAG.APPLY`) while later plain
+                // writes of it went unread: the slots are read from
+                // nothing. (A `MIGRATE` resharding's keys arrive by
+                // `RESTORE-ASKING` alone, and a client writing there with
+                // `ASKING` is a client: nothing to forget.)
+                super::update(|s| {
+                    s.index.forget_slots(DB, &slots);
+                    s.stale.replace_where(DB, |k| slots.holds(k), Vec::new());
+                });
+            }
+            arrived(ctx, &slots)
+        }
         Then::Left(slots) => left(ctx, &slots),
     }
     forget_myself();
@@ -224,9 +238,6 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
     let home = keys::selected_db(ctx);
     keys::select_db(ctx, DB);
     let master = keys::may_write(ctx);
-    // Nothing of these slots is forgotten first: what the index holds of
-    // them came with them (by `RESTORE-ASKING`), or nothing did (an import
-    // is left alone, and a slot that left was forgotten then).
     for slot in slots.iter() {
         for key in keys_in_slot(ctx, slot) {
             if let Some((tag, scope)) = p.index_of(&key) {
