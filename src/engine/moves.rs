@@ -51,7 +51,11 @@ impl SlotSet {
         while s <= b {
             let (w, bit) = (s / 64, s % 64);
             let n = (64 - bit).min(b - s + 1);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
             if let Some(word) = self.bits.get_mut(w) {
                 *word |= mask;
             }
@@ -320,7 +324,15 @@ bbb 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5 7 9-10 [8->-aaa] [1
 
     #[test]
     fn ranges_set_exactly_their_slots() {
-        for (a, b) in [(0, 0), (0, 63), (0, 64), (5, 200), (63, 64), (100, 16383), (16383, 16383)] {
+        for (a, b) in [
+            (0, 0),
+            (0, 63),
+            (0, 64),
+            (5, 200),
+            (63, 64),
+            (100, 16383),
+            (16383, 16383),
+        ] {
             let s = slots(&[(a, b)]);
             let want: Vec<u16> = (a as u16..=b as u16).collect();
             assert_eq!(s.iter().collect::<Vec<_>>(), want, "{a}-{b}");

@@ -57,8 +57,15 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         if name.len() == 7 && is(b"cluster") {
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
             let changes_slots = [
-                &b"setslot"[..], b"addslots", b"addslotsrange", b"delslots", b"delslotsrange",
-                b"flushslots", b"reset", b"failover", b"forget",
+                &b"setslot"[..],
+                b"addslots",
+                b"addslotsrange",
+                b"delslots",
+                b"delslotsrange",
+                b"flushslots",
+                b"reset",
+                b"failover",
+                b"forget",
             ]
             .iter()
             .any(|w| word(1, w));

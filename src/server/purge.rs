@@ -398,6 +398,8 @@ thread_local! {
     static IN_SLICE: Cell<bool> = const { Cell::new(false) };
     /// A slice asked for the next one.
     static WANTED: Cell<bool> = const { Cell::new(false) };
+    /// The last turn's slice gave its turn to clients' replies.
+    static YIELDED: Cell<bool> = const { Cell::new(false) };
     /// Client commands seen when the last slice ended.
     static SEEN_AT_END: Cell<u64> = const { Cell::new(0) };
     /// When a slice last found that clients had sent commands since the
@@ -430,10 +432,21 @@ fn budget() -> Duration {
 
 fn on_timer(ctx: &Context, (): ()) {
     ARMED.with(|a| a.set(false));
-    IN_SLICE.with(|c| c.set(true));
-    if super::notify::commands_seen() != SEEN_AT_END.with(Cell::get) {
+    let seen = super::notify::commands_seen();
+    if seen != SEEN_AT_END.with(Cell::get) {
         BUSY_AT.with(|b| b.set(Some(Instant::now())));
+        // Clients' commands ran in this turn of the loop: their replies
+        // are written before the server sleeps, after this timer. Once in
+        // a row, the slice waits for the next turn rather than make them
+        // wait for it.
+        if !YIELDED.with(|y| y.replace(true)) {
+            SEEN_AT_END.with(|c| c.set(seen));
+            WANTED.with(|w| w.set(true));
+            return;
+        }
     }
+    YIELDED.with(|y| y.set(false));
+    IN_SLICE.with(|c| c.set(true));
     slice(ctx);
     SEEN_AT_END.with(|c| c.set(super::notify::commands_seen()));
     IN_SLICE.with(|c| c.set(false));
