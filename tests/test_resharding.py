@@ -145,6 +145,16 @@ class Writer(threading.Thread):
             time.sleep(0.001)
 
 
+def assert_tags_as_written(c: Cluster, keys, before: dict, writer: Writer) -> dict:
+    """Every key carries the tags it had, or those of the writer's last
+    write of it. Returns the tags."""
+    want = dict(before)
+    want.update({k: sorted(t) for k, t in writer.wrote.items()})
+    got = tags_of(c, keys)
+    assert got == want, ([(k, got[k], want[k]) for k in keys if got[k] != want[k]], writer.errors[:5])
+    return want
+
+
 def atomic_migrate(c: Cluster, src, dst, slots: list[int]) -> None:
     """CLUSTER MIGRATESLOTS of `slots` (contiguous) from src to dst; waits
     until every node sees dst own them."""
@@ -183,10 +193,7 @@ def test_atomic_slot_migration_keeps_tags_and_stale_state_with_writes_going_on(f
         writer.join(30)
     fresh.rc = RedisCluster(host="127.0.0.1", port=dst.port, decode_responses=False,
                             socket_timeout=30)
-    want = dict(before)
-    want.update({k: sorted(t) for k, t in writer.wrote.items()})
-    got = tags_of(fresh, keys)
-    assert got == want, ([(k, got[k], want[k]) for k in keys if got[k] != want[k]], writer.errors[:5])
+    want = assert_tags_as_written(fresh, keys, before, writer)
     # A key rewritten meanwhile is fresh; every other stale key still is.
     after = stale_marks(fresh)
     assert after == {k: v for k, v in marks.items() if k not in writer.wrote}
@@ -254,10 +261,7 @@ def test_a_resharding_by_migrate_with_writes_going_on_keeps_every_tag(fresh):
     fresh.wait_ok()
     fresh.rc = RedisCluster(host="127.0.0.1", port=dst.port, decode_responses=False,
                             socket_timeout=30)
-    want = dict(before)
-    want.update({k: sorted(t) for k, t in writer.wrote.items()})
-    got = tags_of(fresh, keys)
-    assert got == want, ([(k, got[k], want[k]) for k in keys if got[k] != want[k]], writer.errors[:5])
+    want = assert_tags_as_written(fresh, keys, before, writer)
     assert stale_marks(fresh) == {k: v for k, v in marks.items() if k not in writer.wrote}
     assert_index_is_local(fresh)
     assert_index_on_owners(fresh)

@@ -240,30 +240,9 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
     let master = keys::may_write(ctx);
     for slot in slots.iter() {
         for key in keys_in_slot(ctx, slot) {
-            if let Some((tag, scope)) = p.index_of(&key) {
-                if keys::key_type(ctx, &key) != KeyType::Set {
-                    continue;
-                }
-                let tag = tag.to_vec();
-                for member in keys::smembers(ctx, &key).unwrap_or_default() {
-                    if !scope.holds(&member) {
-                        continue;
-                    }
-                    let live = keys::exists(ctx, &member);
-                    super::update(|s| {
-                        if live {
-                            s.index.add(DB, &member, &tag);
-                        } else if master {
-                            let seq = s.next_seq();
-                            s.owed.push_back(Owed::Untag {
-                                db: DB,
-                                tag: tag.clone(),
-                                key: member,
-                                seq,
-                                in_exec: None,
-                            });
-                        }
-                    });
+            if p.index_of(&key).is_some() {
+                if keys::key_type(ctx, &key) == KeyType::Set {
+                    rebuild::read_index_set(ctx, DB, &key, master);
                 }
             } else if p.is_stale_hash(&key) {
                 rebuild::load_stale_hash(ctx, DB, &key);

@@ -35,37 +35,43 @@ pub fn rebuild(ctx: &Context) {
             sets.extend(keys::keys_under(ctx, SLOT_INDEX, b"set"));
         }
         for set in sets {
-            let Some((tag, scope)) = p.index_of(&set) else {
-                continue;
-            };
-            let tag = tag.to_vec();
-            for member in keys::smembers(ctx, &set).unwrap_or_default() {
-                // A cluster's set holds its own slot's keys: others named
-                // in it are left alone.
-                if !scope.holds(&member) {
-                    continue;
-                }
-                let live = keys::exists(ctx, &member);
-                super::update(|s| {
-                    if live {
-                        s.index.add(db, &member, &tag);
-                    } else if writes {
-                        let seq = s.next_seq();
-                        s.owed.push_back(Owed::Untag {
-                            db,
-                            tag: tag.clone(),
-                            key: member,
-                            seq,
-                            in_exec: None,
-                        });
-                    }
-                });
-            }
+            read_index_set(ctx, db, &set, writes);
         }
     }
     keys::select_db(ctx, home);
     if engine::with(|s| s.owes()).unwrap_or(false) {
         super::owed::settle_later(ctx);
+    }
+}
+
+/// The members of the index set `set` (a set, in the selected database
+/// `db`) into the index; a member that is no key (it expired while the
+/// server was down, or never came) is owed its removal where `writes`.
+pub fn read_index_set(ctx: &Context, db: Db, set: &[u8], writes: bool) {
+    let Some((tag, scope)) = config::layout().index_of(set).map(|(t, s)| (t.to_vec(), s)) else {
+        return;
+    };
+    for member in keys::smembers(ctx, set).unwrap_or_default() {
+        // A cluster's set holds its own slot's keys: others named in it
+        // are left alone.
+        if !scope.holds(&member) {
+            continue;
+        }
+        let live = keys::exists(ctx, &member);
+        super::update(|s| {
+            if live {
+                s.index.add(db, &member, &tag);
+            } else if writes {
+                let seq = s.next_seq();
+                s.owed.push_back(Owed::Untag {
+                    db,
+                    tag: tag.clone(),
+                    key: member,
+                    seq,
+                    in_exec: None,
+                });
+            }
+        });
     }
 }
 
