@@ -152,6 +152,17 @@ fn build() -> Vec<Info> {
             args: vec![],
         },
         Info {
+            name: "tag.tryagain",
+            handler: tag::tag_tryagain,
+            flags: "write fast",
+            writes: false,
+            summary: "Replies TRYAGAIN and changes nothing: what a write of a tagged key becomes while its tag sets have left ahead of it with a slot moving by MIGRATE",
+            complexity: "O(1)",
+            arity: -1,
+            keys: Keys::None,
+            args: vec![string(c"arg").opt().multi()],
+        },
+        Info {
             name: "ver.get",
             handler: version::ver_get,
             flags: "readonly fast",

@@ -289,3 +289,12 @@ pub fn tag_tags(ctx: &Context, args: &[RedisString]) -> RedisResult {
     }
     Ok(bulk_list(tags))
 }
+
+/// `TAG.TRYAGAIN [arg ...]`: the command filter turns a write into this
+/// while the index sets of its key have left ahead of it with a slot
+/// moving by `MIGRATE` (`server::moves::write_refused`): the write is
+/// refused, as the server refuses a command whose keys are split between
+/// two nodes, and the client sends it again.
+pub fn tag_tryagain(_ctx: &Context, _args: &[RedisString]) -> RedisResult {
+    Err(Error::TryAgain(crate::server::apply::SPLIT).into())
+}

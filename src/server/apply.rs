@@ -20,11 +20,12 @@ use redis_module::Context;
 /// server itself, or the master link), and of the right type.
 pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> {
     let checks = plan.checks();
+    let p = config::layout();
     if super::config::slotted() && !plan.local {
         let keys: Vec<&[u8]> = checks.iter().map(|c| c.0).collect();
         keys::ensure_same_slot(&keys)?;
+        ensure_here(ctx, &p, &checks)?;
     }
-    let p = config::layout();
     if let Some(c) = caller.filter(|c| !c.all_keys(ctx)) {
         for (key, access, kind) in &checks {
             // The key the command declares was checked by the server; the
@@ -63,6 +64,33 @@ pub fn check(ctx: &Context, caller: Option<&Caller>, plan: &Plan) -> Result<()> 
     }
     Ok(())
 }
+
+/// While the command's slot moves by `MIGRATE` (leaving this node or
+/// arriving), the index sets and stale hashes it would write must be here:
+/// one that left ahead of its keys, or has not arrived yet, is refused as
+/// the server refuses a command whose keys are split between the two
+/// nodes. (Writing one here would leave the other node's copy wrong, or
+/// make a key the `MIGRATE` of the slot's own copy collides with.)
+fn ensure_here(ctx: &Context, p: &Prefix, checks: &plan::Checks<'_>) -> Result<()> {
+    let Some(first) = checks.first() else {
+        return Ok(());
+    };
+    if !keys::may_write(ctx) || !super::moves::slot_moving(ctx, first.0) {
+        return Ok(());
+    }
+    let away = checks.iter().any(|(key, access, _)| {
+        *access == Access::Write
+            && (p.index_of(key).is_some() || p.is_stale_hash(key))
+            && !keys::exists(ctx, key)
+    });
+    if away {
+        return Err(crate::engine::error::Error::TryAgain(SPLIT));
+    }
+    Ok(())
+}
+
+/// Why a write is refused while its slot moves.
+pub const SPLIT: &str = "Multiple keys request during rehashing of slot";
 
 /// Why a plan is applied: a rule's own purge fires no further rules.
 #[derive(Clone, Copy, PartialEq, Eq)]

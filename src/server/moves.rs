@@ -37,6 +37,12 @@ thread_local! {
     /// they ran (Valkey holds the command until its replicas have it), and
     /// when they were named.
     static SETSLOT: RefCell<Vec<(u16, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
+    /// The module's own keys of a slot leaving by `MIGRATE` (index sets,
+    /// stale hashes) that have left ahead of the keys they name, by slot:
+    /// until the slot's next `CLUSTER SETSLOT`, a write that would change
+    /// what one of them says is refused (`write_refused`).
+    static AHEAD: RefCell<std::collections::HashMap<u16, Vec<Vec<u8>>>> =
+        RefCell::new(std::collections::HashMap::new());
 }
 
 /// Which server runs the module, by `INFO server`: Valkey names itself.
@@ -326,6 +332,74 @@ const MYSELF_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// the node's line is read again when next needed.
 pub fn forget_myself() {
     MYSELF.with(|m| m.borrow_mut().take());
+}
+
+/// A module key (index set or stale hash) of a slot leaving by `MIGRATE`
+/// has just left this node.
+pub fn left_ahead(key: &[u8]) {
+    let slot = crate::engine::slot::slot(key);
+    AHEAD.with_borrow_mut(|a| {
+        let keys = a.entry(slot).or_default();
+        if !keys.iter().any(|k| k == key) {
+            keys.push(key.to_vec());
+        }
+    });
+}
+
+/// A module key was written here again (it is here, whatever its slot).
+pub fn back(key: &[u8]) {
+    AHEAD.with_borrow_mut(|a| {
+        if a.is_empty() {
+            return;
+        }
+        let slot = crate::engine::slot::slot(key);
+        if let Some(keys) = a.get_mut(&slot) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                a.remove(&slot);
+            }
+        }
+    });
+}
+
+/// Forgets the module keys that left ahead: of one slot (`CLUSTER SETSLOT`
+/// changes its state), or all (the dataset was flushed or replaced).
+pub fn clear_ahead(slot: Option<u16>) {
+    AHEAD.with_borrow_mut(|a| match slot {
+        Some(s) => {
+            a.remove(&s);
+        }
+        None => a.clear(),
+    });
+}
+
+/// Whether writing `key` now would change what a module key that left
+/// ahead of it says (its tags, its stale state): such a write is refused
+/// with `TRYAGAIN`, as the server refuses a command whose keys are split
+/// between the two nodes of a migrating slot, since the copy that left
+/// could no longer be told.
+pub fn write_refused(key: &[u8]) -> bool {
+    AHEAD.with_borrow(|a| {
+        if a.is_empty() {
+            return false;
+        }
+        let Some(ahead) = a.get(&crate::engine::slot::slot(key)) else {
+            return false;
+        };
+        let p = config::layout();
+        engine::with(|s| {
+            ahead.iter().any(|m| match p.index_of(m) {
+                Some((tag, _)) => s.index.has(DB, key, tag),
+                None => p.is_stale_hash(m) && s.stale.contains(DB, key),
+            })
+        })
+        .unwrap_or(false)
+    })
+}
+
+/// Whether module keys have left ahead of their keys anywhere here.
+pub fn any_ahead() -> bool {
+    AHEAD.with_borrow(|a| !a.is_empty())
 }
 
 /// `CLUSTER SETSLOT <slot> NODE <id>` is about to run (seen by the command

@@ -54,8 +54,20 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         let moving =
             (name.len() == 7 && is(b"migrate")) || (name.len() == 14 && is(b"restore-asking"));
         MOVING.with(|m| m.set(moving));
+        if !moving && super::moves::any_ahead() && writes_a_key_left_behind(fctx, argc) {
+            refuse(fctx);
+            return;
+        }
         if name.len() == 7 && is(b"cluster") {
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
+            if argc >= 3 && word(1, b"setslot") {
+                if let Some(slot) = std::str::from_utf8(slice(2))
+                    .ok()
+                    .and_then(|s| s.parse::<u16>().ok())
+                {
+                    super::moves::clear_ahead(Some(slot));
+                }
+            }
             let changes_slots = [
                 &b"setslot"[..],
                 b"addslots",
@@ -123,9 +135,120 @@ fn end_transaction() {
     super::acl::acl_may_have_changed();
 }
 
+/// A context for the server calls a filter makes (it is handed none).
+static FILTER_CTX: std::sync::atomic::AtomicPtr<raw::RedisModuleCtx> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+thread_local! {
+    /// The server's commands in the `@write` category, read when the
+    /// module loads (a command not among them, of a module loaded later,
+    /// counts as a write).
+    static WRITE_COMMANDS: std::cell::RefCell<std::collections::HashSet<Vec<u8>>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// What a write becomes when it is refused by the filter.
+pub const REFUSAL: &str = "tag.tryagain";
+
+/// Whether the filtered command writes a key whose index set or stale hash
+/// has left ahead of it with a slot migrating by `MIGRATE`
+/// (`moves::write_refused`). Reads pass.
+fn writes_a_key_left_behind(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c_int) -> bool {
+    // SAFETY: plain function pointers of the module API.
+    let (Some(get), Some(keys_of), Some(free)) = (
+        unsafe { raw::RedisModule_CommandFilterArgGet },
+        unsafe { raw::RedisModule_GetCommandKeysWithFlags },
+        unsafe { raw::RedisModule_Free },
+    ) else {
+        return false;
+    };
+    let ctx = FILTER_CTX.load(std::sync::atomic::Ordering::Relaxed);
+    if ctx.is_null() {
+        return false;
+    }
+    // SAFETY: indexes below `argc` are the command's live arguments.
+    let mut argv: Vec<*mut raw::RedisModuleString> =
+        (0..argc).map(|i| unsafe { get(fctx, i) }).collect();
+    let mut n: c_int = 0;
+    let mut flags: *mut c_int = std::ptr::null_mut();
+    // SAFETY: `argv` holds `argc` live strings; the server allocates the
+    // two arrays it returns (or returns null), freed below.
+    let positions = unsafe { keys_of(ctx, argv.as_mut_ptr(), argc, &mut n, &mut flags) };
+    if positions.is_null() {
+        return false;
+    }
+    let count = usize::try_from(n).unwrap_or(0);
+    // SAFETY: the server returned `n` positions and as many flags.
+    let (at, fl) = unsafe {
+        (
+            std::slice::from_raw_parts(positions, count),
+            (!flags.is_null()).then(|| std::slice::from_raw_parts(flags, count)),
+        )
+    };
+    const WRITES: u32 = raw::REDISMODULE_CMD_KEY_RW
+        | raw::REDISMODULE_CMD_KEY_OW
+        | raw::REDISMODULE_CMD_KEY_RM
+        | raw::REDISMODULE_CMD_KEY_INSERT
+        | raw::REDISMODULE_CMD_KEY_DELETE
+        | raw::REDISMODULE_CMD_KEY_UPDATE;
+    // Redis 7.0 gives no flags for keys found by a plain range (`DEL`,
+    // `GET`…): the command's own category tells then.
+    let command_writes = || {
+        let name = argv
+            .first()
+            .map(|&a| RedisString::string_as_slice(a).to_ascii_lowercase());
+        WRITE_COMMANDS.with_borrow(|w| name.is_none_or(|n| w.is_empty() || w.contains(&n)))
+    };
+    let refused = at.iter().enumerate().any(|(i, &pos)| {
+        let writes = match fl.and_then(|f| f.get(i)) {
+            Some(&f) if f != 0 => (f as u32) & WRITES != 0,
+            _ => command_writes(),
+        };
+        let key = usize::try_from(pos).ok().and_then(|p| argv.get(p)).copied();
+        writes && key.is_some_and(|k| super::moves::write_refused(RedisString::string_as_slice(k)))
+    });
+    // SAFETY: both arrays came from the server's allocator, freed once.
+    unsafe {
+        free(positions.cast());
+        if !flags.is_null() {
+            free(flags.cast());
+        }
+    }
+    refused
+}
+
+/// Turns the filtered command into the module's refusal (`TAG.TRYAGAIN`),
+/// which changes nothing and replies `TRYAGAIN`.
+fn refuse(fctx: *mut raw::RedisModuleCommandFilterCtx) {
+    // SAFETY: plain function pointers of the module API; the new string is
+    // handed to the server, which frees it with the command.
+    unsafe {
+        if let (Some(replace), Some(create)) = (
+            raw::RedisModule_CommandFilterArgReplace,
+            raw::RedisModule_CreateString,
+        ) {
+            let s = create(std::ptr::null_mut(), REFUSAL.as_ptr().cast(), REFUSAL.len());
+            replace(fctx, 0, s);
+        }
+    }
+}
+
 pub fn register_filter(ctx: &Context) {
+    let writes = keys::call(
+        ctx,
+        Mode::Local,
+        "COMMAND",
+        &[b"LIST", b"FILTERBY", b"ACLCAT", b"write"],
+    )
+    .map(keys::Reply::into_bytes_list)
+    .unwrap_or_default();
+    WRITE_COMMANDS
+        .with_borrow_mut(|w| w.extend(writes.into_iter().map(|n| n.to_ascii_lowercase())));
     // SAFETY: called from the module's init with its context.
     unsafe {
+        if let Some(detach) = raw::RedisModule_GetDetachedThreadSafeContext {
+            FILTER_CTX.store(detach(ctx.ctx), std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(f) = raw::RedisModule_RegisterCommandFilter {
             f(
                 ctx.ctx,
@@ -227,6 +350,13 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     // A `MIGRATE` or `RESTORE-ASKING` of a key whose slot is not on the
     // move is a client's: it removes or replaces as any command does.
     let moving = p.slotted && MOVING.with(Cell::get) && super::moves::slot_moving(ctx, key);
+    if p.slotted && (index.is_some() || p.is_stale_hash(key)) {
+        if moving && removes(event) {
+            super::moves::left_ahead(key);
+        } else if is_change(event) {
+            super::moves::back(key);
+        }
+    }
     if rules::is_links_key(key) && moving && removes(event) {
         // This master's copy of the rules left with its slot: it keeps
         // them, and writes them again in a slot it keeps.
@@ -488,6 +618,7 @@ fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool 
 }
 
 fn dataset_replaced(ctx: &Context) {
+    super::moves::clear_ahead(None);
     let wakes = engine::with(|s| s.dataset_replaced()).unwrap_or_default();
     apply_wakes(ctx, wakes);
 }
