@@ -53,6 +53,11 @@ def sc_purge(ctx):
         ("del_p", "DEL tag k1..kN (limit)" + NM, "client", "plain"),
         ("lua", "EVALSHA purge.lua, module loaded", "client", "main"),
         ("del", "DEL tag k1..kN, module loaded", "client", "main"),
+        ("soft", "TAG.INVALIDATE SOFT 600000 TAGS 1 (sliced)", "module", "main"),
+        ("soft_atomic", "TAG.INVALIDATE SOFT in one step", "module", "main"),
+        ("rule", "purge fired by a rule (TAG.LINK; SET of its source; until the keys are gone)",
+         "module", "main"),
+        ("rule_atomic", "purge fired by a rule, in one step", "module", "main"),
     ]
     del_cache = {}
     for n in sizes:
@@ -79,6 +84,12 @@ def sc_purge(ctx):
         if n > 10000:
             res.ratio("N=%s: TAG.PURGE in slices ÷ in one step (time per key)" % nn,
                       "mod_%d" % n, "mod_atomic_%d" % n, "<=", 1.25)
+            res.ratio("N=%s: soft invalidation in slices ÷ in one step (time per key)" % nn,
+                      "soft_%d" % n, "soft_atomic_%d" % n, "<=", 1.25)
+            res.ratio("N=%s: a rule's purge in slices ÷ in one step (time per key)" % nn,
+                      "rule_%d" % n, "rule_atomic_%d" % n, "<=", 1.25)
+            res.ratio("N=%s: EVALSHA purge.lua without the module ÷ a rule's purge (time)" % nn,
+                      "lua_p_%d" % n, "rule_%d" % n, ">=", 1.5, attach="den")
         if n >= 1000000:
             continue
         res.ratio("N=%s: TAG.PURGE ÷ variadic DEL, same server" % nn,
@@ -94,7 +105,7 @@ def sc_purge(ctx):
 def _measured(key, n):
     """Which methods run at which sizes: one step only where the default
     slices the purge; at a million keys, the four the goals compare."""
-    if key == "mod_atomic":
+    if key in ("mod_atomic", "soft", "soft_atomic", "rule", "rule_atomic"):
         return n > 10000
     return n < 1000000 or key in ("mod", "lua_p", "del_p")
 
@@ -110,8 +121,17 @@ def _one(ctx, res, rk, key, label, how, srv, n, prefix, sha, del_cache, rnd):
         res.unavailable(rk, str(e))
         return
     # The default, or one step whatever the size (restored after).
-    if key.startswith("mod"):
-        r.config_set("tagcache.purge-atomic-max", 100000000 if key == "mod_atomic" else DEFAULT_ATOMIC_MAX)
+    one_step = key.endswith("_atomic")
+    if key.startswith(("mod", "soft", "rule")):
+        r.config_set("tagcache.purge-atomic-max", 100000000 if one_step else DEFAULT_ATOMIC_MAX)
+    if key.startswith("soft"):
+        payload, cmdname, expect = (resp.encode("TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "ptag"),
+                                    "tag.invalidate", n)
+    elif key.startswith("rule"):
+        # A write of `rsrc:ag` fires the rule `rsrc:` -> `pt`: tag `ptag`.
+        r.execute_command("TAG.LINK", "rsrc:", "pt")
+        payload, cmdname, expect = resp.encode("SET", "rsrc:ag", "x"), "set", None
+    elif key.startswith("mod"):
         payload, cmdname, expect = resp.encode("TAG.PURGE", "ptag"), "tag.purge", n
     elif key.startswith("lua"):
         payload, cmdname, expect = resp.encode("EVALSHA", sha, 1, "tag:ptag"), "evalsha", n
@@ -121,25 +141,57 @@ def _one(ctx, res, rk, key, label, how, srv, n, prefix, sha, del_cache, rnd):
         payload, cmdname, expect = del_cache[n], "del", n + 1
     before = cmdstat(r, cmdname)
     c = ctx.conn()
+    events = None
+    if key.startswith("rule"):
+        # The purge publishes one event when it ends: wait for that, not
+        # polling (a poll would take turns from the slices).
+        events = ctx.conn()
+        events.command("SUBSCRIBE", "tagcache:events")
     try:
         reply, secs = c.timed(payload)
+        if events is not None:
+            secs += _until_event(events)
     except (ConnectionError, OSError) as e:
         ctx.ensure_server(res, label)
         res.unavailable(rk, "connection lost: %s" % e)
         return
     finally:
         c.close()
+        if events is not None:
+            events.close()
     after = cmdstat(r, cmdname)
-    if key == "mod_atomic":
+    if one_step:
         r.config_set("tagcache.purge-atomic-max", DEFAULT_ATOMIC_MAX)
+    if key.startswith("rule"):
+        r.execute_command("TAG.UNLINK", "rsrc:")
     if isinstance(reply, resp.RespError):
         res.unavailable(rk, "error reply: %s" % reply)
         return
-    if reply != expect:
+    if expect is not None and reply != expect:
         res.note("%s, N=%d replied %r, expected %d" % (label, n, reply, expect))
     left = r.dbsize()
+    if key.startswith("soft"):
+        # The keys stay, stale until the grace ends; what is checked is
+        # that every one is marked.
+        if r.execute_command("TAG.CARD", "ptag") != n:
+            res.note("%s, N=%d: the tag lost keys" % (label, n))
+        left = 0
+    elif key.startswith("rule"):
+        left = r.execute_command("TAG.CARD", "ptag")
     if left:
         res.note("%s, N=%d: %d keys left in the database after it returned" % (label, n, left))
     srv_ms = (after.get("usec", 0) - before.get("usec", 0)) / 1000.0
     res.add(rk, value=secs * 1000.0, srv_ms=srv_ms, reply=reply if isinstance(reply, int) else None)
     log("purge N=%d round %d/%d %-45s %8.2f ms" % (n, rnd + 1, ctx.rounds, label, secs * 1000))
+
+
+
+def _until_event(events):
+    """Seconds from now until the rule's purge event arrives (at most 120 s)."""
+    import time
+    t0 = time.perf_counter()
+    events.sock.settimeout(120)
+    msg = events.read()
+    if not (isinstance(msg, list) and b'"op":"link"' in bytes(msg[-1])):
+        raise ConnectionError("unexpected message while waiting for the purge event: %r" % (msg,))
+    return time.perf_counter() - t0
