@@ -155,7 +155,7 @@ fn build() -> Vec<Info> {
             name: "tag.tryagain",
             handler: tag::tag_tryagain,
             flags: "write fast",
-            writes: false,
+            writes: true,
             summary: "Replies TRYAGAIN and changes nothing: what a write of a tagged key becomes while its tag sets have left ahead of it with a slot moving by MIGRATE",
             complexity: "O(1)",
             arity: -1,

@@ -10,6 +10,7 @@
 //! through a table of slot numbers; a tag's members are slot numbers
 //! (4 bytes each); tag names are interned per database.
 
+use super::slab::Slab;
 use hashbrown::HashTable;
 use std::collections::HashMap as StdMap;
 use std::hash::BuildHasher;
@@ -58,7 +59,7 @@ struct Key {
 #[derive(Default)]
 struct DbIndex {
     by_name: HashTable<KeyId>,
-    keys: Vec<Option<Key>>,
+    keys: Slab<Key>,
     free_keys: Vec<KeyId>,
     tag_ids: HashMap<Box<[u8]>, TagId>,
     tags: Vec<Option<Tag>>,
@@ -346,10 +347,10 @@ impl DbIndex {
     /// Renumbers the live keys into a slab of their size (amortized: it runs
     /// once three quarters of the slots have emptied).
     fn compact(&mut self) {
-        let old = std::mem::take(&mut self.keys);
+        let mut old = std::mem::take(&mut self.keys);
         let mut renumber = vec![KeyId::MAX; old.len()];
-        let mut keys = Vec::with_capacity(self.live_keys * 2);
-        for (slot, new_id) in old.into_iter().zip(renumber.iter_mut()) {
+        let mut keys = Slab::default();
+        for (slot, new_id) in old.drain().zip(renumber.iter_mut()) {
             if let Some(k) = slot {
                 *new_id = slot_id(keys.len());
                 keys.push(Some(k));

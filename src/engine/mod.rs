@@ -14,6 +14,7 @@ pub mod notes;
 pub mod plan;
 pub mod purge;
 pub mod rules;
+pub mod slab;
 pub mod slot;
 pub mod stale;
 pub mod stats;

@@ -321,8 +321,7 @@ fn set_acl_categories(ctx: &Context, cmd: *mut raw::RedisModuleCommand, info: &I
     let Some(set) = (unsafe { raw::RedisModule_SetCommandACLCategories }) else {
         return;
     };
-    // By the flag, not `info.writes`: `tag.tryagain` stands in for writes.
-    let writes = info.flags.split(' ').any(|f| f == "write");
+    let writes = info.writes;
     let name = info.name;
     let base = if writes { "write" } else { "read" };
     let cats = if own {
