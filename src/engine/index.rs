@@ -232,6 +232,10 @@ impl DbIndex {
 
     fn add(&mut self, key: &[u8], tag: &[u8]) -> bool {
         let tid = self.intern(tag);
+        self.add_tid(key, tid)
+    }
+
+    fn add_tid(&mut self, key: &[u8], tid: TagId) -> bool {
         let kid = self.slot(key);
         let Some(k) = self.key(kid) else {
             return false;
@@ -594,6 +598,19 @@ impl Index {
     pub fn add(&mut self, db: Db, key: &[u8], tag: &[u8]) -> bool {
         self.changes += 1;
         self.db_mut(db).add(key, tag)
+    }
+
+    /// Tags each of `keys` with `tag` (its set holds them: a set read whole).
+    pub fn add_many<K: AsRef<[u8]>>(&mut self, db: Db, tag: &[u8], keys: &[K]) {
+        if keys.is_empty() {
+            return;
+        }
+        self.changes += 1;
+        let d = self.db_mut(db);
+        let tid = d.intern(tag);
+        for k in keys {
+            d.add_tid(k.as_ref(), tid);
+        }
     }
 
     /// Untags; whether the key carried the tag.

@@ -84,8 +84,20 @@ impl SlotSet {
         self.bits.iter().all(|&w| w == 0)
     }
 
+    /// The slots in the set, in order: empty words skipped whole (a
+    /// resharding signals one slot at a time).
     pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..SLOTS as u16).filter(|&s| self.contains(s))
+        self.bits.iter().enumerate().flat_map(|(w, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros();
+                rest &= rest - 1;
+                u16::try_from(w * 64 + bit as usize).ok()
+            })
+        })
     }
 
     fn insert_all(&mut self, other: &SlotSet) {

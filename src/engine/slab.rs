@@ -38,7 +38,9 @@ impl<T> Slab<T> {
         if i >= self.len {
             return None;
         }
-        self.pages.get_mut(i / PAGE).and_then(|p| p.get_mut(i % PAGE))
+        self.pages
+            .get_mut(i / PAGE)
+            .and_then(|p| p.get_mut(i % PAGE))
     }
 
     pub fn push(&mut self, v: Option<T>) {

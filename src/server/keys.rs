@@ -133,7 +133,14 @@ pub fn key_type(ctx: &Context, key: &[u8]) -> KeyType {
 }
 
 pub fn exists(ctx: &Context, key: &[u8]) -> bool {
-    key_type(ctx, key) != KeyType::Empty
+    // SAFETY: reading a function pointer of the module API.
+    let Some(key_exists) = (unsafe { raw::RedisModule_KeyExists }) else {
+        return key_type(ctx, key) != KeyType::Empty;
+    };
+    let name = RedisString::create_from_slice(ctx.ctx, key);
+    // SAFETY: the running context and a live string; the call opens no
+    // key (an expired key is deleted as by a read, as opening it would).
+    unsafe { key_exists(ctx.ctx, name.inner) != 0 }
 }
 
 /// Writes a string value as `SET` does (any old value and TTL replaced),

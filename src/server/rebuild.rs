@@ -51,28 +51,32 @@ pub fn read_index_set(ctx: &Context, db: Db, set: &[u8], writes: bool) {
     let Some((tag, scope)) = config::layout().index_of(set).map(|(t, s)| (t.to_vec(), s)) else {
         return;
     };
+    let (mut live, mut gone) = (Vec::new(), Vec::new());
     for member in keys::smembers(ctx, set).unwrap_or_default() {
         // A cluster's set holds its own slot's keys: others named in it
         // are left alone.
         if !scope.holds(&member) {
             continue;
         }
-        let live = keys::exists(ctx, &member);
-        super::update(|s| {
-            if live {
-                s.index.add(db, &member, &tag);
-            } else if writes {
-                let seq = s.next_seq();
-                s.owed.push_back(Owed::Untag {
-                    db,
-                    tag: tag.clone(),
-                    key: member,
-                    seq,
-                    in_exec: None,
-                });
-            }
-        });
+        if keys::exists(ctx, &member) {
+            live.push(member);
+        } else if writes {
+            gone.push(member);
+        }
     }
+    super::update(|s| {
+        s.index.add_many(db, &tag, &live);
+        for key in gone {
+            let seq = s.next_seq();
+            s.owed.push_back(Owed::Untag {
+                db,
+                tag: tag.clone(),
+                key,
+                seq,
+                in_exec: None,
+            });
+        }
+    });
 }
 
 /// The stale state of the selected database `db`, read from its stale
