@@ -44,7 +44,8 @@ impl<T> Slab<T> {
     }
 
     pub fn push(&mut self, v: Option<T>) {
-        if self.len % PAGE == 0 && self.len / PAGE == self.pages.len() {
+        // Every page full (the count of pages is len / PAGE rounded up).
+        if self.len / PAGE == self.pages.len() {
             self.pages.push((0..PAGE).map(|_| None).collect());
         }
         let i = self.len;
