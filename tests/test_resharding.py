@@ -141,6 +141,10 @@ def test_writes_whose_tag_sets_left_ahead_are_refused_with_tryagain(fresh):
     pipe.get(k)
     out = pipe.execute(raise_on_error=False)
     assert isinstance(out[0], redis.ResponseError) and out[1] == b"v"
+    with pytest.raises(redis.ResponseError) as e:
+        cs.eval("return redis.call('SET', KEYS[1], 'from-lua')", 1, k)
+    assert error_text(e.value).startswith(SPLIT), error_text(e.value)
+    assert cs.get(k) == b"v"
     # The receiving node: a TAG.SET of a new key of the slot (sent there
     # with ASKING) writes only sets that have arrived.
     k2 = next(b"item:lb:%d" % n for n in range(200000) if slot_of(b"item:lb:%d" % n) == slot)
@@ -162,6 +166,10 @@ def test_writes_whose_tag_sets_left_ahead_are_refused_with_tryagain(fresh):
     assert [s for s in cs.keys("tagcache:*") if slot_of(s) == slot] == []
     assert fresh.on(dst, "TAG.PURGE", "t") == 2
     assert cd.exists(k, k2) == 0
+    # Once moved, writes of the slot are plain writes again, there.
+    fresh.rc.execute_command("TAG.SET", k, "again", "TAGS", 1, "t")
+    assert cd.set(k, "plain") is True
+    assert cd.execute_command("TAG.TAGS", k) == []
 
 
 def is_valkey9(c: Cluster) -> bool:

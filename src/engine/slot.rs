@@ -72,6 +72,19 @@ pub fn name_in(slot: u16) -> &'static [u8] {
 }
 
 /// Whether all keys hash to one slot.
+/// `items` grouped by the slot of each one's key, slots in order (a
+/// cluster's multi-key call may not span slots).
+pub fn by_slot<T>(
+    items: impl IntoIterator<Item = T>,
+    key: impl Fn(&T) -> &[u8],
+) -> std::collections::BTreeMap<u16, Vec<T>> {
+    let mut out: std::collections::BTreeMap<u16, Vec<T>> = Default::default();
+    for item in items {
+        out.entry(slot(key(&item))).or_default().push(item);
+    }
+    out
+}
+
 pub fn same_slot<K: AsRef<[u8]>>(keys: &[K]) -> bool {
     let mut it = keys.iter().map(|k| slot(k.as_ref()));
     match it.next() {

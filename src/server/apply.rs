@@ -213,17 +213,11 @@ fn delete(ctx: &Context, mode: Mode, cmd: &str, keys: &[Bytes]) -> Result<i64> {
             None => Ok(0),
         };
     }
-    let mut by_slot: std::collections::BTreeMap<u16, Vec<Bytes>> = Default::default();
-    for k in keys {
-        by_slot
-            .entry(crate::engine::slot::slot(k))
-            .or_default()
-            .push(k.clone());
-    }
     let mut n = 0;
-    for group in by_slot.values() {
+    for group in crate::engine::slot::by_slot(keys, |k| k.as_ref()).values() {
         if let Some((first, rest)) = group.split_first() {
-            n += call_list(ctx, mode, cmd, first, rest)?;
+            let rest: Vec<Bytes> = rest.iter().map(|k| (*k).clone()).collect();
+            n += call_list(ctx, mode, cmd, first, &rest)?;
         }
     }
     Ok(n)

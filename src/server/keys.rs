@@ -734,16 +734,10 @@ pub fn delete<K: AsRef<[u8]>>(ctx: &Context, mode: Mode, names: &[K]) -> Result<
     let n = i64::try_from(gone.len()).unwrap_or(i64::MAX);
     if mode == Mode::Replicated && !gone.is_empty() {
         if super::config::slotted() {
-            let mut by_slot: std::collections::BTreeMap<u16, Vec<*mut raw::RedisModuleString>> =
-                Default::default();
-            for g in &gone {
-                by_slot
-                    .entry(crate::engine::slot::slot(g.as_slice()))
-                    .or_default()
-                    .push(g.inner);
-            }
-            for group in by_slot.values() {
-                replicate_strings(ctx, c"DEL", group);
+            for group in crate::engine::slot::by_slot(&gone, |g| g.as_slice()).values() {
+                let strings: Vec<*mut raw::RedisModuleString> =
+                    group.iter().map(|g| g.inner).collect();
+                replicate_strings(ctx, c"DEL", &strings);
             }
         } else {
             let all: Vec<*mut raw::RedisModuleString> = gone.iter().map(|g| g.inner).collect();

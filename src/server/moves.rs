@@ -383,9 +383,18 @@ pub fn write_refused(key: &[u8]) -> bool {
         if a.is_empty() {
             return false;
         }
-        let Some(ahead) = a.get(&crate::engine::slot::slot(key)) else {
+        let slot = crate::engine::slot::slot(key);
+        let Some(ahead) = a.get(&slot) else {
             return false;
         };
+        // A slot this node's line, as last read, shows not migrating any
+        // more (its owner changed by the cluster bus, with no `SETSLOT`
+        // here): the server's own answer (a redirection) stands.
+        let migrating =
+            MYSELF.with_borrow(|m| m.as_ref().map(|(me, _)| me.migrating.contains(slot)));
+        if migrating == Some(false) {
+            return false;
+        }
         let p = config::layout();
         engine::with(|s| {
             ahead.iter().any(|m| match p.index_of(m) {
