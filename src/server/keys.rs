@@ -375,25 +375,15 @@ pub fn read_string(ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>> {
 /// string objects made on this side): the common shape of the module's own
 /// set writes (`SADD set key`, `SREM set key`). Returns the integer reply.
 pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Result<i64> {
-    let fmt: &CStr =
-        if mode == Mode::Replicated || (InNotification::active() && mode != Mode::Quiet) {
-            c"!Ebb"
-        } else {
-            c"Ebb"
-        };
-    // SAFETY: module API function pointers; the format names two buffers,
-    // each passed as (pointer, length) of a live slice; the reply is read
-    // and freed here.
-    unsafe {
-        let (Some(call), Some(kind), Some(int), Some(free)) = (
-            raw::RedisModule_Call,
-            raw::RedisModule_CallReplyType,
-            raw::RedisModule_CallReplyInteger,
-            raw::RedisModule_FreeCallReply,
-        ) else {
-            return Err(Error::Internal("command calls unavailable".into()));
-        };
-        let reply = call(
+    let fmt = if replicates(mode) { c"!Ebb" } else { c"Ebb" };
+    // SAFETY: reading a function pointer of the module API.
+    let Some(call) = (unsafe { raw::RedisModule_Call }) else {
+        return Err(Error::Internal("command calls unavailable".into()));
+    };
+    // SAFETY: the format names two buffers, each passed as (pointer,
+    // length) of a live slice.
+    let reply = unsafe {
+        call(
             ctx.ctx,
             cmd.as_ptr(),
             fmt.as_ptr(),
@@ -401,10 +391,32 @@ pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Resul
             a.len(),
             b.as_ptr(),
             b.len(),
-        );
-        if reply.is_null() {
-            return Err(Error::Internal("command call failed".into()));
-        }
+        )
+    };
+    int_reply(reply, cmd)
+}
+
+/// Whether a command call in `mode` is replicated as made.
+fn replicates(mode: Mode) -> bool {
+    mode == Mode::Replicated || (InNotification::active() && mode != Mode::Quiet)
+}
+
+/// The integer reply of a command call (freed here): `WRONGTYPE` and other
+/// errors as errors, any other reply as 0.
+fn int_reply(reply: *mut raw::RedisModuleCallReply, cmd: &CStr) -> Result<i64> {
+    if reply.is_null() {
+        return Err(Error::Internal("command call failed".into()));
+    }
+    // SAFETY: module API function pointers; `reply` is a live call reply,
+    // read and then freed once.
+    unsafe {
+        let (Some(kind), Some(int), Some(free)) = (
+            raw::RedisModule_CallReplyType,
+            raw::RedisModule_CallReplyInteger,
+            raw::RedisModule_FreeCallReply,
+        ) else {
+            return Err(Error::Internal("command calls unavailable".into()));
+        };
         let t = kind(reply) as isize;
         let n = int(reply);
         let wrong_type = t == raw::REDISMODULE_REPLY_ERROR

@@ -39,10 +39,13 @@ thread_local! {
     static SETSLOT: RefCell<Vec<(u16, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
     /// The module's own keys of a slot leaving by `MIGRATE` (index sets,
     /// stale hashes) that have left ahead of the keys they name, by slot:
-    /// until the slot's next `CLUSTER SETSLOT`, a write that would change
+    /// while the slot is still migrating here, a write that would change
     /// what one of them says is refused (`write_refused`).
-    static AHEAD: RefCell<std::collections::HashMap<u16, Vec<Vec<u8>>>> =
+    static AHEAD: RefCell<std::collections::HashMap<u16, std::collections::HashSet<Vec<u8>>>> =
         RefCell::new(std::collections::HashMap::new());
+    /// Slots a `CLUSTER SETSLOT` named: once it has run, the slots of
+    /// `AHEAD` no longer migrating are forgotten there.
+    static SETSLOT_ANY: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Which server runs the module, by `INFO server`: Valkey names itself.
@@ -338,12 +341,7 @@ pub fn forget_myself() {
 /// has just left this node.
 pub fn left_ahead(key: &[u8]) {
     let slot = crate::engine::slot::slot(key);
-    AHEAD.with_borrow_mut(|a| {
-        let keys = a.entry(slot).or_default();
-        if !keys.iter().any(|k| k == key) {
-            keys.push(key.to_vec());
-        }
-    });
+    AHEAD.with_borrow_mut(|a| a.entry(slot).or_default().insert(key.to_vec()));
 }
 
 /// A module key was written here again (it is here, whatever its slot).
@@ -354,7 +352,7 @@ pub fn back(key: &[u8]) {
         }
         let slot = crate::engine::slot::slot(key);
         if let Some(keys) = a.get_mut(&slot) {
-            keys.retain(|k| k != key);
+            keys.remove(key);
             if keys.is_empty() {
                 a.remove(&slot);
             }
@@ -362,47 +360,79 @@ pub fn back(key: &[u8]) {
     });
 }
 
-/// Forgets the module keys that left ahead: of one slot (`CLUSTER SETSLOT`
-/// changes its state), or all (the dataset was flushed or replaced).
-pub fn clear_ahead(slot: Option<u16>) {
-    AHEAD.with_borrow_mut(|a| match slot {
-        Some(s) => {
-            a.remove(&s);
+/// Forgets every module key that left ahead (the dataset was flushed or
+/// replaced, or this node's role changed: a replica refuses nothing).
+pub fn clear_ahead() {
+    AHEAD.with_borrow_mut(std::collections::HashMap::clear);
+}
+
+/// `CLUSTER SETSLOT <slot> …` is about to run (seen by the command
+/// filter): once it has, `AHEAD` follows the slot's state.
+pub fn setslot_any(slot: &[u8]) {
+    if let Some(slot) = std::str::from_utf8(slot)
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|&s| usize::from(s) < moves::SLOTS)
+    {
+        SETSLOT_ANY.with_borrow_mut(|q| q.push(slot));
+    }
+}
+
+/// After the `CLUSTER SETSLOT` commands of a turn ran (before the server
+/// sleeps): the module keys that left ahead in a slot no longer migrating
+/// here are forgotten (a `SETSLOT` that failed changed nothing, and keeps
+/// them).
+fn ahead_after_setslot(ctx: &Context) {
+    let slots = SETSLOT_ANY.with_borrow_mut(std::mem::take);
+    if slots.is_empty() || !any_ahead() {
+        return;
+    }
+    forget_myself();
+    let migrating = with_myself(ctx, |me| me.migrating.clone()).unwrap_or_default();
+    AHEAD.with_borrow_mut(|a| {
+        for s in slots {
+            if !migrating.contains(s) {
+                a.remove(&s);
+            }
         }
-        None => a.clear(),
     });
 }
 
-/// Whether writing `key` now would change what a module key that left
-/// ahead of it says (its tags, its stale state): such a write is refused
-/// with `TRYAGAIN`, as the server refuses a command whose keys are split
-/// between the two nodes of a migrating slot, since the copy that left
-/// could no longer be told.
-pub fn write_refused(key: &[u8]) -> bool {
+/// The module key whose record of `key` a write of `key` now would leave
+/// wrong, if any: an index set of one of its tags, or its stale hash, that
+/// left ahead of it while its slot is migrating here by `MIGRATE`. Such a
+/// write is refused as the server refuses a command whose keys are split
+/// between the two nodes of a migrating slot (`notify::refuse`).
+pub fn write_refused(key: &[u8]) -> Option<Vec<u8>> {
     AHEAD.with_borrow(|a| {
-        if a.is_empty() {
-            return false;
-        }
-        let slot = crate::engine::slot::slot(key);
-        let Some(ahead) = a.get(&slot) else {
-            return false;
-        };
+        let ahead = a.get(&crate::engine::slot::slot(key))?;
         // A slot this node's line, as last read, shows not migrating any
         // more (its owner changed by the cluster bus, with no `SETSLOT`
         // here): the server's own answer (a redirection) stands.
+        let slot = crate::engine::slot::slot(key);
         let migrating =
             MYSELF.with_borrow(|m| m.as_ref().map(|(me, _)| me.migrating.contains(slot)));
         if migrating == Some(false) {
-            return false;
+            return None;
         }
         let p = config::layout();
         engine::with(|s| {
-            ahead.iter().any(|m| match p.index_of(m) {
-                Some((tag, _)) => s.index.has(DB, key, tag),
-                None => p.is_stale_hash(m) && s.stale.contains(DB, key),
+            let mut found = None;
+            s.index.each_tag(DB, key, |tag| {
+                if found.is_none() {
+                    found = p
+                        .sets_holding(tag, key)
+                        .into_iter()
+                        .find(|set| ahead.contains(set));
+                }
+            });
+            found.or_else(|| {
+                let hash = p.stale_hash(key);
+                (s.stale.contains(DB, key) && ahead.contains(&hash)).then_some(hash)
             })
         })
-        .unwrap_or(false)
+        .ok()
+        .flatten()
     })
 }
 
@@ -432,6 +462,7 @@ const SETSLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// importing waits for its command to end. (A slot that left by `MIGRATE`
 /// was forgotten key by key as its keys left.)
 pub fn after_setslot(ctx: &Context) {
+    ahead_after_setslot(ctx);
     if SETSLOT.with(|q| q.borrow().is_empty()) {
         return;
     }

@@ -54,19 +54,16 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         let moving =
             (name.len() == 7 && is(b"migrate")) || (name.len() == 14 && is(b"restore-asking"));
         MOVING.with(|m| m.set(moving));
-        if !moving && super::moves::any_ahead() && writes_a_key_left_behind(fctx, argc) {
-            refuse(fctx);
-            return;
+        if !moving && super::moves::any_ahead() {
+            if let Some((key, away)) = writes_a_key_left_behind(fctx, argc) {
+                refuse(fctx, argc, &key, &away);
+                return;
+            }
         }
         if name.len() == 7 && is(b"cluster") {
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
             if argc >= 3 && word(1, b"setslot") {
-                if let Some(slot) = std::str::from_utf8(slice(2))
-                    .ok()
-                    .and_then(|s| s.parse::<u16>().ok())
-                {
-                    super::moves::clear_ahead(Some(slot));
-                }
+                super::moves::setslot_any(slice(2));
             }
             let changes_slots = [
                 &b"setslot"[..],
@@ -141,8 +138,9 @@ static FILTER_CTX: std::sync::atomic::AtomicPtr<raw::RedisModuleCtx> =
 
 thread_local! {
     /// The server's commands in the `@write` category, read when the
-    /// module loads (a command not among them, of a module loaded later,
-    /// counts as a write).
+    /// module loads (a command not among them, such as another module's,
+    /// counts as a read: a deletion it makes is cleaned up when the slot
+    /// is read where it arrives).
     static WRITE_COMMANDS: std::cell::RefCell<std::collections::HashSet<Vec<u8>>> =
         std::cell::RefCell::new(std::collections::HashSet::new());
 }
@@ -150,21 +148,31 @@ thread_local! {
 /// What a write becomes when it is refused by the filter.
 pub const REFUSAL: &str = "tag.tryagain";
 
-/// Whether the filtered command writes a key whose index set or stale hash
-/// has left ahead of it with a slot migrating by `MIGRATE`
-/// (`moves::write_refused`). Reads pass.
-fn writes_a_key_left_behind(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c_int) -> bool {
+/// A key the filtered command writes whose index set or stale hash has
+/// left ahead of it with a slot migrating by `MIGRATE`, with that module
+/// key (`moves::write_refused`). Reads pass; so does everything on a
+/// replica or while loading (the master's word, and nothing left here).
+fn writes_a_key_left_behind(
+    fctx: *mut raw::RedisModuleCommandFilterCtx,
+    argc: c_int,
+) -> Option<(Vec<u8>, Vec<u8>)> {
     // SAFETY: plain function pointers of the module API.
-    let (Some(get), Some(keys_of), Some(free)) = (
+    let (Some(get), Some(keys_of), Some(free), Some(flags_of)) = (
         unsafe { raw::RedisModule_CommandFilterArgGet },
         unsafe { raw::RedisModule_GetCommandKeysWithFlags },
         unsafe { raw::RedisModule_Free },
+        unsafe { raw::RedisModule_GetContextFlags },
     ) else {
-        return false;
+        return None;
     };
     let ctx = FILTER_CTX.load(std::sync::atomic::Ordering::Relaxed);
     if ctx.is_null() {
-        return false;
+        return None;
+    }
+    // SAFETY: the detached context lives as long as the module.
+    let server = unsafe { flags_of(ctx) } as u32;
+    if server & (raw::REDISMODULE_CTX_FLAGS_SLAVE | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0 {
+        return None;
     }
     // SAFETY: indexes below `argc` are the command's live arguments.
     let mut argv: Vec<*mut raw::RedisModuleString> =
@@ -175,7 +183,7 @@ fn writes_a_key_left_behind(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c
     // two arrays it returns (or returns null), freed below.
     let positions = unsafe { keys_of(ctx, argv.as_mut_ptr(), argc, &mut n, &mut flags) };
     if positions.is_null() {
-        return false;
+        return None;
     }
     let count = usize::try_from(n).unwrap_or(0);
     // SAFETY: the server returned `n` positions and as many flags.
@@ -197,15 +205,22 @@ fn writes_a_key_left_behind(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c
         let name = argv
             .first()
             .map(|&a| RedisString::string_as_slice(a).to_ascii_lowercase());
-        WRITE_COMMANDS.with_borrow(|w| name.is_none_or(|n| w.is_empty() || w.contains(&n)))
+        WRITE_COMMANDS.with_borrow(|w| name.is_some_and(|n| w.contains(&n)))
     };
-    let refused = at.iter().enumerate().any(|(i, &pos)| {
+    let refused = at.iter().enumerate().find_map(|(i, &pos)| {
         let writes = match fl.and_then(|f| f.get(i)) {
             Some(&f) if f != 0 => (f as u32) & WRITES != 0,
             _ => command_writes(),
         };
-        let key = usize::try_from(pos).ok().and_then(|p| argv.get(p)).copied();
-        writes && key.is_some_and(|k| super::moves::write_refused(RedisString::string_as_slice(k)))
+        let key = usize::try_from(pos)
+            .ok()
+            .and_then(|p| argv.get(p))
+            .copied()?;
+        let key = RedisString::string_as_slice(key);
+        writes
+            .then(|| super::moves::write_refused(key))
+            .flatten()
+            .map(|away| (key.to_vec(), away))
     });
     // SAFETY: both arrays came from the server's allocator, freed once.
     unsafe {
@@ -217,19 +232,30 @@ fn writes_a_key_left_behind(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c
     refused
 }
 
-/// Turns the filtered command into the module's refusal (`TAG.TRYAGAIN`),
-/// which changes nothing and replies `TRYAGAIN`.
-fn refuse(fctx: *mut raw::RedisModuleCommandFilterCtx) {
-    // SAFETY: plain function pointers of the module API; the new string is
-    // handed to the server, which frees it with the command.
+/// Turns the filtered command into `TAG.TRYAGAIN key away`, whose two keys
+/// (the key, here, and the module key that left) make the server itself
+/// answer as for any command whose keys a migrating slot has split:
+/// `TRYAGAIN`, and in a transaction `EXECABORT` at `EXEC`; or a
+/// redirection, if the slot's state has changed.
+fn refuse(fctx: *mut raw::RedisModuleCommandFilterCtx, argc: c_int, key: &[u8], away: &[u8]) {
+    // SAFETY: plain function pointers of the module API; each new string
+    // is handed to the server, which frees it with the command.
     unsafe {
-        if let (Some(replace), Some(create)) = (
+        let (Some(replace), Some(delete), Some(insert), Some(create)) = (
             raw::RedisModule_CommandFilterArgReplace,
+            raw::RedisModule_CommandFilterArgDelete,
+            raw::RedisModule_CommandFilterArgInsert,
             raw::RedisModule_CreateString,
-        ) {
-            let s = create(std::ptr::null_mut(), REFUSAL.as_ptr().cast(), REFUSAL.len());
-            replace(fctx, 0, s);
+        ) else {
+            return;
+        };
+        let string = |b: &[u8]| create(std::ptr::null_mut(), b.as_ptr().cast(), b.len());
+        for i in (1..argc).rev() {
+            delete(fctx, i);
         }
+        replace(fctx, 0, string(REFUSAL.as_bytes()));
+        insert(fctx, 1, string(key));
+        insert(fctx, 2, string(away));
     }
 }
 
@@ -618,7 +644,7 @@ fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool 
 }
 
 fn dataset_replaced(ctx: &Context) {
-    super::moves::clear_ahead(None);
+    super::moves::clear_ahead();
     let wakes = engine::with(|s| s.dataset_replaced()).unwrap_or_default();
     apply_wakes(ctx, wakes);
 }
@@ -694,6 +720,7 @@ unsafe extern "C" fn on_role_changed(
     sub: u64,
     _data: *mut std::ffi::c_void,
 ) {
+    super::moves::clear_ahead();
     if sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
         rebuild::load_all_stale(&Context::new(ctx));
     }
