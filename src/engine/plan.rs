@@ -526,6 +526,43 @@ pub fn tag_change<'a>(
     (plan, changed)
 }
 
+/// Pairs of writes that one `SMOVE` can make: a key's removal from a set
+/// it is in (`is_in` says yes) and its addition to a set it is not in (says
+/// no), each of one member, in the order the plan has them: `(removal,
+/// addition)` by index in `writes`. A re-tagged key leaves one set and
+/// joins another in one command call rather than two.
+pub fn set_moves(
+    writes: &[Write<'_>],
+    is_in: impl Fn(&[u8], &[u8]) -> Option<bool>,
+) -> SmallVec<[(usize, usize); 4]> {
+    let mut out = SmallVec::new();
+    let mut taken: SmallVec<[usize; 4]> = SmallVec::new();
+    for (i, w) in writes.iter().enumerate() {
+        let Write::SetRem { set, members } = w else {
+            continue;
+        };
+        let [member] = members.as_slice() else {
+            continue;
+        };
+        if is_in(set, member) != Some(true) {
+            continue;
+        }
+        let partner = writes.iter().enumerate().position(|(j, other)| match other {
+            Write::SetAdd { set: to, members: m } => {
+                !taken.contains(&j)
+                    && matches!(m.as_slice(), [x] if x == member)
+                    && is_in(to, member) == Some(false)
+            }
+            _ => false,
+        });
+        if let Some(j) = partner {
+            taken.push(j);
+            out.push((i, j));
+        }
+    }
+    out
+}
+
 /// The keys that carry any of `tags`, each once.
 pub fn purge_members(ix: &Index, db: Db, tags: &[Vec<u8>]) -> Vec<Vec<u8>> {
     let mut members: Vec<Vec<u8>> = Vec::new();
@@ -800,6 +837,44 @@ mod tests {
         tags: b"tag:",
         slotted: true,
     };
+
+    #[test]
+    fn a_retagged_key_moves_between_sets_it_leaves_and_joins() {
+        let rem = |set: &'static [u8]| Write::SetRem {
+            set: set.into(),
+            members: one(b"k"),
+        };
+        let add = |set: &'static [u8]| Write::SetAdd {
+            set: set.into(),
+            members: one(b"k"),
+        };
+        let writes = vec![
+            rem(b"tag:a"),
+            rem(b"tag:b"),
+            rem(b"tag:gone"),
+            add(b"tag:c"),
+            add(b"tag:held"),
+            add(b"tag:d"),
+        ];
+        // `tag:gone` does not hold k (nothing to move from); `tag:held`
+        // already does (nothing to add): neither is paired.
+        let is_in = |set: &[u8], _: &[u8]| match set {
+            b"tag:a" | b"tag:b" | b"tag:held" => Some(true),
+            b"tag:unknown" => None,
+            _ => Some(false),
+        };
+        assert_eq!(set_moves(&writes, is_in).as_slice(), &[(0, 3), (1, 5)]);
+        // Where the index cannot tell, nothing is paired.
+        assert!(set_moves(&writes, |_, _| None).is_empty());
+        let several = vec![
+            Write::SetRem {
+                set: Cow::Borrowed(&b"tag:a"[..]),
+                members: smallvec::smallvec![Cow::Borrowed(&b"k"[..]), Cow::Borrowed(&b"j"[..])],
+            },
+            add(b"tag:c"),
+        ];
+        assert!(set_moves(&several, is_in).is_empty());
+    }
 
     #[test]
     fn a_cluster_keeps_a_set_per_tag_and_slot() {

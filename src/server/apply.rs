@@ -126,9 +126,31 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
     // rather than the module's: it carries the tag either way, as with one
     // set on a standalone server.)
     let known = keys::may_write(ctx).then_some((db, &p));
+    // Where the index knows, a key leaving one set for another moves in one
+    // call; the addition is then made (its reply is the move's).
+    let moves = match known {
+        Some(_) => plan::set_moves(&plan.writes, |set, m| membership(known, set, m)),
+        None => Default::default(),
+    };
+    let mut moved: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
     let _applying = Applying::begin();
-    for w in &plan.writes {
-        let reply = write(ctx, w, mode, known, own)?;
+    for (i, w) in plan.writes.iter().enumerate() {
+        let reply = match (moves.iter().find(|m| m.0 == i), w) {
+            (Some(&(_, j)), Write::SetRem { set, members }) => {
+                let to = match plan.writes.get(j) {
+                    Some(Write::SetAdd { set: to, .. }) => to,
+                    _ => set,
+                };
+                let member = members.first().map(AsRef::as_ref).unwrap_or_default();
+                let n = keys::call3(ctx, mode, c"SMOVE", set, to, member)?;
+                if n == 1 {
+                    moved.push(j);
+                }
+                n
+            }
+            _ if moved.contains(&i) => 1,
+            _ => write(ctx, w, mode, known, own)?,
+        };
         replies.push(reply);
         // A name marked stale that is no key records nothing.
         if let (Write::MarkStale { .. }, 0) = (w, reply) {

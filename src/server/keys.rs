@@ -396,6 +396,31 @@ pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Resul
     int_reply(reply, cmd)
 }
 
+/// As `call2`, with three arguments (`SMOVE source destination member`).
+pub fn call3(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8], c: &[u8]) -> Result<i64> {
+    let fmt = if replicates(mode) { c"!Ebbb" } else { c"Ebbb" };
+    // SAFETY: reading a function pointer of the module API.
+    let Some(call) = (unsafe { raw::RedisModule_Call }) else {
+        return Err(Error::Internal("command calls unavailable".into()));
+    };
+    // SAFETY: the format names three buffers, each passed as (pointer,
+    // length) of a live slice.
+    let reply = unsafe {
+        call(
+            ctx.ctx,
+            cmd.as_ptr(),
+            fmt.as_ptr(),
+            a.as_ptr(),
+            a.len(),
+            b.as_ptr(),
+            b.len(),
+            c.as_ptr(),
+            c.len(),
+        )
+    };
+    int_reply(reply, cmd)
+}
+
 /// Whether a command call in `mode` is replicated as made.
 fn replicates(mode: Mode) -> bool {
     mode == Mode::Replicated || (InNotification::active() && mode != Mode::Quiet)
