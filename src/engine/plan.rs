@@ -547,14 +547,20 @@ pub fn set_moves(
         if is_in(set, member) != Some(true) {
             continue;
         }
-        let partner = writes.iter().enumerate().position(|(j, other)| match other {
-            Write::SetAdd { set: to, members: m } => {
-                !taken.contains(&j)
-                    && matches!(m.as_slice(), [x] if x == member)
-                    && is_in(to, member) == Some(false)
-            }
-            _ => false,
-        });
+        let partner = writes
+            .iter()
+            .enumerate()
+            .position(|(j, other)| match other {
+                Write::SetAdd {
+                    set: to,
+                    members: m,
+                } => {
+                    !taken.contains(&j)
+                        && matches!(m.as_slice(), [x] if x == member)
+                        && is_in(to, member) == Some(false)
+                }
+                _ => false,
+            });
         if let Some(j) = partner {
             taken.push(j);
             out.push((i, j));
