@@ -259,17 +259,32 @@ class Server:
         return out
 
 
+_SESSION_MODULE: Path | None = None
+
+
+def session_module() -> Path:
+    """A private copy of the module for this test session: a rebuild never
+    overwrites a file a server has mapped. One per session, not per test
+    (a build with debug information is tens of MB)."""
+    global _SESSION_MODULE
+    if _SESSION_MODULE is None:
+        import atexit
+        import tempfile
+        moddir = Path(tempfile.mkdtemp(prefix="tagcache-module-"))
+        atexit.register(shutil.rmtree, moddir, True)
+        copy = (moddir / MODULE.name).resolve()
+        shutil.copy2(MODULE, copy)
+        _SESSION_MODULE = copy
+    return _SESSION_MODULE
+
+
 class ServerFactory:
     """Starts servers for one test and stops them all at teardown."""
 
     def __init__(self, tmp: Path):
         self.tmp = Path(tmp)
         self.servers: list[Server] = []
-        moddir = self.tmp / "module"
-        moddir.mkdir(parents=True, exist_ok=True)
-        # A private copy: a rebuild never overwrites a file a server has mapped.
-        self.module = (moddir / MODULE.name).resolve()
-        shutil.copy2(MODULE, self.module)
+        self.module = session_module()
 
     def new(self, module_args=(), extra_args=(), name: str | None = None) -> Server:
         name = name or f"server{len(self.servers)}"
