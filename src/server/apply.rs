@@ -128,9 +128,13 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
     let known = keys::may_write(ctx).then_some((db, &p));
     // Where the index knows, a key leaving one set for another moves in one
     // call; the addition is then made (its reply is the move's).
+    // Not while slots move: a command naming two keys is refused there when
+    // one of them is not on this node yet.
     let moves = match known {
-        Some(_) => plan::set_moves(&plan.writes, |set, m| membership(known, set, m)),
-        None => Default::default(),
+        Some(_) if !(config::slotted() && super::moves::any_moving(ctx)) => {
+            plan::set_moves(&plan.writes, |set, m| membership(known, set, m))
+        }
+        _ => Default::default(),
     };
     let mut moved: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
     let _applying = Applying::begin();
@@ -142,11 +146,17 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
                     _ => set,
                 };
                 let member = members.first().map(AsRef::as_ref).unwrap_or_default();
-                let n = keys::call3(ctx, mode, c"SMOVE", set, to, member)?;
-                if n == 1 {
-                    moved.push(j);
+                match keys::call3(ctx, mode, c"SMOVE", set, to, member) {
+                    Ok(n) => {
+                        if n == 1 {
+                            moved.push(j);
+                        }
+                        n
+                    }
+                    // A refused call changed nothing: the two writes are
+                    // made one by one.
+                    Err(_) => write(ctx, w, mode, known, own)?,
                 }
-                n
             }
             _ if moved.contains(&i) => 1,
             _ => write(ctx, w, mode, known, own)?,
