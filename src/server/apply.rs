@@ -130,12 +130,13 @@ pub fn apply_from(ctx: &Context, plan: &Plan, cause: Cause, own: &keys::Own) -> 
     // call; the addition is then made (its reply is the move's).
     // Not while slots move: a command naming two keys is refused there when
     // one of them is not on this node yet.
-    let moves = match known {
-        Some(_) if !(config::slotted() && super::moves::any_moving(ctx)) => {
-            plan::set_moves(&plan.writes, |set, m| membership(known, set, m))
-        }
-        _ => Default::default(),
+    let mut moves = match known {
+        Some(_) => plan::set_moves(&plan.writes, |set, m| membership(known, set, m)),
+        None => Default::default(),
     };
+    if !moves.is_empty() && config::slotted() && super::moves::any_moving(ctx) {
+        moves.clear();
+    }
     let mut moved: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
     let _applying = Applying::begin();
     for (i, w) in plan.writes.iter().enumerate() {

@@ -375,48 +375,38 @@ pub fn read_string(ctx: &Context, key: &[u8]) -> Result<Option<Vec<u8>>> {
 /// string objects made on this side): the common shape of the module's own
 /// set writes (`SADD set key`, `SREM set key`). Returns the integer reply.
 pub fn call2(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8]) -> Result<i64> {
-    let fmt = if replicates(mode) { c"!Ebb" } else { c"Ebb" };
-    // SAFETY: reading a function pointer of the module API.
-    let Some(call) = (unsafe { raw::RedisModule_Call }) else {
-        return Err(Error::Internal("command calls unavailable".into()));
-    };
-    // SAFETY: the format names two buffers, each passed as (pointer,
-    // length) of a live slice.
-    let reply = unsafe {
-        call(
-            ctx.ctx,
-            cmd.as_ptr(),
-            fmt.as_ptr(),
-            a.as_ptr(),
-            a.len(),
-            b.as_ptr(),
-            b.len(),
-        )
-    };
-    int_reply(reply, cmd)
+    call_buffers(ctx, mode, cmd, &[a, b])
 }
 
 /// As `call2`, with three arguments (`SMOVE source destination member`).
 pub fn call3(ctx: &Context, mode: Mode, cmd: &CStr, a: &[u8], b: &[u8], c: &[u8]) -> Result<i64> {
-    let fmt = if replicates(mode) { c"!Ebbb" } else { c"Ebbb" };
+    call_buffers(ctx, mode, cmd, &[a, b, c])
+}
+
+/// `cmd args…` (two or three) through RM_Call, each argument passed as a
+/// buffer; the integer reply.
+fn call_buffers(ctx: &Context, mode: Mode, cmd: &CStr, args: &[&[u8]]) -> Result<i64> {
+    let r = replicates(mode);
     // SAFETY: reading a function pointer of the module API.
     let Some(call) = (unsafe { raw::RedisModule_Call }) else {
         return Err(Error::Internal("command calls unavailable".into()));
     };
-    // SAFETY: the format names three buffers, each passed as (pointer,
-    // length) of a live slice.
+    let (c, f) = (ctx.ctx, cmd.as_ptr());
+    // SAFETY: each format names as many buffers as are passed, each as
+    // (pointer, length) of a live slice.
     let reply = unsafe {
-        call(
-            ctx.ctx,
-            cmd.as_ptr(),
-            fmt.as_ptr(),
-            a.as_ptr(),
-            a.len(),
-            b.as_ptr(),
-            b.len(),
-            c.as_ptr(),
-            c.len(),
-        )
+        match *args {
+            [a, b] => {
+                let fmt = if r { c"!Ebb" } else { c"Ebb" };
+                call(c, f, fmt.as_ptr(), a.as_ptr(), a.len(), b.as_ptr(), b.len())
+            }
+            [a, b, d] => {
+                let fmt = if r { c"!Ebbb" } else { c"Ebbb" };
+                let (ap, bp, dp) = (a.as_ptr(), b.as_ptr(), d.as_ptr());
+                call(c, f, fmt.as_ptr(), ap, a.len(), bp, b.len(), dp, d.len())
+            }
+            _ => return Err(Error::Internal("unsupported command call".into())),
+        }
     };
     int_reply(reply, cmd)
 }

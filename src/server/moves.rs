@@ -405,11 +405,11 @@ fn ahead_after_setslot(ctx: &Context) {
 /// between the two nodes of a migrating slot (`notify::refuse`).
 pub fn write_refused(key: &[u8]) -> Option<Vec<u8>> {
     AHEAD.with_borrow(|a| {
-        let ahead = a.get(&crate::engine::slot::slot(key))?;
+        let slot = crate::engine::slot::slot(key);
+        let ahead = a.get(&slot)?;
         // A slot this node's line, as last read, shows not migrating any
         // more (its owner changed by the cluster bus, with no `SETSLOT`
         // here): the server's own answer (a redirection) stands.
-        let slot = crate::engine::slot::slot(key);
         let migrating =
             MYSELF.with_borrow(|m| m.as_ref().map(|(me, _)| me.migrating.contains(slot)));
         if migrating == Some(false) {
