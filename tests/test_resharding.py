@@ -229,6 +229,55 @@ def test_a_master_demoted_while_its_tag_sets_are_away_applies_its_new_masters_wr
     wait_until(lambda: digest(cs) == digest(cr), 10, what="the two datasets equal")
 
 
+def test_a_setslot_held_for_the_replicas_is_followed_once_it_runs(fresh):
+    """Valkey holds `CLUSTER SETSLOT` until the master's replicas have it,
+    and runs it in a later turn. Writes in the slot while it is held see the
+    slot as it was; once it has run and the key's index set has left, a
+    write that would change the set is refused whole, at once (not the
+    value written and the set's update refused after)."""
+    info = fresh.client(fresh.nodes[0]).info("server")
+    if "valkey_version" not in info:
+        pytest.skip("only Valkey holds CLUSTER SETSLOT for the replicas")
+    k = b"item:held"
+    fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")
+    slot = slot_of(k)
+    masters, replicas = fresh.roles()
+    src = next(m for m in masters if m.port == fresh.rc.get_node_from_key(k).port)
+    dst = next(m for m in masters if m is not src)
+    mine = next(r for r in replicas
+                if fresh.client(r).info("replication")["master_port"] == src.port)
+    cs, cd = fresh.client(src), fresh.client(dst)
+    (idx,) = [s for s in cs.keys("tagcache:idx:*") if k in cs.smembers(s)]
+    neighbours = [b"item:hn:%d" % n for n in range(200000) if slot_of(b"item:hn:%d" % n) == slot][:3]
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
+    sleeper = threading.Thread(
+        target=lambda: fresh.client(mine).execute_command("DEBUG", "SLEEP", "0.6"), daemon=True)
+    sleeper.start()
+    time.sleep(0.1)
+    held = {}
+    setslot = threading.Thread(target=lambda: held.setdefault("reply", fresh.client(src).execute_command(
+        "CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst))), daemon=True)
+    setslot.start()
+    # Writes of the slot while the SETSLOT is held: plain tagged writes.
+    writer = fresh.client(src)
+    deadline = time.monotonic() + 5
+    n = 0
+    while setslot.is_alive() and time.monotonic() < deadline:
+        assert writer.execute_command("TAG.SET", neighbours[n % 3], "w", "TAGS", 1, "t") == b"OK"
+        n += 1
+        time.sleep(0.005)
+    setslot.join(5)
+    sleeper.join(5)
+    assert held.get("reply") == b"OK" and n > 0
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, idx, 0, 5000) == b"OK"
+    for cmd in [("TAG.SET", k, "v2", "TAGS", 1, "u"), ("TAG.SET", k, "v3", "TAGS", 1, "t"),
+                ("SET", k, "plain")]:
+        with pytest.raises(redis.ResponseError) as e:
+            cs.execute_command(*cmd)
+        assert error_text(e.value) == SPLIT, cmd
+    assert cs.get(k) == b"v" and cs.execute_command("TAG.TAGS", k) == [b"t"]
+
+
 def is_valkey9(c: Cluster) -> bool:
     info = c.client(c.nodes[0]).info("server")
     return int(str(info.get("valkey_version", "0")).split(".")[0]) >= 9

@@ -10,6 +10,7 @@
 //! through a table of slot numbers; a tag's members are slot numbers
 //! (4 bytes each); tag names are interned per database.
 
+use super::entry::{Name, Tags};
 use super::slab::Slab;
 use hashbrown::HashTable;
 use std::collections::HashMap as StdMap;
@@ -49,8 +50,8 @@ struct Tag {
 }
 
 struct Key {
-    name: Box<[u8]>,
-    tags: Box<[TagId]>,
+    name: Name,
+    tags: Tags,
 }
 
 /// Slots of `keys` and `tags` are indexed only by ids this index handed
@@ -74,7 +75,7 @@ struct DbIndex {
     /// naming its key (`tombs`), is not handed to another key, and nothing
     /// is renumbered.
     pins: u32,
-    tombs: HashMap<KeyId, Box<[u8]>>,
+    tombs: HashMap<KeyId, Name>,
     held_free: Vec<KeyId>,
     /// Tells this database's index from one made after a flush.
     generation: u64,
@@ -125,8 +126,8 @@ impl DbIndex {
             return id;
         }
         let key = Key {
-            name: name.into(),
-            tags: Box::new([]),
+            name: Name::new(name),
+            tags: Tags::default(),
         };
         let id = match self.free_keys.pop() {
             Some(id) => {
@@ -220,7 +221,7 @@ impl DbIndex {
         }
     }
 
-    fn set_key_tags(&mut self, id: KeyId, tags: Box<[TagId]>) {
+    fn set_key_tags(&mut self, id: KeyId, tags: Tags) {
         let empty = tags.is_empty();
         if let Some(k) = self.keys.get_mut(id as usize).and_then(Option::as_mut) {
             k.tags = tags;
@@ -243,7 +244,7 @@ impl DbIndex {
         if k.tags.contains(&tid) {
             return false;
         }
-        let tags: Box<[TagId]> = k.tags.iter().copied().chain([tid]).collect();
+        let tags = k.tags.with(tid);
         self.set_key_tags(kid, tags);
         if let Some(t) = self.tag_mut(tid) {
             t.members.insert(kid);
@@ -276,7 +277,7 @@ impl DbIndex {
         if k.tags.len() == 1 {
             self.release_key_hashed(kid, hash);
         } else {
-            k.tags = k.tags.iter().copied().filter(|&t| t != tid).collect();
+            k.tags = k.tags.without(tid);
         }
         if let Some(t) = self.tag_mut(tid) {
             t.members.remove(&kid);
@@ -292,7 +293,7 @@ impl DbIndex {
         };
         let tags = match self.keys.get_mut(kid as usize).and_then(Option::as_mut) {
             Some(k) => std::mem::take(&mut k.tags),
-            None => Box::default(),
+            None => Tags::default(),
         };
         self.release_key_hashed(kid, hash);
         let mut names = Vec::with_capacity(if collect { tags.len() } else { 0 });
@@ -307,6 +308,41 @@ impl DbIndex {
         }
         self.shrink();
         names
+    }
+
+    /// Forgets every key whose name `gone` holds, in one pass over the
+    /// slab: each key is found by its id, not looked up by a copy of its
+    /// name, and the tables are tidied once at the end (a slot leaving
+    /// takes tens of thousands of keys at a time).
+    fn forget_where(&mut self, gone: impl Fn(&[u8]) -> bool) {
+        let ids: Vec<KeyId> = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.as_ref().is_some_and(|k| gone(&k.name)))
+            .map(|(i, _)| slot_id(i))
+            .collect();
+        let mut touched: Vec<TagId> = Vec::new();
+        for kid in ids {
+            let Some(k) = self.keys.get_mut(kid as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            let tags = std::mem::take(&mut k.tags);
+            let hash = self.hasher.hash_one(&*k.name);
+            for &tid in tags.iter() {
+                if let Some(t) = self.tag_mut(tid) {
+                    t.members.remove(&kid);
+                    if t.members.is_empty() {
+                        touched.push(tid);
+                    }
+                }
+            }
+            self.release_key_hashed(kid, hash);
+        }
+        for tid in touched {
+            self.release_tag_if_empty(tid);
+        }
+        self.shrink();
     }
 
     /// Untags every key of `tag`; with `collect`, returns them.
@@ -326,7 +362,7 @@ impl DbIndex {
             if collect {
                 keys.push(k.name.to_vec());
             }
-            let tags: Box<[TagId]> = k.tags.iter().copied().filter(|&x| x != tid).collect();
+            let tags = k.tags.without(tid);
             self.set_key_tags(kid, tags);
         }
         self.shrink();
@@ -735,18 +771,10 @@ impl Index {
 
     /// Forgets every key of `db` in one of `slots` (they left this node).
     pub fn forget_slots(&mut self, db: Db, slots: &super::moves::SlotSet) {
-        let Some(d) = self.dbs.get(&db) else {
-            return;
-        };
-        let gone: Vec<Vec<u8>> = d
-            .keys
-            .iter()
-            .flatten()
-            .filter(|k| slots.holds(&k.name))
-            .map(|k| k.name.to_vec())
-            .collect();
-        for k in &gone {
-            self.forget_key(db, k);
+        self.changes += 1;
+        if let Some(d) = self.dbs.get_mut(&db) {
+            d.forget_where(|k| slots.holds(k));
+            self.tidy(db);
         }
     }
 
@@ -982,5 +1010,51 @@ mod tests {
         ix.add(0, b"k", b"a");
         ix.swap(0, 1);
         assert!(ix.is_tagged(1, b"k") && !ix.is_tagged(0, b"k"));
+    }
+
+    #[test]
+    fn forgetting_slots_keeps_the_other_slots_keys_and_tags() {
+        let mut ix = Index::default();
+        let names: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            ix.add(0, n.as_bytes(), b"all");
+            ix.add(0, n.as_bytes(), if i % 2 == 0 { b"even" } else { b"odd" });
+        }
+        let pin = ix.pin(0);
+        let ids = ix.member_ids(0, &[b"all".to_vec()], false);
+        let mut slots = super::super::moves::SlotSet::default();
+        let leaving: Vec<&String> = names
+            .iter()
+            .filter(|n| super::super::slot::slot(n.as_bytes()) < 8192)
+            .collect();
+        for n in &leaving {
+            slots.add(super::super::slot::slot(n.as_bytes()));
+        }
+        let before = ix.changes();
+        ix.forget_slots(0, &slots);
+        assert!(ix.changes() > before);
+        let stay = names.len() - leaving.len();
+        assert!(stay > 0 && !leaving.is_empty());
+        assert_eq!(ix.keys(), stay);
+        assert_eq!(ix.members(0, b"all").len(), stay);
+        for (i, n) in names.iter().enumerate() {
+            let kept = super::super::slot::slot(n.as_bytes()) >= 8192;
+            assert_eq!(ix.is_tagged(0, n.as_bytes()), kept, "{n}");
+            if kept {
+                let other = if i % 2 == 0 { "even" } else { "odd" };
+                assert_eq!(ix.tags(0, n.as_bytes()), v(&["all", other]));
+            }
+        }
+        // A purge listing ids still reads every name it was handed.
+        let listed: Vec<&[u8]> = ids.iter().filter_map(|&id| ix.name_of(0, id)).collect();
+        assert_eq!(listed.len(), names.len());
+        ix.unpin(0, pin);
+        // Every slot gone: the tags go with their last key.
+        slots.add_range(0, 16383);
+        ix.forget_slots(0, &slots);
+        assert_eq!(ix.keys(), 0);
+        assert!(ix.members(0, b"even").is_empty() && ix.members(0, b"all").is_empty());
+        ix.add(0, b"k1", b"odd");
+        assert_eq!(ix.members(0, b"odd"), v(&["k1"]));
     }
 }

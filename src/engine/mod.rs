@@ -5,6 +5,7 @@
 //! reaches all of it.
 
 pub mod cluster;
+pub mod entry;
 pub mod error;
 pub mod events;
 pub mod index;

@@ -242,6 +242,30 @@ pub fn redis_signal(event: u64, sub: u64) -> Option<Signal> {
     })
 }
 
+/// The state a `CLUSTER SETSLOT <slot> <state>` asks for here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    Migrating,
+    Importing,
+    /// `STABLE`, or `NODE` (which ends either state).
+    Settled,
+}
+
+impl Asked {
+    pub fn parse(state: &[u8]) -> Option<Asked> {
+        let is = |w: &[u8]| state.eq_ignore_ascii_case(w);
+        if is(b"migrating") {
+            Some(Asked::Migrating)
+        } else if is(b"importing") {
+            Some(Asked::Importing)
+        } else if is(b"stable") || is(b"node") {
+            Some(Asked::Settled)
+        } else {
+            None
+        }
+    }
+}
+
 /// This node's slots as its own line of `CLUSTER NODES` gives them.
 #[derive(Default, Debug)]
 pub struct Myself {
@@ -253,6 +277,16 @@ pub struct Myself {
 }
 
 impl Myself {
+    /// Whether the line shows `slot` in the state a `SETSLOT` asked for.
+    pub fn shows(&self, slot: u16, asked: Asked) -> bool {
+        let (out, into) = (self.migrating.contains(slot), self.importing.contains(slot));
+        match asked {
+            Asked::Migrating => out,
+            Asked::Importing => into,
+            Asked::Settled => !out && !into,
+        }
+    }
+
     /// The line flagged `myself` of a `CLUSTER NODES` reply; fields 9 on
     /// are slots (`a`, `a-b`, `[a->-id]`, `[a-<-id]`).
     pub fn parse(nodes: &[u8]) -> Option<Myself> {
@@ -314,6 +348,20 @@ bbb 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5 7 9-10 [8->-aaa] [1
             Myself::parse(b"a b myself,master - 0 0 1 connected 0-16383 junk 9-x\n").unwrap();
         assert!(!quiet.moving());
         assert!(quiet.owned.contains(16383));
+    }
+
+    #[test]
+    fn a_setslot_is_seen_to_have_run_once_the_line_shows_its_state() {
+        let text =
+            b"bbb 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-10 [8->-aaa] [11-<-ccc]\n";
+        let me = Myself::parse(text).unwrap();
+        let asked = |w: &[u8]| Asked::parse(w).unwrap();
+        assert!(me.shows(8, asked(b"MIGRATING")) && !me.shows(8, asked(b"importing")));
+        assert!(me.shows(11, asked(b"Importing")) && !me.shows(11, asked(b"stable")));
+        assert!(me.shows(3, asked(b"STABLE")) && me.shows(3, asked(b"node")));
+        assert!(!me.shows(3, asked(b"migrating")) && !me.shows(8, asked(b"NODE")));
+        assert_eq!(Asked::parse(b"bogus"), None);
+        assert_eq!(Asked::parse(b""), None);
     }
 
     fn slots(ranges: &[(i64, i64)]) -> SlotSet {

@@ -43,9 +43,13 @@ thread_local! {
     /// what one of them says is refused (`write_refused`).
     static AHEAD: RefCell<std::collections::HashMap<u16, std::collections::HashSet<Vec<u8>>>> =
         RefCell::new(std::collections::HashMap::new());
-    /// Slots a `CLUSTER SETSLOT` named: once it has run, the slots of
-    /// `AHEAD` no longer migrating are forgotten there.
-    static SETSLOT_ANY: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    /// `CLUSTER SETSLOT` commands seen and not yet seen to have run (the
+    /// state they ask for is not on this node's line yet), and when: Valkey
+    /// holds one until its replicas have it, and runs it in a later turn
+    /// without passing the command filter again. While any is pending the
+    /// line is read again every turn, so that a copy read before the
+    /// command ran is never used after.
+    static PENDING: RefCell<Vec<(u16, moves::Asked, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Which server runs the module, by `INFO server`: Valkey names itself.
@@ -366,36 +370,37 @@ pub fn clear_ahead() {
     AHEAD.with_borrow_mut(std::collections::HashMap::clear);
 }
 
-/// `CLUSTER SETSLOT <slot> …` is about to run (seen by the command
-/// filter): once it has, `AHEAD` follows the slot's state.
-pub fn setslot_any(slot: &[u8]) {
-    if let Some(slot) = std::str::from_utf8(slot)
+/// `CLUSTER SETSLOT <slot> <state> …` is about to run (seen by the command
+/// filter).
+pub fn setslot_any(slot: &[u8], state: &[u8]) {
+    let slot = std::str::from_utf8(slot)
         .ok()
         .and_then(|s| s.parse::<u16>().ok())
-        .filter(|&s| usize::from(s) < moves::SLOTS)
-    {
-        SETSLOT_ANY.with_borrow_mut(|q| q.push(slot));
+        .filter(|&s| usize::from(s) < moves::SLOTS);
+    if let (Some(slot), Some(asked)) = (slot, moves::Asked::parse(state)) {
+        PENDING.with_borrow_mut(|q| q.push((slot, asked, std::time::Instant::now())));
     }
 }
 
-/// After the `CLUSTER SETSLOT` commands of a turn ran (before the server
-/// sleeps): the module keys that left ahead in a slot no longer migrating
-/// here are forgotten (a `SETSLOT` that failed changed nothing, and keeps
-/// them).
-fn ahead_after_setslot(ctx: &Context) {
-    let slots = SETSLOT_ANY.with_borrow_mut(std::mem::take);
-    if slots.is_empty() || !any_ahead() {
+/// Before the server sleeps, while `SETSLOT` commands are pending: this
+/// node's line is read again; those that ran are done with, and the module
+/// keys that left ahead in their slots are forgotten where the slot no
+/// longer migrates (a `SETSLOT` that failed changed nothing, and keeps
+/// them; one that never shows is given up after `SETSLOT_WAIT`).
+fn settle_pending(ctx: &Context) {
+    if PENDING.with_borrow(Vec::is_empty) {
         return;
     }
     forget_myself();
-    let migrating = with_myself(ctx, |me| me.migrating.clone()).unwrap_or_default();
-    AHEAD.with_borrow_mut(|a| {
-        for s in slots {
-            if !migrating.contains(s) {
-                a.remove(&s);
-            }
-        }
-    });
+    let Some(migrating) = with_myself(ctx, |me| {
+        PENDING.with_borrow_mut(|q| {
+            q.retain(|&(s, asked, at)| !me.shows(s, asked) && at.elapsed() < SETSLOT_WAIT)
+        });
+        me.migrating.clone()
+    }) else {
+        return;
+    };
+    AHEAD.with_borrow_mut(|a| a.retain(|&s, _| migrating.contains(s)));
 }
 
 /// The module key whose record of `key` a write of `key` now would leave
@@ -462,7 +467,7 @@ const SETSLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// importing waits for its command to end. (A slot that left by `MIGRATE`
 /// was forgotten key by key as its keys left.)
 pub fn after_setslot(ctx: &Context) {
-    ahead_after_setslot(ctx);
+    settle_pending(ctx);
     if SETSLOT.with(|q| q.borrow().is_empty()) {
         return;
     }

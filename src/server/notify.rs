@@ -62,8 +62,8 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         }
         if name.len() == 7 && is(b"cluster") {
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
-            if argc >= 3 && word(1, b"setslot") {
-                super::moves::setslot_any(slice(2));
+            if argc >= 4 && word(1, b"setslot") {
+                super::moves::setslot_any(slice(2), slice(3));
             }
             let changes_slots = [
                 &b"setslot"[..],
@@ -103,7 +103,9 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         _ => return,
     }
     let p = config::layout();
-    let under = |k: &[u8]| p.index_of(k).is_some();
+    // An atomic migration's import is read whole when it ends: notes of
+    // its writes would never be used, and would crowd out clients' notes.
+    let under = |k: &[u8]| p.index_of(k).is_some() && !(p.slotted && super::moves::importing(k));
     let mut sets: Vec<(&[u8], Vec<Vec<u8>>)> = Vec::new();
     if name.len() == 4 {
         if under(slice(1)) {
