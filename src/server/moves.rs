@@ -44,11 +44,11 @@ thread_local! {
     static AHEAD: RefCell<std::collections::HashMap<u16, std::collections::HashSet<Vec<u8>>>> =
         RefCell::new(std::collections::HashMap::new());
     /// `CLUSTER SETSLOT` commands seen and not yet seen to have run (the
-    /// state they ask for is not on this node's line yet), and when: Valkey
-    /// holds one until its replicas have it, and runs it in a later turn
-    /// without passing the command filter again. While any is pending the
-    /// line is read again every turn, so that a copy read before the
-    /// command ran is never used after.
+    /// state they ask for is not on this node's line yet), and until when
+    /// they may still run: Valkey holds one until its replicas have it, and
+    /// runs it in a later turn without passing the command filter again.
+    /// While any is pending the line is read again every turn, so that a
+    /// copy read before the command ran is never used after.
     static PENDING: RefCell<Vec<(u16, moves::Asked, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -370,15 +370,19 @@ pub fn clear_ahead() {
     AHEAD.with_borrow_mut(std::collections::HashMap::clear);
 }
 
-/// `CLUSTER SETSLOT <slot> <state> …` is about to run (seen by the command
-/// filter).
-pub fn setslot_any(slot: &[u8], state: &[u8]) {
-    let slot = std::str::from_utf8(slot)
-        .ok()
-        .and_then(|s| s.parse::<u16>().ok())
+/// `CLUSTER SETSLOT <slot> <state> … [TIMEOUT <ms>]` is about to run (seen
+/// by the command filter). It is pending for as long as Valkey may hold it
+/// (its `TIMEOUT`, 2 s by default) and a second more: one that failed never
+/// shows, and this node's line is read every turn until then.
+pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
+    let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    let slot = number(slot)
+        .and_then(|s| u16::try_from(s).ok())
         .filter(|&s| usize::from(s) < moves::SLOTS);
+    let held = timeout_ms.and_then(number).unwrap_or(2000).min(60_000) + 1000;
     if let (Some(slot), Some(asked)) = (slot, moves::Asked::parse(state)) {
-        PENDING.with_borrow_mut(|q| q.push((slot, asked, std::time::Instant::now())));
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(held);
+        PENDING.with_borrow_mut(|q| q.push((slot, asked, until)));
     }
 }
 
@@ -386,7 +390,7 @@ pub fn setslot_any(slot: &[u8], state: &[u8]) {
 /// node's line is read again; those that ran are done with, and the module
 /// keys that left ahead in their slots are forgotten where the slot no
 /// longer migrates (a `SETSLOT` that failed changed nothing, and keeps
-/// them; one that never shows is given up after `SETSLOT_WAIT`).
+/// them).
 fn settle_pending(ctx: &Context) {
     if PENDING.with_borrow(Vec::is_empty) {
         return;
@@ -394,7 +398,8 @@ fn settle_pending(ctx: &Context) {
     forget_myself();
     let Some(migrating) = with_myself(ctx, |me| {
         PENDING.with_borrow_mut(|q| {
-            q.retain(|&(s, asked, at)| !me.shows(s, asked) && at.elapsed() < SETSLOT_WAIT)
+            let now = std::time::Instant::now();
+            q.retain(|&(s, asked, until)| !me.shows(s, asked) && now < until)
         });
         me.migrating.clone()
     }) else {

@@ -63,7 +63,10 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
         if name.len() == 7 && is(b"cluster") {
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
             if argc >= 4 && word(1, b"setslot") {
-                super::moves::setslot_any(slice(2), slice(3));
+                let timeout = (4..argc - 1)
+                    .find(|&i| slice(i).eq_ignore_ascii_case(b"timeout"))
+                    .map(|i| slice(i + 1));
+                super::moves::setslot_any(slice(2), slice(3), timeout);
             }
             let changes_slots = [
                 &b"setslot"[..],
