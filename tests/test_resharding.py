@@ -108,6 +108,20 @@ def test_restore_asking_replace_outside_a_migration_ends_the_old_tags(fresh):
     assert co.get(k) == b"new"
 
 
+def tagged_key_and_its_nodes(c: Cluster, k: bytes):
+    """`k` written with tag `t`; returns its slot, the master holding it,
+    another master, that master's replica, and the index set naming `k`."""
+    c.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")
+    masters, replicas = c.roles()
+    src = next(m for m in masters if m.port == c.rc.get_node_from_key(k).port)
+    dst = next(m for m in masters if m is not src)
+    mine = next(r for r in replicas
+                if c.client(r).info("replication")["master_port"] == src.port)
+    cs = c.client(src)
+    (idx,) = [s for s in cs.keys("tagcache:idx:*") if k in cs.smembers(s)]
+    return slot_of(k), src, dst, mine, idx
+
+
 def test_writes_whose_tag_sets_left_ahead_are_refused_with_tryagain(fresh):
     """A resharding by `MIGRATE` moves keys in any order: when a key's index
     set has left and the key has not, a write that would change the key's
@@ -118,13 +132,8 @@ def test_writes_whose_tag_sets_left_ahead_are_refused_with_tryagain(fresh):
     set not arrived yet is refused the same way. Once the slot has moved,
     the key carries the tags it had and a purge takes it."""
     k = b"item:left-behind"
-    fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")
-    slot = slot_of(k)
-    masters = fresh.masters()
-    src = next(m for m in masters if m.port == fresh.rc.get_node_from_key(k).port)
-    dst = next(m for m in masters if m is not src)
+    slot, src, dst, _, idx = tagged_key_and_its_nodes(fresh, k)
     cs, cd = fresh.client(src), fresh.client(dst)
-    (idx,) = [s for s in cs.keys("tagcache:idx:*") if k in cs.smembers(s)]
     other = next(b"item:o:%d" % n for n in range(200000) if slot_of(b"item:o:%d" % n) == slot)
     cs.execute_command("SET", other, "before")
     assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
@@ -202,13 +211,8 @@ def test_a_master_demoted_while_its_tag_sets_are_away_applies_its_new_masters_wr
     ahead is a replica (a failover in the middle of a move), its new
     master's writes of that key reach it, and the two stay identical."""
     k = b"item:demoted"
-    fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")
-    slot = slot_of(k)
-    masters, replicas = fresh.roles()
-    src = next(m for m in masters if m.port == fresh.rc.get_node_from_key(k).port)
-    dst = next(m for m in masters if m is not src)
+    slot, src, dst, mine, idx = tagged_key_and_its_nodes(fresh, k)
     cs, cd = fresh.client(src), fresh.client(dst)
-    (idx,) = [s for s in cs.keys("tagcache:idx:*") if k in cs.smembers(s)]
     assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
     assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
     assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, idx, 0, 5000) == b"OK"
@@ -216,8 +220,6 @@ def test_a_master_demoted_while_its_tag_sets_are_away_applies_its_new_masters_wr
         cs.set(k, "refused")
     assert error_text(e.value) == SPLIT
     fresh.sync_replicas()
-    mine = next(r for r in replicas
-                if fresh.client(r).info("replication")["master_port"] == src.port)
     cr = fresh.client(mine)
     assert cr.execute_command("CLUSTER", "FAILOVER") == b"OK"
     wait_until(lambda: cr.execute_command("ROLE")[0] == b"master"
@@ -239,15 +241,8 @@ def test_a_setslot_held_for_the_replicas_is_followed_once_it_runs(fresh):
     if "valkey_version" not in info:
         pytest.skip("only Valkey holds CLUSTER SETSLOT for the replicas")
     k = b"item:held"
-    fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")
-    slot = slot_of(k)
-    masters, replicas = fresh.roles()
-    src = next(m for m in masters if m.port == fresh.rc.get_node_from_key(k).port)
-    dst = next(m for m in masters if m is not src)
-    mine = next(r for r in replicas
-                if fresh.client(r).info("replication")["master_port"] == src.port)
+    slot, src, dst, mine, idx = tagged_key_and_its_nodes(fresh, k)
     cs, cd = fresh.client(src), fresh.client(dst)
-    (idx,) = [s for s in cs.keys("tagcache:idx:*") if k in cs.smembers(s)]
     neighbours = [b"item:hn:%d" % n for n in range(200000) if slot_of(b"item:hn:%d" % n) == slot][:3]
     assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
     sleeper = threading.Thread(

@@ -71,7 +71,6 @@ pub fn name_in(slot: u16) -> &'static [u8] {
     names.get(usize::from(slot)).map_or(&[], |b| b)
 }
 
-/// Whether all keys hash to one slot.
 /// `items` grouped by the slot of each one's key, slots in order (a
 /// cluster's multi-key call may not span slots).
 pub fn by_slot<T>(
@@ -85,6 +84,7 @@ pub fn by_slot<T>(
     out
 }
 
+/// Whether all keys hash to one slot.
 pub fn same_slot<K: AsRef<[u8]>>(keys: &[K]) -> bool {
     let mut it = keys.iter().map(|k| slot(k.as_ref()));
     match it.next() {

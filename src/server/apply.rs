@@ -249,14 +249,19 @@ fn delete(ctx: &Context, mode: Mode, cmd: &str, keys: &[Bytes]) -> Result<i64> {
     let mut n = 0;
     for group in crate::engine::slot::by_slot(keys, |k| k.as_ref()).values() {
         if let Some((first, rest)) = group.split_first() {
-            let rest: Vec<Bytes> = rest.iter().map(|k| (*k).clone()).collect();
-            n += call_list(ctx, mode, cmd, first, &rest)?;
+            n += call_list(ctx, mode, cmd, first, rest)?;
         }
     }
     Ok(n)
 }
 
-fn call_list(ctx: &Context, mode: Mode, cmd: &str, first: &[u8], rest: &[Bytes]) -> Result<i64> {
+fn call_list<A: AsRef<[u8]>>(
+    ctx: &Context,
+    mode: Mode,
+    cmd: &str,
+    first: &[u8],
+    rest: &[A],
+) -> Result<i64> {
     let mut args: Vec<&[u8]> = Vec::with_capacity(rest.len() + 1);
     args.push(first);
     args.extend(rest.iter().map(|a| a.as_ref()));

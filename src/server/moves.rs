@@ -375,37 +375,45 @@ pub fn clear_ahead() {
 /// (its `TIMEOUT`, 2 s by default) and a second more: one that failed never
 /// shows, and this node's line is read every turn until then.
 pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
-    let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
-    let slot = number(slot)
-        .and_then(|s| u16::try_from(s).ok())
-        .filter(|&s| usize::from(s) < moves::SLOTS);
-    let held = timeout_ms.and_then(number).unwrap_or(2000).min(60_000) + 1000;
-    if let (Some(slot), Some(asked)) = (slot, moves::Asked::parse(state)) {
+    let held = timeout_ms
+        .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
+        .unwrap_or(2000)
+        .min(60_000)
+        + 1000;
+    if let (Some(slot), Some(asked)) = (slot_arg(slot), moves::Asked::parse(state)) {
         let until = std::time::Instant::now() + std::time::Duration::from_millis(held);
         PENDING.with_borrow_mut(|q| q.push((slot, asked, until)));
     }
+}
+
+/// A slot number as a command gave it.
+fn slot_arg(arg: &[u8]) -> Option<u16> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|&s| usize::from(s) < moves::SLOTS)
 }
 
 /// Before the server sleeps, while `SETSLOT` commands are pending: this
 /// node's line is read again; those that ran are done with, and the module
 /// keys that left ahead in their slots are forgotten where the slot no
 /// longer migrates (a `SETSLOT` that failed changed nothing, and keeps
-/// them).
-fn settle_pending(ctx: &Context) {
+/// them). Returns whether the line was read again.
+fn settle_pending(ctx: &Context) -> bool {
+    let now = std::time::Instant::now();
+    PENDING.with_borrow_mut(|q| q.retain(|&(_, _, until)| now < until));
     if PENDING.with_borrow(Vec::is_empty) {
-        return;
+        return false;
     }
     forget_myself();
     let Some(migrating) = with_myself(ctx, |me| {
-        PENDING.with_borrow_mut(|q| {
-            let now = std::time::Instant::now();
-            q.retain(|&(s, asked, until)| !me.shows(s, asked) && now < until)
-        });
+        PENDING.with_borrow_mut(|q| q.retain(|&(s, asked, _)| !me.shows(s, asked)));
         me.migrating.clone()
     }) else {
-        return;
+        return true;
     };
     AHEAD.with_borrow_mut(|a| a.retain(|&s, _| migrating.contains(s)));
+    true
 }
 
 /// The module key whose record of `key` a write of `key` now would leave
@@ -454,11 +462,7 @@ pub fn any_ahead() -> bool {
 /// `CLUSTER SETSLOT <slot> NODE <id>` is about to run (seen by the command
 /// filter): once it has, the slot is read again or forgotten.
 pub fn setslot_node(slot: &[u8]) {
-    let Some(slot) = std::str::from_utf8(slot)
-        .ok()
-        .and_then(|s| s.parse::<u16>().ok())
-        .filter(|&s| usize::from(s) < moves::SLOTS)
-    else {
+    let Some(slot) = slot_arg(slot) else {
         return;
     };
     SETSLOT.with(|q| q.borrow_mut().push((slot, std::time::Instant::now())));
@@ -472,11 +476,13 @@ const SETSLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// importing waits for its command to end. (A slot that left by `MIGRATE`
 /// was forgotten key by key as its keys left.)
 pub fn after_setslot(ctx: &Context) {
-    settle_pending(ctx);
+    let fresh = settle_pending(ctx);
     if SETSLOT.with(|q| q.borrow().is_empty()) {
         return;
     }
-    forget_myself();
+    if !fresh {
+        forget_myself();
+    }
     let Some((owned, importing)) = with_myself(ctx, |me| (me.owned.clone(), me.importing.clone()))
     else {
         return;
