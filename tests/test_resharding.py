@@ -206,6 +206,149 @@ def test_writes_whose_tag_sets_left_ahead_are_refused_with_tryagain(fresh):
     assert cd.execute_command("TAG.TAGS", k) == []
 
 
+def keys_of_slot(slot: int, prefix: bytes, n: int) -> list[bytes]:
+    found = (b"%s:%d" % (prefix, i) for i in range(400000))
+    return [k for k in found if slot_of(k) == slot][:n]
+
+
+@pytest.mark.parametrize("order", ["sets-first", "keys-first"])
+def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_their_last_write(
+        fresh, order):
+    """A resharding by `MIGRATE` moves a slot's keys and its index sets and
+    stale hash in any order, and a client may write a key that has arrived
+    (with `ASKING`) before the slot is assigned there, or in the same turn
+    as the `SETSLOT … NODE`. What arrived from the node it left says what
+    the key carried before that write: once the slot is assigned, each key
+    carries what its last write gave it, is stale only if it was stale and
+    not rewritten since, and a purge takes exactly the keys that carry the
+    tag."""
+    plain, retagged, kept, late, inplace, renamed = keys_of_slot(
+        slot_of(b"item:arrive"), b"item:arrive", 6)
+    for k in (plain, retagged, kept, late, inplace):
+        fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 2, "t", "u")
+    slot = slot_of(plain)
+    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(plain).port)
+    dst = next(m for m in fresh.masters() if m is not src)
+    cs, cd = fresh.client(src), fresh.client(dst)
+    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "u") == 5
+    module_keys = [k for k in cs.keys("tagcache:*") if slot_of(k) == slot]
+    assert len(module_keys) == 3  # the sets of t and u, the stale hash
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+
+    def migrate(keys):
+        assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                                  "KEYS", *keys) == b"OK"
+
+    def asking(*cmd):
+        cd.execute_command("ASKING")
+        return cd.execute_command(*cmd)
+
+    if order == "sets-first":
+        migrate(module_keys)
+        migrate([plain, retagged, kept, late, inplace])
+        assert asking("SET", plain, "plain") is True
+        assert asking("TAG.SET", retagged, "v2", "TAGS", 1, "t") == b"OK"
+        want_retagged = [b"t"]
+    else:
+        migrate([plain, retagged, kept, late, inplace])
+        assert asking("SET", plain, "plain") is True
+        # Its tag sets have not arrived: refused whole, as a command whose
+        # keys are split between the two nodes.
+        with pytest.raises(redis.ResponseError) as e:
+            asking("TAG.SET", retagged, "v2", "TAGS", 1, "t")
+        assert error_text(e.value) == SPLIT
+        migrate(module_keys)
+        want_retagged = [b"t", b"u"]
+    # A change in place keeps the tags and the stale mark that arrived.
+    assert asking("APPEND", inplace, "+") == 2
+    # A rename would not carry the tags that arrived (not read yet) to the
+    # new name: refused, as the server refuses one to a name not here.
+    assert asking("SET", renamed, "r") is True
+    for cmd in ("RENAME", "RENAMENX"):
+        with pytest.raises(redis.ResponseError) as e:
+            asking(cmd, kept, renamed)
+        assert error_text(e.value) == SPLIT, cmd
+    assert asking("GET", kept) == b"v" and asking("GET", renamed) == b"r"
+    cd.execute_command("ASKING")
+    pipe = cd.pipeline(transaction=True)
+    pipe.execute_command("SET", late, "in-multi")
+    pipe.execute_command("RENAME", kept, renamed)
+    with pytest.raises(redis.ResponseError) as e:
+        pipe.execute()
+    text = error_text(e.value)  # redis-py names the queued command that failed
+    assert text.startswith("TRYAGAIN ") and text.endswith(SPLIT[len("TRYAGAIN "):]), text
+    assert asking("GET", late) == b"v" and asking("GET", kept) == b"v"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    # The node it reached is assigned the slot, and a write follows in
+    # the same turn, before the slot's data is read there.
+    pipe = cd.pipeline(transaction=False)
+    pipe.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst))
+    pipe.execute_command("SET", late, "plain")
+    assert pipe.execute() == [b"OK", True]
+    fresh.wait_ok()
+    wait_until(lambda: sorted(cd.execute_command("TAG.TAGS", kept)) == [b"t", b"u"], timeout=10,
+               what="the slot read where it arrived")
+    assert cd.execute_command("TAG.TAGS", plain) == []
+    assert cd.execute_command("TAG.TAGS", late) == []
+    assert sorted(cd.execute_command("TAG.TAGS", retagged)) == want_retagged
+    wait_until(lambda: [s for s in cd.keys("tagcache:idx:*") if slot_of(s) == slot
+                        and ({plain, late} & set(cd.smembers(s)))] == [], timeout=10,
+               what="the rewritten keys out of the slot's index sets")
+    assert sorted(cd.execute_command("TAG.TAGS", inplace)) == [b"t", b"u"]
+    assert cd.execute_command("TAG.TAGS", renamed) == []
+    want_stale = {kept, inplace} | ({retagged} if order == "keys-first" else set())
+    wait_until(lambda: set(stale_marks(fresh)) == want_stale, timeout=10,
+               what="stale marks of the keys not rewritten only")
+    assert cd.get(plain) == b"plain" and cd.get(late) == b"plain"
+    assert fresh.on(dst, "TAG.PURGE", "u") == len(want_stale)
+    assert cd.get(plain) == b"plain" and cd.get(late) == b"plain"
+    assert cd.exists(kept, inplace) == 0
+    assert fresh.on(dst, "TAG.PURGE", "t") == (1 if order == "sets-first" else 0)
+    assert sorted(cd.keys("item:arrive*")) == sorted([plain, late, renamed])
+    assert_replicas_match(fresh)
+
+
+def test_an_import_given_up_says_nothing_about_the_next_import_of_the_slot(fresh):
+    """A key written where its slot was arriving, in an import given up
+    (`SETSLOT … STABLE`), is not taken for rewritten when the slot arrives
+    there again later: it carries the tags it had on the node it left."""
+    k, other = keys_of_slot(slot_of(b"item:given-up"), b"item:given-up", 2)
+    slot = slot_of(k)
+    fresh.rc.execute_command("TAG.SET", other, "v", "TAGS", 1, "t")
+    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
+    dst = next(m for m in fresh.masters() if m is not src)
+    cs, cd = fresh.client(src), fresh.client(dst)
+
+    def importing():
+        assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING",
+                                  node_id(fresh, src)) == b"OK"
+        assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING",
+                                  node_id(fresh, dst)) == b"OK"
+
+    importing()
+    cd.execute_command("ASKING")
+    assert cd.set(k, "written-there") is True
+    cd.execute_command("ASKING")
+    assert cd.delete(k) == 1
+    for c in (cd, cs):
+        assert c.execute_command("CLUSTER", "SETSLOT", slot, "STABLE") == b"OK"
+    # Turns of the event loop pass; then the key is tagged where it is.
+    time.sleep(0.3)
+    assert cs.execute_command("TAG.SET", k, "v", "TAGS", 1, "t") == b"OK"
+    importing()
+    module_keys = [x for x in cs.keys("tagcache:*") if slot_of(x) == slot]
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                              "KEYS", k, other, *module_keys) == b"OK"
+    for c in (cd, cs):
+        assert c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    fresh.wait_ok()
+    wait_until(lambda: cd.execute_command("TAG.TAGS", other) == [b"t"], timeout=10,
+               what="the slot read where it arrived")
+    assert cd.execute_command("TAG.TAGS", k) == [b"t"]
+    assert fresh.on(dst, "TAG.PURGE", "t") == 2
+
+
 def test_a_master_demoted_while_its_tag_sets_are_away_applies_its_new_masters_writes(fresh):
     """The refusal is a master's: once the node that saw an index set leave
     ahead is a replica (a failover in the middle of a move), its new

@@ -34,8 +34,8 @@ thread_local! {
     /// `MIGRATE` of ten keys, so not every turn of a resharding.
     static MYSELF: RefCell<Option<(Myself, std::time::Instant)>> = const { RefCell::new(None) };
     /// Slots named by `CLUSTER SETSLOT … NODE` commands, acted on once
-    /// they ran (Valkey holds the command until its replicas have it), and
-    /// when they were named.
+    /// they ran, and until when they may still run (Valkey holds the
+    /// command until its replicas have it).
     static SETSLOT: RefCell<Vec<(u16, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
     /// The module's own keys of a slot leaving by `MIGRATE` (index sets,
     /// stale hashes) that have left ahead of the keys they name, by slot:
@@ -50,6 +50,26 @@ thread_local! {
     /// While any is pending the line is read again every turn, so that a
     /// copy read before the command ran is never used after.
     static PENDING: RefCell<Vec<(u16, moves::Asked, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
+    /// Keys of slots arriving here by `MIGRATE` that were replaced or
+    /// removed here (by a client with `ASKING`, or in the turn the slot's
+    /// `SETSLOT … NODE` ran) before the slot's data was read, by slot. The
+    /// index holds what such a key carries since; the index sets and stale
+    /// hash that came from the node it left say what it carried before
+    /// (`arrived`). Kept until the slot is read or stops importing: as
+    /// large as the names written into it meanwhile.
+    static WRITTEN: RefCell<std::collections::HashMap<u16, std::collections::HashSet<Vec<u8>>>> =
+        RefCell::new(std::collections::HashMap::new());
+    /// The slots this node's line showed importing (arriving by
+    /// `MIGRATE`) when last read. Asked from keyspace notifications, where
+    /// no command may be called (on Redis 7.0 a call there drops the DELs
+    /// queued for keys expiring at that moment), so kept beside the line.
+    static ARRIVING: RefCell<SlotSet> = RefCell::new(SlotSet::default());
+    /// Whether `ARRIVING` or `SETSLOT` names any slot: every write of every
+    /// key asks it.
+    static ANY_ARRIVING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether the line was read since slots last changed here: if not,
+    /// it is read before the server sleeps.
+    static KNOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Which server runs the module, by `INFO server`: Valkey names itself.
@@ -246,16 +266,29 @@ fn left(ctx: &Context, slots: &SlotSet) {
 /// the members of their index sets (a member that is no key is owed its
 /// removal on a master, as after a load), their stale hashes, and rules
 /// that came with them (another master's copy acts for nobody here).
+///
+/// A key written here before its slot was read (`written`) keeps what the
+/// index holds for it: what arrived says what it carried before.
 fn arrived(ctx: &Context, slots: &SlotSet) {
     let p = config::layout();
     let home = keys::selected_db(ctx);
     keys::select_db(ctx, DB);
     let master = keys::may_write(ctx);
     for slot in slots.iter() {
+        let rewritten = WRITTEN
+            .with_borrow_mut(|w| w.remove(&slot))
+            .unwrap_or_default();
+        let stale: Vec<(Vec<u8>, bool)> = engine::with(|s| {
+            rewritten
+                .iter()
+                .map(|k| (k.clone(), s.stale.contains(DB, k)))
+                .collect()
+        })
+        .unwrap_or_default();
         for key in keys_in_slot(ctx, slot) {
             if p.index_of(&key).is_some() {
                 if keys::key_type(ctx, &key) == KeyType::Set {
-                    rebuild::read_index_set(ctx, DB, &key, master);
+                    rebuild::read_index_set(ctx, DB, &key, master, &rewritten);
                 }
             } else if p.is_stale_hash(&key) {
                 rebuild::load_stale_hash(ctx, DB, &key);
@@ -267,6 +300,15 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
                 }
             }
         }
+        super::update(|s| {
+            for (key, was) in stale {
+                if was {
+                    s.stale.mark(DB, &key);
+                } else if s.stale.clear(DB, &key) && master {
+                    s.owed.push_back(Owed::Fresh { db: DB, key });
+                }
+            }
+        });
     }
     keys::select_db(ctx, home);
     if engine::with(|s| s.owes()).unwrap_or(false) {
@@ -316,9 +358,72 @@ fn with_myself<T>(ctx: &Context, f: impl FnOnce(&Myself) -> T) -> Option<T> {
                 }
                 _ => None,
             };
+            if let Some((me, _)) = m.as_ref() {
+                line_read(me);
+            }
         }
         m.as_ref().map(|(me, _)| f(me))
     })
+}
+
+/// This node's line was just read: the slots arriving here are those it
+/// shows importing, and the keys written in slots that no longer arrive
+/// (their import ended without a `SETSLOT … NODE` here, or was given up)
+/// are done with.
+fn line_read(me: &Myself) {
+    KNOWN.set(true);
+    ARRIVING.set(me.importing.clone());
+    if !WRITTEN.with_borrow(std::collections::HashMap::is_empty) {
+        WRITTEN.with_borrow_mut(|w| w.retain(|&s, _| unread_slot(s)));
+    }
+    arriving_changed();
+}
+
+fn arriving_changed() {
+    let any = ARRIVING.with_borrow(|a| !a.is_empty()) || SETSLOT.with_borrow(|q| !q.is_empty());
+    ANY_ARRIVING.set(any);
+}
+
+fn unread_slot(slot: u16) -> bool {
+    ARRIVING.with_borrow(|a| a.contains(slot))
+        || SETSLOT.with_borrow(|q| q.iter().any(|&(s, _)| s == slot))
+}
+
+/// Whether the slot of `key` is arriving here by `MIGRATE` and its data is
+/// not read yet (importing when the line was last read, or its `SETSLOT …
+/// NODE` not acted on): the index holds only what was written here for its
+/// keys. Makes no call.
+pub fn unread(key: &[u8]) -> bool {
+    ANY_ARRIVING.get() && unread_slot(crate::engine::slot::slot(key))
+}
+
+/// A key was replaced or removed here (not moved here by a resharding).
+/// If its slot is arriving and not read yet, this write is the key's last
+/// word once it is (`arrived`). Makes no call. (A write replayed from the
+/// AOF is not recorded: what is recorded lives in memory, and a restart
+/// forgets it.)
+pub fn written(ctx: &Context, key: &[u8]) {
+    if !ANY_ARRIVING.get() || !config::slotted() || importing(key) {
+        return;
+    }
+    let p = config::layout();
+    if p.index_of(key).is_some() || p.is_stale_hash(key) || rules::is_links_key(key) {
+        return;
+    }
+    if unread(key)
+        && !ctx
+            .get_flags()
+            .intersects(redis_module::ContextFlags::LOADING)
+    {
+        let slot = crate::engine::slot::slot(key);
+        WRITTEN.with_borrow_mut(|w| w.entry(slot).or_default().insert(key.to_vec()));
+    }
+}
+
+/// Forgets the keys written in slots arriving here (the dataset was
+/// flushed or replaced).
+pub fn clear_written() {
+    WRITTEN.with_borrow_mut(std::collections::HashMap::clear);
 }
 
 /// Whether the slot of `key` is on the move by `MIGRATE` here (leaving or
@@ -339,6 +444,7 @@ const MYSELF_FOR: std::time::Duration = std::time::Duration::from_millis(100);
 /// the node's line is read again when next needed.
 pub fn forget_myself() {
     MYSELF.with(|m| m.borrow_mut().take());
+    KNOWN.set(false);
 }
 
 /// A module key (index set or stale hash) of a slot leaving by `MIGRATE`
@@ -375,15 +481,25 @@ pub fn clear_ahead() {
 /// (its `TIMEOUT`, 2 s by default) and a second more: one that failed never
 /// shows, and this node's line is read every turn until then.
 pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
-    let held = timeout_ms
+    if let (Some(slot), Some(asked)) = (slot_arg(slot), moves::Asked::parse(state)) {
+        let until = std::time::Instant::now() + held(timeout_ms);
+        PENDING.with_borrow_mut(|q| q.push((slot, asked, until)));
+        if asked == moves::Asked::Importing {
+            // A new import: what was written in an earlier one of the
+            // slot says nothing about the keys that arrive now.
+            WRITTEN.with_borrow_mut(|w| w.remove(&slot));
+        }
+    }
+}
+
+/// How long Valkey may hold a `SETSLOT` (its `TIMEOUT`, 2 s by default, at
+/// most a minute here) and a second more.
+fn held(timeout_ms: Option<&[u8]>) -> std::time::Duration {
+    let ms = timeout_ms
         .and_then(|b| std::str::from_utf8(b).ok()?.parse::<u64>().ok())
         .unwrap_or(2000)
-        .min(60_000)
-        + 1000;
-    if let (Some(slot), Some(asked)) = (slot_arg(slot), moves::Asked::parse(state)) {
-        let until = std::time::Instant::now() + std::time::Duration::from_millis(held);
-        PENDING.with_borrow_mut(|q| q.push((slot, asked, until)));
-    }
+        .min(60_000);
+    std::time::Duration::from_millis(ms + 1000)
 }
 
 /// A slot number as a command gave it.
@@ -461,22 +577,25 @@ pub fn any_ahead() -> bool {
 
 /// `CLUSTER SETSLOT <slot> NODE <id>` is about to run (seen by the command
 /// filter): once it has, the slot is read again or forgotten.
-pub fn setslot_node(slot: &[u8]) {
+pub fn setslot_node(slot: &[u8], timeout_ms: Option<&[u8]>) {
     let Some(slot) = slot_arg(slot) else {
         return;
     };
-    SETSLOT.with(|q| q.borrow_mut().push((slot, std::time::Instant::now())));
+    SETSLOT.with(|q| {
+        q.borrow_mut()
+            .push((slot, std::time::Instant::now() + held(timeout_ms)))
+    });
+    arriving_changed();
 }
-
-/// How long a `SETSLOT … NODE` may take to run (Valkey waits for replicas).
-const SETSLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Acts on the `CLUSTER SETSLOT … NODE` commands that ran (called before
 /// the server sleeps): a slot this node owns now is read again; one still
 /// importing waits for its command to end. (A slot that left by `MIGRATE`
 /// was forgotten key by key as its keys left.)
 pub fn after_setslot(ctx: &Context) {
-    let fresh = settle_pending(ctx);
+    // Slots changed here since the line was read: it is read now, so that
+    // the slots arriving here are known before the next command.
+    let fresh = settle_pending(ctx) || (!KNOWN.get() && with_myself(ctx, |_| ()).is_some());
     if SETSLOT.with(|q| q.borrow().is_empty()) {
         return;
     }
@@ -488,16 +607,20 @@ pub fn after_setslot(ctx: &Context) {
         return;
     };
     let mut mine = SlotSet::default();
+    let now = std::time::Instant::now();
     SETSLOT.with(|q| {
-        q.borrow_mut().retain(|&(s, at)| {
+        q.borrow_mut().retain(|&(s, until)| {
             if owned.contains(s) && !importing.contains(s) {
                 mine.add(s);
                 return false;
             }
-            importing.contains(s) && at.elapsed() < SETSLOT_WAIT
+            importing.contains(s) && now < until
         })
     });
+    arriving_changed();
     if !mine.is_empty() {
         signal_now(ctx, Signal::Assigned, &mine);
     }
+    // Keys written in slots this node gave up importing are done with.
+    WRITTEN.with_borrow_mut(|w| w.retain(|&s, _| unread_slot(s)));
 }

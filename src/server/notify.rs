@@ -60,6 +60,13 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                 return;
             }
         }
+        let renames = (name.len() == 6 && is(b"rename")) || (name.len() == 8 && is(b"renamenx"));
+        if renames && argc == 3 {
+            if let Some(away) = renames_what_has_not_arrived(slice(1)) {
+                refuse(fctx, argc, slice(1), &away);
+                return;
+            }
+        }
         if name.len() == 7 && is(b"cluster") {
             let word = |i: c_int, w: &[u8]| argc > i && slice(i).eq_ignore_ascii_case(w);
             if argc >= 4 && word(1, b"setslot") {
@@ -67,6 +74,9 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                     .find(|&i| slice(i).eq_ignore_ascii_case(b"timeout"))
                     .map(|i| slice(i + 1));
                 super::moves::setslot_any(slice(2), slice(3), timeout);
+                if argc >= 5 && word(3, b"node") {
+                    super::moves::setslot_node(slice(2), timeout);
+                }
             }
             let changes_slots = [
                 &b"setslot"[..],
@@ -83,9 +93,6 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
             .any(|w| word(1, w));
             if changes_slots {
                 super::moves::forget_myself();
-            }
-            if argc >= 5 && word(1, b"setslot") && word(3, b"node") {
-                super::moves::setslot_node(slice(2));
             }
         }
     }
@@ -153,6 +160,32 @@ thread_local! {
 /// What a write becomes when it is refused by the filter.
 pub const REFUSAL: &str = "tag.tryagain";
 
+/// Whether the server runs commands as a master now (the filter's own
+/// context: not a replica, not loading).
+fn master_now() -> Option<*mut raw::RedisModuleCtx> {
+    let ctx = FILTER_CTX.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: a plain function pointer of the module API.
+    let flags_of = unsafe { raw::RedisModule_GetContextFlags }?;
+    if ctx.is_null() {
+        return None;
+    }
+    // SAFETY: the detached context lives as long as the module.
+    let server = unsafe { flags_of(ctx) } as u32;
+    let replica = server & (raw::REDISMODULE_CTX_FLAGS_SLAVE | raw::REDISMODULE_CTX_FLAGS_LOADING);
+    (replica == 0).then_some(ctx)
+}
+
+/// A `RENAME` of `key` in a slot arriving here by `MIGRATE` whose data is
+/// not read yet: the tags that arrived for `key` are not in the index, and
+/// would not follow it to its new name. Refused as a command whose keys are
+/// split between two nodes (the server itself refuses a `RENAME` there to a
+/// name not arrived yet); returns a key of the slot that is not here, to
+/// refuse it by.
+fn renames_what_has_not_arrived(key: &[u8]) -> Option<Vec<u8>> {
+    master_now()?;
+    super::moves::unread(key).then(|| config::layout().set_for(b"", key))
+}
+
 /// A key the filtered command writes whose index set or stale hash has
 /// left ahead of it with a slot migrating by `MIGRATE`, with that module
 /// key (`moves::write_refused`). Reads pass; so does everything on a
@@ -162,23 +195,14 @@ fn writes_a_key_left_behind(
     argc: c_int,
 ) -> Option<(Vec<u8>, Vec<u8>)> {
     // SAFETY: plain function pointers of the module API.
-    let (Some(get), Some(keys_of), Some(free), Some(flags_of)) = (
+    let (Some(get), Some(keys_of), Some(free)) = (
         unsafe { raw::RedisModule_CommandFilterArgGet },
         unsafe { raw::RedisModule_GetCommandKeysWithFlags },
         unsafe { raw::RedisModule_Free },
-        unsafe { raw::RedisModule_GetContextFlags },
     ) else {
         return None;
     };
-    let ctx = FILTER_CTX.load(std::sync::atomic::Ordering::Relaxed);
-    if ctx.is_null() {
-        return None;
-    }
-    // SAFETY: the detached context lives as long as the module.
-    let server = unsafe { flags_of(ctx) } as u32;
-    if server & (raw::REDISMODULE_CTX_FLAGS_SLAVE | raw::REDISMODULE_CTX_FLAGS_LOADING) != 0 {
-        return None;
-    }
+    let ctx = master_now()?;
     // SAFETY: indexes below `argc` are the command's live arguments.
     let mut argv: Vec<*mut raw::RedisModuleString> =
         (0..argc).map(|i| unsafe { get(fctx, i) }).collect();
@@ -342,6 +366,12 @@ unsafe extern "C" fn on_raw_event(
 }
 
 pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
+    // The module's own writes of a key (a `TAG.SET`) count too.
+    if (replaces(event) || removes(event) || matches!(event, b"rename_from" | b"rename_to"))
+        && !MOVING.with(Cell::get)
+    {
+        super::moves::written(ctx, key);
+    }
     // The module mirrors its own writes; a key it opens may expire on the
     // way, and that is not its write.
     if Applying::active() && !matches!(event, b"expired" | b"evicted") {
@@ -650,6 +680,7 @@ fn subscribe(ctx: &Context, id: u64, cb: raw::RedisModuleEventCallback) -> bool 
 
 fn dataset_replaced(ctx: &Context) {
     super::moves::clear_ahead();
+    super::moves::clear_written();
     let wakes = engine::with(|s| s.dataset_replaced()).unwrap_or_default();
     apply_wakes(ctx, wakes);
 }
@@ -726,6 +757,8 @@ unsafe extern "C" fn on_role_changed(
     _data: *mut std::ffi::c_void,
 ) {
     super::moves::clear_ahead();
+    // A master turned replica is importing nothing any more.
+    super::moves::forget_myself();
     if sub == raw::REDISMODULE_EVENT_REPLROLECHANGED_NOW_MASTER {
         rebuild::load_all_stale(&Context::new(ctx));
     }

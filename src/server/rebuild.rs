@@ -35,7 +35,7 @@ pub fn rebuild(ctx: &Context) {
             sets.extend(keys::keys_under(ctx, SLOT_INDEX, b"set"));
         }
         for set in sets {
-            read_index_set(ctx, db, &set, writes);
+            read_index_set(ctx, db, &set, writes, &Default::default());
         }
     }
     keys::select_db(ctx, home);
@@ -46,19 +46,29 @@ pub fn rebuild(ctx: &Context) {
 
 /// The members of the index set `set` (a set, in the selected database
 /// `db`) into the index; a member that is no key (it expired while the
-/// server was down, or never came) is owed its removal where `writes`.
-pub fn read_index_set(ctx: &Context, db: Db, set: &[u8], writes: bool) {
+/// server was down, or never came) is owed its removal where `writes`. A
+/// member in `settled` (written since the set was made) carries the tag
+/// only if the index says so; otherwise it too is owed its removal.
+pub fn read_index_set(
+    ctx: &Context,
+    db: Db,
+    set: &[u8],
+    writes: bool,
+    settled: &std::collections::HashSet<Vec<u8>>,
+) {
     let Some((tag, scope)) = config::layout().index_of(set).map(|(t, s)| (t.to_vec(), s)) else {
         return;
     };
-    let (mut live, mut gone) = (Vec::new(), Vec::new());
+    let (mut live, mut gone, mut rewritten) = (Vec::new(), Vec::new(), Vec::new());
     for member in keys::smembers(ctx, set).unwrap_or_default() {
         // A cluster's set holds its own slot's keys: others named in it
         // are left alone.
         if !scope.holds(&member) {
             continue;
         }
-        if keys::exists(ctx, &member) {
+        if settled.contains(&member) {
+            rewritten.push(member);
+        } else if keys::exists(ctx, &member) {
             live.push(member);
         } else if writes {
             gone.push(member);
@@ -66,6 +76,9 @@ pub fn read_index_set(ctx: &Context, db: Db, set: &[u8], writes: bool) {
     }
     super::update(|s| {
         s.index.add_many(db, &tag, &live);
+        if writes {
+            gone.extend(rewritten.into_iter().filter(|k| !s.index.has(db, k, &tag)));
+        }
         for key in gone {
             let seq = s.next_seq();
             s.owed.push_back(Owed::Untag {
