@@ -285,14 +285,20 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
                 .collect()
         })
         .unwrap_or_default();
-        for key in keys_in_slot(ctx, slot) {
-            if p.index_of(&key).is_some() {
-                if keys::key_type(ctx, &key) == KeyType::Set {
-                    rebuild::read_index_set(ctx, DB, &key, master, &rewritten);
+        let here = keys_in_slot(ctx, slot);
+        // A member of a set of the slot is a key of the slot: one listed
+        // here exists (one past its expiry goes when the server deletes it).
+        let names: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
+            here.iter().map(Vec::as_slice).collect();
+        for key in &here {
+            if p.index_of(key).is_some() {
+                if keys::key_type(ctx, key) == KeyType::Set {
+                    let present = rebuild::Present::Among(&names);
+                    rebuild::read_index_set(ctx, DB, key, master, &rewritten, present);
                 }
-            } else if p.is_stale_hash(&key) {
-                rebuild::load_stale_hash(ctx, DB, &key);
-            } else if rules::is_links_key(&key) {
+            } else if p.is_stale_hash(key) {
+                rebuild::load_stale_hash(ctx, DB, key);
+            } else if rules::is_links_key(key) {
                 if master {
                     rules::disown_now(ctx, DB);
                 } else {
