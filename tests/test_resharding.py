@@ -222,15 +222,15 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
     carries what its last write gave it, is stale only if it was stale and
     not rewritten since, and a purge takes exactly the keys that carry the
     tag."""
-    plain, retagged, kept, late, inplace, renamed = keys_of_slot(
-        slot_of(b"item:arrive"), b"item:arrive", 6)
-    for k in (plain, retagged, kept, late, inplace):
+    plain, retagged, kept, late, inplace, renamed, retold = keys_of_slot(
+        slot_of(b"item:arrive"), b"item:arrive", 7)
+    for k in (plain, retagged, kept, late, inplace, retold):
         fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 2, "t", "u")
     slot = slot_of(plain)
     src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(plain).port)
     dst = next(m for m in fresh.masters() if m is not src)
     cs, cd = fresh.client(src), fresh.client(dst)
-    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "u") == 5
+    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "u") == 6
     module_keys = [k for k in cs.keys("tagcache:*") if slot_of(k) == slot]
     assert len(module_keys) == 3  # the sets of t and u, the stale hash
     assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
@@ -246,17 +246,25 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
 
     if order == "sets-first":
         migrate(module_keys)
-        migrate([plain, retagged, kept, late, inplace])
+        migrate([plain, retagged, kept, late, inplace, retold])
         assert asking("SET", plain, "plain") is True
         assert asking("TAG.SET", retagged, "v2", "TAGS", 1, "t") == b"OK"
         want_retagged = [b"t"]
+        # Module commands see the tags that have arrived for the key.
+        assert sorted(asking("TAG.TAGS", retold)) == [b"t", b"u"]
+        assert asking("TAG.ADD", retold, "u") == 0
+        assert asking("TAG.REM", retold, "t") == 1
+        assert asking("TAG.TAGS", retold) == [b"u"]
     else:
-        migrate([plain, retagged, kept, late, inplace])
+        migrate([plain, retagged, kept, late, inplace, retold])
         assert asking("SET", plain, "plain") is True
         # Its tag sets have not arrived: refused whole, as a command whose
         # keys are split between the two nodes.
         with pytest.raises(redis.ResponseError) as e:
             asking("TAG.SET", retagged, "v2", "TAGS", 1, "t")
+        assert error_text(e.value) == SPLIT
+        with pytest.raises(redis.ResponseError) as e:
+            asking("TAG.REM", retold, "t")
         assert error_text(e.value) == SPLIT
         migrate(module_keys)
         want_retagged = [b"t", b"u"]
@@ -297,13 +305,15 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
                what="the rewritten keys out of the slot's index sets")
     assert sorted(cd.execute_command("TAG.TAGS", inplace)) == [b"t", b"u"]
     assert cd.execute_command("TAG.TAGS", renamed) == []
-    want_stale = {kept, inplace} | ({retagged} if order == "keys-first" else set())
+    want_retold = [b"u"] if order == "sets-first" else [b"t", b"u"]
+    assert sorted(cd.execute_command("TAG.TAGS", retold)) == want_retold
+    want_stale = {kept, inplace, retold} | ({retagged} if order == "keys-first" else set())
     wait_until(lambda: set(stale_marks(fresh)) == want_stale, timeout=10,
                what="stale marks of the keys not rewritten only")
     assert cd.get(plain) == b"plain" and cd.get(late) == b"plain"
     assert fresh.on(dst, "TAG.PURGE", "u") == len(want_stale)
     assert cd.get(plain) == b"plain" and cd.get(late) == b"plain"
-    assert cd.exists(kept, inplace) == 0
+    assert cd.exists(kept, inplace, retold) == 0
     assert fresh.on(dst, "TAG.PURGE", "t") == (1 if order == "sets-first" else 0)
     assert sorted(cd.keys("item:arrive*")) == sorted([plain, late, renamed])
     assert_replicas_match(fresh)

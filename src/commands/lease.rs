@@ -28,6 +28,7 @@ pub fn tag_getl(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(args);
     let a = args::parse_getl(&argv)?;
+    crate::server::moves::learn(ctx, a.key);
     if let Some(c) = Caller::of(ctx) {
         c.check(ctx, a.key, Access::Read)?;
     }

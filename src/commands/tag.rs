@@ -51,6 +51,7 @@ pub fn tag_set(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(args);
     let a = args::parse_tag_set(&argv)?;
+    crate::server::moves::learn(ctx, a.key);
     let p = config::layout();
     same_tag_set(&p, a.key, &a.tags)?;
     let now = keys::now_ms();
@@ -168,6 +169,7 @@ fn tag_change(ctx: &Context, args: &[RedisString], add: bool) -> RedisResult {
     let argv = argv(args);
     let cmd = if add { "tag.add" } else { "tag.rem" };
     let (key, tags) = args::parse_key_tags(&argv, cmd)?;
+    crate::server::moves::learn(ctx, key);
     let p = config::layout();
     if add {
         same_tag_set(&p, key, &tags)?;
@@ -267,6 +269,7 @@ pub fn tag_tags(ctx: &Context, args: &[RedisString]) -> RedisResult {
     stats::bump(&stats::COMMANDS);
     let argv = argv(args);
     let key = one_arg(&argv, "tag.tags")?;
+    crate::server::moves::learn(ctx, key);
     let caller = Caller::of(ctx);
     if let Some(c) = &caller {
         c.check(ctx, key, Access::Read)?;

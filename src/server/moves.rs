@@ -426,6 +426,44 @@ pub fn written(ctx: &Context, key: &[u8]) {
     }
 }
 
+/// Before a module command reads or changes what `key` carries: if its
+/// slot is arriving here and not read yet, what has arrived of the slot's
+/// index sets and stale hash is read for `key` alone, so that the command
+/// sees the tags and stale mark it has here (a key rewritten here since
+/// has the index's word already). Sets that arrive later are read with the
+/// slot.
+pub fn learn(ctx: &Context, key: &[u8]) {
+    if !ANY_ARRIVING.get() || !config::slotted() || !unread(key) || !keys::may_write(ctx) {
+        return;
+    }
+    let slot = crate::engine::slot::slot(key);
+    if WRITTEN.with_borrow(|w| w.get(&slot).is_some_and(|keys| keys.contains(key))) {
+        return;
+    }
+    let p = config::layout();
+    let (mut tags, mut stale) = (Vec::new(), false);
+    for k in keys_in_slot(ctx, slot) {
+        if let Some((tag, _)) = p.index_of(&k) {
+            if keys::call2(ctx, Mode::Local, c"SISMEMBER", &k, key) == Ok(1) {
+                tags.push(tag.to_vec());
+            }
+        } else if p.is_stale_hash(&k) {
+            stale = keys::call2(ctx, Mode::Local, c"HEXISTS", &k, key) == Ok(1);
+        }
+    }
+    if tags.is_empty() && !stale {
+        return;
+    }
+    super::update(|s| {
+        for tag in &tags {
+            s.index.add(DB, key, tag);
+        }
+        if stale {
+            s.stale.mark(DB, key);
+        }
+    });
+}
+
 /// Forgets the keys written in slots arriving here (the dataset was
 /// flushed or replaced).
 pub fn clear_written() {
