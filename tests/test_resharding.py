@@ -319,6 +319,155 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
     assert_replicas_match(fresh)
 
 
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_random_commands_while_a_slot_moves_key_by_key_match_a_model(fresh, seed):
+    """One slot's tagged keys (some stale) and its index sets and stale hash
+    move by `MIGRATE` in random batches, in random order. Between batches,
+    random commands on its keys go where a cluster client sends them (the
+    node that has the key; the receiving one, with `ASKING`, otherwise), and
+    each reply is checked against a plain-Python model of each key's value,
+    tags and stale mark (a `TRYAGAIN` changes nothing). Once the slot is
+    assigned, the keys, their tags, stale marks and index sets, and what each
+    purge deletes, are the model's."""
+    rng = random.Random(seed)
+    pool = [b"a", b"b", b"c"]
+    names = keys_of_slot(slot_of(b"item:model"), b"item:model", 24)
+    slot = slot_of(names[0])
+    model: dict[bytes, dict] = {}
+    for i, k in enumerate(names[:18]):
+        tags = {pool[i % 3]} | ({rng.choice(pool)} if rng.random() < 0.5 else set())
+        fresh.rc.execute_command("TAG.SET", k, b"v0", "TAGS", len(tags), *sorted(tags))
+        model[k] = {"value": b"v0", "tags": tags, "stale": False}
+    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(names[0]).port)
+    dst = next(m for m in fresh.masters() if m is not src)
+    cs, cd = fresh.client(src), fresh.client(dst)
+    n_a = sum(1 for e in model.values() if b"a" in e["tags"])
+    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == n_a
+    for e in model.values():
+        e["stale"] = b"a" in e["tags"]
+    set_of = {k[-1:]: k for k in cs.keys("tagcache:idx:*") if slot_of(k) == slot}
+    assert sorted(set_of) == pool
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+
+    history: list = []
+
+    def send(k, *cmd):
+        """Where a cluster client sends a command on `k`: the reply, or
+        the error's text."""
+        on_src = k in cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        c = cs if on_src else cd
+        try:
+            if not on_src:
+                c.execute_command("ASKING")
+            r = c.execute_command(*cmd)
+        except redis.ResponseError as e:
+            r = error_text(e)
+        history.append((cmd, "src" if on_src else "dst", r))
+        return on_src, r
+
+    def story(keys):
+        """What happened to `keys`, for a failure's message."""
+        return [h for h in history if any(k in h[0] for k in keys)]
+
+    def random_command():
+        k = rng.choice(names)
+        e = model.get(k)
+        op = rng.choice(["tag.set", "set", "del", "append", "tag.add", "tag.rem", "tag.tags"])
+        if op == "tag.set":
+            tags = set(rng.sample(pool, rng.randint(1, 2)))
+            on_src, r = send(k, "TAG.SET", k, b"w", "TAGS", len(tags), *sorted(tags))
+            if r != SPLIT:
+                assert r == b"OK", (op, k, r)
+                model[k] = {"value": b"w", "tags": tags, "stale": False}
+        elif op == "set":
+            on_src, r = send(k, "SET", k, b"p")
+            if r != SPLIT:
+                assert r is True, (op, k, r)
+                model[k] = {"value": b"p", "tags": set(), "stale": False}
+        elif op == "del":
+            on_src, r = send(k, "DEL", k)
+            if r != SPLIT:
+                assert r == (1 if e else 0), (op, k, r)
+                model.pop(k, None)
+        elif op == "append":
+            on_src, r = send(k, "APPEND", k, b"+")
+            if r != SPLIT:
+                value = (e["value"] if e else b"") + b"+"
+                assert r == len(value), (op, k, r)
+                if e:
+                    e["value"] = value
+                else:
+                    model[k] = {"value": value, "tags": set(), "stale": False}
+        elif op in ("tag.add", "tag.rem"):
+            t = rng.choice(pool)
+            on_src, r = send(k, op.upper(), k, t)
+            if r == SPLIT:
+                return
+            if op == "tag.add" and not e:
+                assert r == "ERR no such key", (op, k, r)
+                return
+            had = bool(e) and t in e["tags"]
+            assert r == (int(not had) if op == "tag.add" else int(had)), (op, k, t, r)
+            if e:
+                (e["tags"].add if op == "tag.add" else e["tags"].discard)(t)
+        else:
+            on_src, r = send(k, "TAG.TAGS", k)
+            want = e["tags"] if e else set()
+            if not on_src:
+                # Where the key arrived, before the slot is read: the tags
+                # whose sets have arrived.
+                def arrived(t):
+                    cd.execute_command("ASKING")
+                    return cd.exists(set_of[t]) == 1
+                want = {t for t in want if arrived(t)}
+            assert sorted(r) == sorted(want), (op, k, on_src, r)
+
+    for _ in range(40):
+        on_src = cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        if not on_src:
+            break
+        batch = rng.sample(on_src, min(len(on_src), rng.randint(1, 4)))
+        assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                                  "KEYS", *batch) == b"OK"
+        history.append((("MIGRATE", *batch), "src", b"OK"))
+        for _ in range(rng.randint(1, 4)):
+            random_command()
+    rest = cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+    if rest:
+        assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                                  "KEYS", *rest) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    # A write in the same turn as the slot's assignment, before it is read.
+    k = rng.choice(names)
+    pipe = cd.pipeline(transaction=False)
+    pipe.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst))
+    pipe.execute_command("SET", k, b"last")
+    assert pipe.execute() == [b"OK", True]
+    model[k] = {"value": b"last", "tags": set(), "stale": False}
+    fresh.wait_ok()
+    assert cs.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    for k in names:
+        e = model.get(k)
+        assert cd.get(k) == (e["value"] if e else None), story([k])
+        assert sorted(cd.execute_command("TAG.TAGS", k)) == sorted(e["tags"] if e else []), \
+            story([k])
+    for t in pool:
+        want = {k for k, e in model.items() if t in e["tags"]}
+        got = set(cd.smembers(set_of[t]))
+        assert got == want, (t, story(got ^ want))
+    stale = set(stale_marks(fresh))
+    want = {k for k, e in model.items() if e["stale"]}
+    assert stale == want, story(stale ^ want)
+    assert_replicas_match(fresh)
+    for t in pool:
+        want = {k for k, e in model.items() if t in e["tags"]}
+        assert fresh.on(dst, "TAG.PURGE", t) == len(want), t
+        for k in want:
+            model.pop(k)
+    assert set(cd.keys("item:model*")) == set(model)
+
+
 def test_an_import_given_up_says_nothing_about_the_next_import_of_the_slot(fresh):
     """A key written where its slot was arriving, in an import given up
     (`SETSLOT … STABLE`), is not taken for rewritten when the slot arrives
@@ -357,6 +506,43 @@ def test_an_import_given_up_says_nothing_about_the_next_import_of_the_slot(fresh
                what="the slot read where it arrived")
     assert cd.execute_command("TAG.TAGS", k) == [b"t"]
     assert fresh.on(dst, "TAG.PURGE", "t") == 2
+
+
+def test_writes_of_stale_keys_whose_stale_hash_left_ahead_are_refused_with_tryagain(fresh):
+    """The slot's stale hash leaves by `MIGRATE` before its keys: a write
+    that would end a key's stale mark there (`DEL`, a plain `SET`) is
+    refused with `TRYAGAIN` and changes nothing; once the keys follow and
+    the slot is assigned, they are still stale, and nothing else is."""
+    k, k2, fresh_key = keys_of_slot(slot_of(b"item:stale-ahead"), b"item:stale-ahead", 3)
+    slot = slot_of(k)
+    for x in (k, k2):
+        fresh.rc.execute_command("TAG.SET", x, b"v0", "TAGS", 1, "a")
+    fresh.rc.execute_command("TAG.SET", fresh_key, b"v0", "TAGS", 1, "b")
+    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
+    dst = next(m for m in fresh.masters() if m is not src)
+    cs, cd = fresh.client(src), fresh.client(dst)
+    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == 2
+    (hash_key,) = [x for x in cs.keys("tagcache:stale*") if slot_of(x) == slot]
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, hash_key, 0, 5000) == b"OK"
+    for cmd in [("DEL", k), ("SET", k2, "x")]:
+        with pytest.raises(redis.ResponseError) as e:
+            cs.execute_command(*cmd)
+        assert error_text(e.value) == SPLIT, cmd
+    # A key that is not stale is written as usual.
+    assert cs.set(fresh_key, "plain") is True
+    assert cs.get(k) == b"v0" and cs.get(k2) == b"v0"
+    rest = cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *rest) == b"OK"
+    for c in (cs, cd):
+        assert c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    fresh.wait_ok()
+    wait_until(lambda: set(stale_marks(fresh)) == {k, k2}, timeout=10,
+               what="the two stale keys stale where they arrived")
+    assert cd.execute_command("TAG.TAGS", fresh_key) == []
+    assert fresh.on(dst, "TAG.PURGE", "a") == 2
+    assert cd.exists(k, k2) == 0 and cd.get(fresh_key) == b"plain"
 
 
 def test_a_master_demoted_while_its_tag_sets_are_away_applies_its_new_masters_writes(fresh):

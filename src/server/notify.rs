@@ -442,7 +442,11 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     }
     // A client wrote a stale hash itself: the master reads it again (a
     // replica keeps no stale state of its own; it reads it when promoted).
-    if p.is_stale_hash(key) && is_change(event) && !flags.intersects(ContextFlags::SLAVE) {
+    // One moving with its slot is no client's write: the node it leaves
+    // keeps the marks of the keys still here (a write that would change one
+    // is refused), and the node it reaches reads it with the slot.
+    if p.is_stale_hash(key) && is_change(event) && !moving && !flags.intersects(ContextFlags::SLAVE)
+    {
         rebuild::load_stale_hash(ctx, db, key);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
@@ -450,6 +454,7 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
         let wakes = engine::with(|s| {
             if removes(event) {
                 s.index.forget_key(db, key);
+                s.stale.clear(db, key);
                 s.key_deleted(db, key)
             } else {
                 s.key_written(db, key)
