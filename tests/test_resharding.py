@@ -287,6 +287,8 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
     text = error_text(e.value)  # redis-py names the queued command that failed
     assert text.startswith("TRYAGAIN ") and text.endswith(SPLIT[len("TRYAGAIN "):]), text
     assert asking("GET", late) == b"v" and asking("GET", kept) == b"v"
+    # The same IMPORTING again in the middle of the import forgets nothing.
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
     assert cs.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
     # The node it reached is assigned the slot, and a write follows in
     # the same turn, before the slot's data is read there.
@@ -459,6 +461,14 @@ def test_random_commands_while_a_slot_moves_key_by_key_match_a_model(fresh, seed
     stale = set(stale_marks(fresh))
     want = {k for k, e in model.items() if e["stale"]}
     assert stale == want, story(stale ^ want)
+    # The marks the node keeps in memory: a stale key hands its first
+    # reader a refresh lease, a fresh one none.
+    for k, e in model.items():
+        value, token = cd.execute_command("TAG.GETL", k)
+        assert value == e["value"] and (token is not None) == e["stale"], story([k])
+    # Commands ran on both nodes, and were applied on both.
+    for node in ("src", "dst"):
+        assert any(h[1] == node and h[2] != SPLIT for h in history if h[0][0] != "MIGRATE"), node
     assert_replicas_match(fresh)
     for t in pool:
         want = {k for k, e in model.items() if t in e["tags"]}
@@ -543,6 +553,38 @@ def test_writes_of_stale_keys_whose_stale_hash_left_ahead_are_refused_with_tryag
     assert cd.execute_command("TAG.TAGS", fresh_key) == []
     assert fresh.on(dst, "TAG.PURGE", "a") == 2
     assert cd.exists(k, k2) == 0 and cd.get(fresh_key) == b"plain"
+
+
+def test_a_stale_key_that_expires_after_its_stale_hash_left_leaves_no_mark_behind(fresh):
+    """A stale key lives out its grace and expires on the node its slot
+    leaves, after the slot's stale hash has left: once the slot is assigned
+    where it arrives, no stale mark names it there, and a key written later
+    under that name is fresh."""
+    k, other = keys_of_slot(slot_of(b"item:grace"), b"item:grace", 2)
+    slot = slot_of(k)
+    fresh.rc.execute_command("TAG.SET", k, b"v0", "TAGS", 1, "a")
+    fresh.rc.execute_command("TAG.SET", other, b"v0", "TAGS", 1, "a")
+    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
+    dst = next(m for m in fresh.masters() if m is not src)
+    cs, cd = fresh.client(src), fresh.client(dst)
+    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == 2
+    assert cs.pexpire(k, 300) is True
+    (hash_key,) = [x for x in cs.keys("tagcache:stale*") if slot_of(x) == slot]
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, hash_key, 0, 5000) == b"OK"
+    wait_until(lambda: k not in cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100),
+               timeout=10, what="the stale key expired where it was")
+    rest = cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *rest) == b"OK"
+    for c in (cs, cd):
+        assert c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    fresh.wait_ok()
+    wait_until(lambda: set(stale_marks(fresh)) == {other}, timeout=10,
+               what="the stale mark of the key that expired gone")
+    assert cd.set(k, "new") is True
+    assert cd.execute_command("TAG.GETL", k, "TTL", 1000) == [b"new", None]
+    assert set(stale_marks(fresh)) == {other}
 
 
 def test_a_master_demoted_while_its_tag_sets_are_away_applies_its_new_masters_writes(fresh):

@@ -50,14 +50,10 @@ thread_local! {
     /// While any is pending the line is read again every turn, so that a
     /// copy read before the command ran is never used after.
     static PENDING: RefCell<Vec<(u16, moves::Asked, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
-    /// Keys of slots arriving here by `MIGRATE` that were replaced or
-    /// removed here (by a client with `ASKING`, or in the turn the slot's
-    /// `SETSLOT … NODE` ran) before the slot's data was read, by slot. The
-    /// index holds what such a key carries since; the index sets and stale
-    /// hash that came from the node it left say what it carried before
-    /// (`arrived`). Kept until the slot is read or stops importing: as
-    /// large as the names written into it meanwhile.
-    static WRITTEN: RefCell<std::collections::HashMap<u16, std::collections::HashSet<Vec<u8>>>> =
+    /// What has happened here to slots arriving by `MIGRATE` whose data is
+    /// not read yet (`Arrival`), by slot. Kept until the slot is read, its
+    /// import is given up, or a new one starts.
+    static ARRIVALS: RefCell<std::collections::HashMap<u16, Arrival>> =
         RefCell::new(std::collections::HashMap::new());
     /// The slots this node's line showed importing (arriving by
     /// `MIGRATE`) when last read. Asked from keyspace notifications, where
@@ -70,6 +66,20 @@ thread_local! {
     /// Whether the line was read since slots last changed here: if not,
     /// it is read before the server sleeps.
     static KNOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A slot arriving here by `MIGRATE`, before its data is read.
+#[derive(Default)]
+struct Arrival {
+    /// Keys replaced or removed here (by a client with `ASKING`, or in the
+    /// turn the slot's `SETSLOT … NODE` ran): the index holds what such a
+    /// key carries since; the index sets and stale hash that came from the
+    /// node it left say what it carried before. As large as the names
+    /// written meanwhile.
+    written: std::collections::HashSet<Vec<u8>>,
+    /// The slot's index sets and stale hash that are here: a module
+    /// command on one of its keys reads those for that key (`learn`).
+    module_keys: std::collections::HashSet<Vec<u8>>,
 }
 
 /// Which server runs the module, by `INFO server`: Valkey names itself.
@@ -275,8 +285,9 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
     keys::select_db(ctx, DB);
     let master = keys::may_write(ctx);
     for slot in slots.iter() {
-        let rewritten = WRITTEN
-            .with_borrow_mut(|w| w.remove(&slot))
+        let rewritten = ARRIVALS
+            .with_borrow_mut(|a| a.remove(&slot))
+            .map(|a| a.written)
             .unwrap_or_default();
         let stale: Vec<(Vec<u8>, bool)> = engine::with(|s| {
             rewritten
@@ -297,7 +308,8 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
                     rebuild::read_index_set(ctx, DB, key, master, &rewritten, present);
                 }
             } else if p.is_stale_hash(key) {
-                rebuild::load_stale_hash(ctx, DB, key);
+                let present = rebuild::Present::Among(&names);
+                rebuild::load_stale_hash(ctx, DB, key, master.then_some(present));
             } else if rules::is_links_key(key) {
                 if master {
                     rules::disown_now(ctx, DB);
@@ -378,11 +390,31 @@ fn with_myself<T>(ctx: &Context, f: impl FnOnce(&Myself) -> T) -> Option<T> {
 /// are done with.
 fn line_read(me: &Myself) {
     KNOWN.set(true);
-    ARRIVING.set(me.importing.clone());
-    if !WRITTEN.with_borrow(std::collections::HashMap::is_empty) {
-        WRITTEN.with_borrow_mut(|w| w.retain(|&s, _| unread_slot(s)));
+    let before = ARRIVING.replace(me.importing.clone());
+    // An import given up (`SETSLOT … STABLE`, or `NODE` another): what the
+    // module learned of its keys here goes with it (they are in no slot of
+    // this node's; if the slot is given here later, it is read whole).
+    let mut given_up = SlotSet::default();
+    for slot in before.iter() {
+        if !me.importing.contains(slot) && !me.owned.contains(slot) && !queued(slot) {
+            given_up.add(slot);
+        }
+    }
+    if !given_up.is_empty() {
+        super::update(|s| {
+            s.index.forget_slots(DB, &given_up);
+            s.stale.replace_where(DB, |k| given_up.holds(k), Vec::new());
+        });
+    }
+    if !ARRIVALS.with_borrow(std::collections::HashMap::is_empty) {
+        ARRIVALS.with_borrow_mut(|a| a.retain(|&s, _| unread_slot(s)));
     }
     arriving_changed();
+}
+
+/// Whether a `SETSLOT … NODE` of `slot` waits to be acted on.
+fn queued(slot: u16) -> bool {
+    SETSLOT.with_borrow(|q| q.iter().any(|&(s, _)| s == slot))
 }
 
 fn arriving_changed() {
@@ -391,8 +423,7 @@ fn arriving_changed() {
 }
 
 fn unread_slot(slot: u16) -> bool {
-    ARRIVING.with_borrow(|a| a.contains(slot))
-        || SETSLOT.with_borrow(|q| q.iter().any(|&(s, _)| s == slot))
+    ARRIVING.with_borrow(|a| a.contains(slot)) || queued(slot)
 }
 
 /// Whether the slot of `key` is arriving here by `MIGRATE` and its data is
@@ -412,18 +443,29 @@ pub fn written(ctx: &Context, key: &[u8]) {
     if !ANY_ARRIVING.get() || !config::slotted() || importing(key) {
         return;
     }
+    if !unread(key)
+        || ctx
+            .get_flags()
+            .intersects(redis_module::ContextFlags::LOADING)
+    {
+        return;
+    }
     let p = config::layout();
     if p.index_of(key).is_some() || p.is_stale_hash(key) || rules::is_links_key(key) {
         return;
     }
-    if unread(key)
-        && !ctx
-            .get_flags()
-            .intersects(redis_module::ContextFlags::LOADING)
-    {
-        let slot = crate::engine::slot::slot(key);
-        WRITTEN.with_borrow_mut(|w| w.entry(slot).or_default().insert(key.to_vec()));
+    let slot = crate::engine::slot::slot(key);
+    ARRIVALS.with_borrow_mut(|a| a.entry(slot).or_default().written.insert(key.to_vec()));
+}
+
+/// A module key (index set or stale hash) of a slot arriving here by
+/// `MIGRATE`, before the slot is read, is here now.
+pub fn module_key_here(key: &[u8]) {
+    if !unread(key) {
+        return;
     }
+    let slot = crate::engine::slot::slot(key);
+    ARRIVALS.with_borrow_mut(|a| a.entry(slot).or_default().module_keys.insert(key.to_vec()));
 }
 
 /// Before a module command reads or changes what `key` carries: if its
@@ -437,22 +479,26 @@ pub fn learn(ctx: &Context, key: &[u8]) {
         return;
     }
     let slot = crate::engine::slot::slot(key);
-    if WRITTEN.with_borrow(|w| w.get(&slot).is_some_and(|keys| keys.contains(key))) {
+    let Some(module_keys) = ARRIVALS.with_borrow(|a| {
+        let arrival = a.get(&slot)?;
+        (!arrival.written.contains(key)).then(|| arrival.module_keys.clone())
+    }) else {
+        return;
+    };
+    if module_keys.is_empty() || !keys::exists(ctx, key) {
         return;
     }
     let p = config::layout();
+    let hash = p.stale_hash(key);
     let (mut tags, mut stale) = (Vec::new(), false);
-    for k in keys_in_slot(ctx, slot) {
-        if let Some((tag, _)) = p.index_of(&k) {
-            if keys::call2(ctx, Mode::Local, c"SISMEMBER", &k, key) == Ok(1) {
+    for k in &module_keys {
+        if let Some((tag, _)) = p.index_of(k) {
+            if keys::call2(ctx, Mode::Local, c"SISMEMBER", k, key) == Ok(1) {
                 tags.push(tag.to_vec());
             }
-        } else if p.is_stale_hash(&k) {
-            stale = keys::call2(ctx, Mode::Local, c"HEXISTS", &k, key) == Ok(1);
+        } else if *k == hash {
+            stale = keys::call2(ctx, Mode::Local, c"HEXISTS", k, key) == Ok(1);
         }
-    }
-    if tags.is_empty() && !stale {
-        return;
     }
     super::update(|s| {
         for tag in &tags {
@@ -467,7 +513,7 @@ pub fn learn(ctx: &Context, key: &[u8]) {
 /// Forgets the keys written in slots arriving here (the dataset was
 /// flushed or replaced).
 pub fn clear_written() {
-    WRITTEN.with_borrow_mut(std::collections::HashMap::clear);
+    ARRIVALS.with_borrow_mut(std::collections::HashMap::clear);
 }
 
 /// Whether the slot of `key` is on the move by `MIGRATE` here (leaving or
@@ -528,10 +574,11 @@ pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
     if let (Some(slot), Some(asked)) = (slot_arg(slot), moves::Asked::parse(state)) {
         let until = std::time::Instant::now() + held(timeout_ms);
         PENDING.with_borrow_mut(|q| q.push((slot, asked, until)));
-        if asked == moves::Asked::Importing {
-            // A new import: what was written in an earlier one of the
-            // slot says nothing about the keys that arrive now.
-            WRITTEN.with_borrow_mut(|w| w.remove(&slot));
+        if asked == moves::Asked::Importing && !ARRIVING.with_borrow(|a| a.contains(slot)) {
+            // A new import: what was recorded in an earlier one of the
+            // slot says nothing about the keys that arrive now. (The same
+            // command again in the middle of one changes nothing.)
+            ARRIVALS.with_borrow_mut(|a| a.remove(&slot));
         }
     }
 }
@@ -665,6 +712,6 @@ pub fn after_setslot(ctx: &Context) {
     if !mine.is_empty() {
         signal_now(ctx, Signal::Assigned, &mine);
     }
-    // Keys written in slots this node gave up importing are done with.
-    WRITTEN.with_borrow_mut(|w| w.retain(|&s, _| unread_slot(s)));
+    // What was recorded of slots this node gave up importing is done with.
+    ARRIVALS.with_borrow_mut(|a| a.retain(|&s, _| unread_slot(s)));
 }

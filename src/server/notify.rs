@@ -410,12 +410,17 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     let _in = InNotification::begin();
     // A `MIGRATE` or `RESTORE-ASKING` of a key whose slot is not on the
     // move is a client's: it removes or replaces as any command does.
-    let moving = p.slotted && MOVING.with(Cell::get) && super::moves::slot_moving(ctx, key);
+    // (A key that expires or is evicted meanwhile is not moving.)
+    let moving = p.slotted
+        && MOVING.with(Cell::get)
+        && !matches!(event, b"expired" | b"evicted")
+        && super::moves::slot_moving(ctx, key);
     if p.slotted && (index.is_some() || p.is_stale_hash(key)) {
         if moving && removes(event) {
             super::moves::left_ahead(key);
         } else if is_change(event) {
             super::moves::back(key);
+            super::moves::module_key_here(key);
         }
     }
     if rules::is_links_key(key) && moving && removes(event) {
@@ -445,9 +450,13 @@ pub fn on_keyspace_event(ctx: &Context, event: &[u8], key: &[u8]) {
     // One moving with its slot is no client's write: the node it leaves
     // keeps the marks of the keys still here (a write that would change one
     // is refused), and the node it reaches reads it with the slot.
-    if p.is_stale_hash(key) && is_change(event) && !moving && !flags.intersects(ContextFlags::SLAVE)
+    if p.is_stale_hash(key)
+        && is_change(event)
+        && !moving
+        && !super::moves::unread(key)
+        && !flags.intersects(ContextFlags::SLAVE)
     {
-        rebuild::load_stale_hash(ctx, db, key);
+        rebuild::load_stale_hash(ctx, db, key, None);
     }
     let master = !flags.intersects(ContextFlags::SLAVE);
     if index.is_none() && moving {

@@ -129,10 +129,23 @@ pub fn load_stale(ctx: &Context, db: Db) {
 /// One stale hash of `db`, written by a client: the keys it names are
 /// stale (the hash has the last word; one that is no key is fresh again
 /// when it is first written).
-pub fn load_stale_hash(ctx: &Context, db: Db, hash: &[u8]) {
+///
+/// With `present` (a master reading a slot that arrived), a field naming no
+/// key of the slot is owed its removal instead.
+pub fn load_stale_hash(ctx: &Context, db: Db, hash: &[u8], present: Option<Present<'_>>) {
     let p = config::layout();
-    let fields = keys::hash_fields(ctx, hash);
+    let mut fields = keys::hash_fields(ctx, hash);
     let slot = crate::engine::slot::slot(hash);
+    if let Some(Present::Among(names)) = present {
+        let (live, gone): (Vec<_>, Vec<_>) = fields
+            .into_iter()
+            .partition(|k| names.contains(k.as_slice()));
+        fields = live;
+        super::update(|s| {
+            s.owed
+                .extend(gone.into_iter().map(|key| Owed::Fresh { db, key }))
+        });
+    }
     super::update(|s| {
         s.stale.replace_where(
             db,
