@@ -518,6 +518,19 @@ def test_an_import_given_up_says_nothing_about_the_next_import_of_the_slot(fresh
     assert fresh.on(dst, "TAG.PURGE", "t") == 2
 
 
+def start_moving(c: Cluster, k: bytes):
+    """Marks the slot of `k` migrating from the master holding it to
+    another (`SETSLOT … IMPORTING`, then `MIGRATING`); returns the slot,
+    both masters and a client of each."""
+    src = next(m for m in c.masters() if m.port == c.rc.get_node_from_key(k).port)
+    dst = next(m for m in c.masters() if m is not src)
+    cs, cd = c.client(src), c.client(dst)
+    slot = slot_of(k)
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(c, src)) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(c, dst)) == b"OK"
+    return slot, src, dst, cs, cd
+
+
 def test_writes_of_stale_keys_whose_stale_hash_left_ahead_are_refused_with_tryagain(fresh):
     """The slot's stale hash leaves by `MIGRATE` before its keys: a write
     that would end a key's stale mark there (`DEL`, a plain `SET`) is
@@ -528,13 +541,10 @@ def test_writes_of_stale_keys_whose_stale_hash_left_ahead_are_refused_with_tryag
     for x in (k, k2):
         fresh.rc.execute_command("TAG.SET", x, b"v0", "TAGS", 1, "a")
     fresh.rc.execute_command("TAG.SET", fresh_key, b"v0", "TAGS", 1, "b")
-    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
-    dst = next(m for m in fresh.masters() if m is not src)
-    cs, cd = fresh.client(src), fresh.client(dst)
-    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == 2
-    (hash_key,) = [x for x in cs.keys("tagcache:stale*") if slot_of(x) == slot]
-    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
-    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+    assert fresh.on(fresh.masters()[0], "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == 2
+    (hash_key,) = [x for m in fresh.masters() for x in fresh.client(m).keys("tagcache:stale*")
+                   if slot_of(x) == slot]
+    slot, src, dst, cs, cd = start_moving(fresh, k)
     assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, hash_key, 0, 5000) == b"OK"
     for cmd in [("DEL", k), ("SET", k2, "x")]:
         with pytest.raises(redis.ResponseError) as e:
@@ -564,14 +574,11 @@ def test_a_stale_key_that_expires_after_its_stale_hash_left_leaves_no_mark_behin
     slot = slot_of(k)
     fresh.rc.execute_command("TAG.SET", k, b"v0", "TAGS", 1, "a")
     fresh.rc.execute_command("TAG.SET", other, b"v0", "TAGS", 1, "a")
-    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(k).port)
-    dst = next(m for m in fresh.masters() if m is not src)
-    cs, cd = fresh.client(src), fresh.client(dst)
-    assert fresh.on(src, "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == 2
-    assert cs.pexpire(k, 300) is True
-    (hash_key,) = [x for x in cs.keys("tagcache:stale*") if slot_of(x) == slot]
-    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
-    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+    assert fresh.on(fresh.masters()[0], "TAG.INVALIDATE", "SOFT", 600000, "TAGS", 1, "a") == 2
+    assert fresh.rc.pexpire(k, 300) is True
+    (hash_key,) = [x for m in fresh.masters() for x in fresh.client(m).keys("tagcache:stale*")
+                   if slot_of(x) == slot]
+    slot, src, dst, cs, cd = start_moving(fresh, k)
     assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, hash_key, 0, 5000) == b"OK"
     wait_until(lambda: k not in cs.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100),
                timeout=10, what="the stale key expired where it was")
