@@ -299,17 +299,14 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
         let here = keys_in_slot(ctx, slot);
         // A member of a set of the slot is a key of the slot: one listed
         // here exists (one past its expiry goes when the server deletes it).
-        let names: std::collections::HashSet<&[u8], foldhash::fast::RandomState> =
-            here.iter().map(Vec::as_slice).collect();
+        let names: rebuild::Names = here.iter().map(Vec::as_slice).collect();
         for key in &here {
             if p.index_of(key).is_some() {
                 if keys::key_type(ctx, key) == KeyType::Set {
-                    let present = rebuild::Present::Among(&names);
-                    rebuild::read_index_set(ctx, DB, key, master, &rewritten, present);
+                    rebuild::read_index_set(ctx, DB, key, master, &rewritten, Some(&names));
                 }
             } else if p.is_stale_hash(key) {
-                let present = rebuild::Present::Among(&names);
-                rebuild::load_stale_hash(ctx, DB, key, master.then_some(present));
+                rebuild::load_stale_hash(ctx, DB, key, master.then_some(&names));
             } else if rules::is_links_key(key) {
                 if master {
                     rules::disown_now(ctx, DB);
@@ -440,10 +437,9 @@ pub fn unread(key: &[u8]) -> bool {
 /// AOF is not recorded: what is recorded lives in memory, and a restart
 /// forgets it.)
 pub fn written(ctx: &Context, key: &[u8]) {
-    if !ANY_ARRIVING.get() || !config::slotted() || importing(key) {
-        return;
-    }
     if !unread(key)
+        || !config::slotted()
+        || importing(key)
         || ctx
             .get_flags()
             .intersects(redis_module::ContextFlags::LOADING)
@@ -475,7 +471,7 @@ pub fn module_key_here(key: &[u8]) {
 /// has the index's word already). Sets that arrive later are read with the
 /// slot.
 pub fn learn(ctx: &Context, key: &[u8]) {
-    if !ANY_ARRIVING.get() || !config::slotted() || !unread(key) || !keys::may_write(ctx) {
+    if !unread(key) || !config::slotted() || !keys::may_write(ctx) {
         return;
     }
     let slot = crate::engine::slot::slot(key);

@@ -35,7 +35,7 @@ pub fn rebuild(ctx: &Context) {
             sets.extend(keys::keys_under(ctx, SLOT_INDEX, b"set"));
         }
         for set in sets {
-            read_index_set(ctx, db, &set, writes, &Default::default(), Present::Ask);
+            read_index_set(ctx, db, &set, writes, &Default::default(), None);
         }
     }
     keys::select_db(ctx, home);
@@ -44,29 +44,27 @@ pub fn rebuild(ctx: &Context) {
     }
 }
 
-/// Which keys exist, as `read_index_set` asks: the server, or the names
-/// of a slot just listed (as many lookups in a table as calls saved).
-pub enum Present<'a> {
-    Ask,
-    Among(&'a std::collections::HashSet<&'a [u8], foldhash::fast::RandomState>),
-}
+/// The names of a slot's keys, as just listed: asking them whether a key
+/// exists saves as many calls into the server.
+pub type Names<'a> = std::collections::HashSet<&'a [u8], foldhash::fast::RandomState>;
 
 /// The members of the index set `set` (a set, in the selected database
 /// `db`) into the index; a member that is no key (it expired while the
 /// server was down, or never came) is owed its removal where `writes`. A
 /// member in `settled` (written since the set was made) carries the tag
-/// only if the index says so; otherwise it too is owed its removal.
+/// only if the index says so; otherwise it too is owed its removal. Which
+/// keys exist: those in `present` if given, else the server's answer.
 pub fn read_index_set(
     ctx: &Context,
     db: Db,
     set: &[u8],
     writes: bool,
     settled: &std::collections::HashSet<Vec<u8>>,
-    present: Present<'_>,
+    present: Option<&Names<'_>>,
 ) {
     let exists = |k: &[u8]| match present {
-        Present::Ask => keys::exists(ctx, k),
-        Present::Among(names) => names.contains(k),
+        None => keys::exists(ctx, k),
+        Some(names) => names.contains(k),
     };
     let Some((tag, scope)) = config::layout().index_of(set).map(|(t, s)| (t.to_vec(), s)) else {
         return;
@@ -132,11 +130,11 @@ pub fn load_stale(ctx: &Context, db: Db) {
 ///
 /// With `present` (a master reading a slot that arrived), a field naming no
 /// key of the slot is owed its removal instead.
-pub fn load_stale_hash(ctx: &Context, db: Db, hash: &[u8], present: Option<Present<'_>>) {
+pub fn load_stale_hash(ctx: &Context, db: Db, hash: &[u8], present: Option<&Names<'_>>) {
     let p = config::layout();
     let mut fields = keys::hash_fields(ctx, hash);
     let slot = crate::engine::slot::slot(hash);
-    if let Some(Present::Among(names)) = present {
+    if let Some(names) = present {
         let (live, gone): (Vec<_>, Vec<_>) = fields
             .into_iter()
             .partition(|k| names.contains(k.as_slice()));
