@@ -324,14 +324,20 @@ pub fn ensure_kind(ctx: &Context, key: &[u8], kind: Kind) -> Result<()> {
 /// call on a slot being imported would be redirected, and a set that
 /// arrives with a migration is read at exactly that moment.
 pub fn smembers(ctx: &Context, key: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    each_member(ctx, key, |member| out.push(member.to_vec()));
+    Ok(out)
+}
+
+/// Each member of a set (nothing if `key` is no set), as `smembers` reads
+/// them, lent to `f` rather than copied.
+pub fn each_member(ctx: &Context, key: &[u8], mut f: impl FnMut(&[u8])) {
     let name = RedisString::create_from_slice(ctx.ctx, key);
     let k = ctx.open_key(&name);
     if k.key_type() != KeyType::Set {
-        return Ok(Vec::new());
+        return;
     }
-    let mut out = Vec::new();
-    redis_module::ScanKeyCursor::new(k).for_each(|_, member, _| out.push(member.to_vec()));
-    Ok(out)
+    redis_module::ScanKeyCursor::new(k).for_each(|_, member, _| f(member));
 }
 
 /// Whether the command is replayed from the master link or the AOF.

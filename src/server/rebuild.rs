@@ -69,19 +69,29 @@ pub fn read_index_set(
     let Some((tag, scope)) = config::layout().index_of(set).map(|(t, s)| (t.to_vec(), s)) else {
         return;
     };
+    // The members end to end in one buffer (a slot's read at the end of a
+    // resharding takes every member of its sets), read whole before any is
+    // asked about: asking may expire a key, and its removal from this set
+    // must not come in the middle of the scan.
+    let (mut buf, mut ends) = (Vec::new(), Vec::new());
+    keys::each_member(ctx, set, |member| {
+        buf.extend_from_slice(member);
+        ends.push(buf.len());
+    });
+    let starts = std::iter::once(0).chain(ends.iter().copied());
     let (mut live, mut gone, mut rewritten) = (Vec::new(), Vec::new(), Vec::new());
-    for member in keys::smembers(ctx, set).unwrap_or_default() {
+    for member in starts.zip(&ends).filter_map(|(a, &b)| buf.get(a..b)) {
         // A cluster's set holds its own slot's keys: others named in it
         // are left alone.
-        if !scope.holds(&member) {
+        if !scope.holds(member) {
             continue;
         }
-        if settled.contains(&member) {
-            rewritten.push(member);
-        } else if exists(&member) {
+        if settled.contains(member) {
+            rewritten.push(member.to_vec());
+        } else if exists(member) {
             live.push(member);
         } else if writes {
-            gone.push(member);
+            gone.push(member.to_vec());
         }
     }
     super::update(|s| {
