@@ -120,11 +120,28 @@ impl DbIndex {
             .map_or(&[], |k| &k.tags)
     }
 
-    /// The slot of `name`, made if it has none.
+    /// The slot of `name`, made if it has none (one lookup either way:
+    /// most names a slot's read or a new key's write brings are new).
     fn slot(&mut self, name: &[u8]) -> KeyId {
-        if let Some(id) = self.find(name) {
-            return id;
-        }
+        let hash = self.hasher.hash_one(name);
+        let (keys, hasher) = (&self.keys, &self.hasher);
+        let entry = self.by_name.entry(
+            hash,
+            |&id| {
+                keys.get(id as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|k| &*k.name == name)
+            },
+            |&other| {
+                keys.get(other as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |k| hasher.hash_one(&*k.name))
+            },
+        );
+        let vacant = match entry {
+            hashbrown::hash_table::Entry::Occupied(found) => return *found.get(),
+            hashbrown::hash_table::Entry::Vacant(vacant) => vacant,
+        };
         let key = Key {
             name: Name::new(name),
             tags: Tags::default(),
@@ -141,13 +158,7 @@ impl DbIndex {
                 slot_id(self.keys.len() - 1)
             }
         };
-        let hash = self.hasher.hash_one(name);
-        let (keys, hasher) = (&self.keys, &self.hasher);
-        self.by_name.insert_unique(hash, id, |&other| {
-            keys.get(other as usize)
-                .and_then(Option::as_ref)
-                .map_or(0, |k| hasher.hash_one(&*k.name))
-        });
+        vacant.insert(id);
         self.live_keys += 1;
         id
     }
