@@ -26,6 +26,13 @@ SPACE = 1_000_000
 VALUE = b"v" * 100
 
 
+def free_port():
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def enc(*args):
     out = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -66,7 +73,7 @@ def main():
     ap.add_argument("--cpu", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="profile-write-")
-    port = 36000 + random.randrange(2000)
+    port = free_port()
     cmd = [a.server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
            "--appendonly", "no", "--dir", work]
     if a.module:
