@@ -15,25 +15,18 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# The benchmark's RESP encoding, and the test harness's free loopback port.
+sys.path.insert(0, os.path.join(HERE, ".."))
+import resp  # noqa: E402
 
-def free_port():
-    """A loopback port nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def enc(*args):
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
+enc = resp.encode
+free_port = resp.harness.free_port
 
 
 class Server:
