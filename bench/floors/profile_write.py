@@ -106,8 +106,12 @@ def main():
                 c.send(b"".join(p for p, _ in parts), sum(x for _, x in parts))
 
         def cpu():
-            text = c.send(enc("INFO", "cpu"), 6).decode()
-            d = dict(line.split(":", 1) for line in text.split("\r\n") if ":" in line)
+            # One bulk reply: its length, then that many bytes.
+            text = c.send(enc("INFO", "cpu"), 1)
+            size = int(text[1:text.index(b"\r\n")])
+            while len(text) < text.index(b"\r\n") + 2 + size:
+                text += c.sock.recv(1 << 16)
+            d = dict(line.split(":", 1) for line in text.decode().split("\r\n") if ":" in line)
             return float(d["used_cpu_user"]), float(d["used_cpu_sys"])
 
         run(200_000)
