@@ -110,7 +110,10 @@ def main():
             text = c.send(enc("INFO", "cpu"), 1)
             size = int(text[1:text.index(b"\r\n")])
             while len(text) < text.index(b"\r\n") + 2 + size:
-                text += c.sock.recv(1 << 16)
+                chunk = c.sock.recv(1 << 16)
+                if not chunk:
+                    raise SystemExit("the server closed the connection")
+                text += chunk
             d = dict(line.split(":", 1) for line in text.decode().split("\r\n") if ":" in line)
             return float(d["used_cpu_user"]), float(d["used_cpu_sys"])
 
