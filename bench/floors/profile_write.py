@@ -16,46 +16,32 @@ import argparse
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The benchmark's servers and RESP connection.
+sys.path.insert(0, os.path.join(HERE, ".."))
+import resp  # noqa: E402
+import runner  # noqa: E402
+
 SPACE = 1_000_000
 VALUE = b"v" * 100
 
-# The benchmark's RESP encoding, and the test harness's free loopback port.
-sys.path.insert(0, os.path.join(HERE, ".."))
-import resp  # noqa: E402
 
-enc = resp.encode
-free_port = resp.harness.free_port
+class Callgrind(runner.Server):
+    """The benchmark's server, run under callgrind with instrumentation off
+    until asked (valgrind runs it in the same process)."""
 
+    def __init__(self, binary, module, workdir, out):
+        super().__init__(binary, module, workdir, False, "callgrind")
+        self.out = out
 
-class Conn:
-    def __init__(self, port, deadline):
-        self.sock = None
-        while time.time() < deadline:
-            try:
-                self.sock = socket.create_connection(("127.0.0.1", port), timeout=600)
-                break
-            except OSError:
-                time.sleep(0.2)
-        if self.sock is None:
-            raise SystemExit("the server did not start")
-
-    def send(self, payload, lines):
-        """Sends, then reads until `lines` reply lines (simple replies) are in."""
-        self.sock.sendall(payload)
-        buf = b""
-        while buf.count(b"\r\n") < lines:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise SystemExit("the server closed the connection")
-            buf += chunk
-        return buf
+    def argv(self):
+        return ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--instr-atstart=no",
+                "--callgrind-out-file=%s" % self.out] + super().argv()
 
 
 def main():
@@ -66,22 +52,18 @@ def main():
     ap.add_argument("--cpu", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="profile-write-")
-    port = free_port()
-    cmd = [a.server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", work]
-    if a.module:
-        # The server loads modules after it moves to its directory.
-        cmd += ["--loadmodule", os.path.abspath(a.module)]
-    if not a.cpu:
-        cmd = ["valgrind", "--tool=callgrind", "--cache-sim=yes", "--instr-atstart=no",
-               "--callgrind-out-file=%s/cg.out" % work] + cmd
-    srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The server loads modules after it moves to its directory.
+    module = os.path.abspath(a.module) if a.module else None
+    out = os.path.join(work, "cg.out")
+    srv = (runner.Server(a.server, module, work, False, "cpu") if a.cpu
+           else Callgrind(a.server, module, work, out))
     try:
-        c = Conn(port, time.time() + 60)
+        srv.start()
+        c = resp.Conn(srv.port, timeout=600)
         sha = None
         if a.kind.startswith("lua"):
             with open(os.path.join(HERE, "..", "baseline", "tag_set.lua"), "rb") as f:
-                sha = c.send(enc("SCRIPT", "LOAD", f.read()), 2).split(b"\r\n")[1]
+                sha = c.command("SCRIPT", "LOAD", f.read())
         rnd = random.Random(7)
 
         def one():
@@ -89,65 +71,58 @@ def main():
             t = b"t:%d" % rnd.randrange(SPACE)
             u = b"u:%d" % rnd.randrange(SPACE) if a.kind.endswith("fresh") else b"all"
             if a.kind == "set":
-                return enc(b"SET", k, VALUE), 1
+                return [(b"SET", k, VALUE)]
             if a.kind.startswith("tagset"):
-                return enc(b"TAG.SET", k, VALUE, b"EX", b"600", b"TAGS", b"2", t, u), 1
+                return [(b"TAG.SET", k, VALUE, b"EX", b"600", b"TAGS", b"2", t, u)]
             if a.kind.startswith("floorset"):
-                return enc(b"FLOOR.SET", k, VALUE, t, u), 1
+                return [(b"FLOOR.SET", k, VALUE, t, u)]
             if a.kind.startswith("lua"):
-                return enc(b"EVALSHA", sha, b"3", k, b"tag:" + t, b"tag:" + u, VALUE, b"600"), 1
-            return b"".join([enc(b"SET", k, VALUE, b"EX", b"600"),
-                             enc(b"SADD", b"tag:" + t, k), enc(b"EXPIRE", b"tag:" + t, b"900"),
-                             enc(b"SADD", b"tag:" + u, k), enc(b"EXPIRE", b"tag:" + u, b"900")]), 5
+                return [(b"EVALSHA", sha, b"3", k, b"tag:" + t, b"tag:" + u, VALUE, b"600")]
+            return [(b"SET", k, VALUE, b"EX", b"600"),
+                    (b"SADD", b"tag:" + t, k), (b"EXPIRE", b"tag:" + t, b"900"),
+                    (b"SADD", b"tag:" + u, k), (b"EXPIRE", b"tag:" + u, b"900")]
 
         def run(n):
-            for _ in range(n // 16):
-                parts = [one() for _ in range(16)]
-                c.send(b"".join(p for p, _ in parts), sum(x for _, x in parts))
+            def batches():
+                for _ in range(n // 16):
+                    cmds = [cmd for _ in range(16) for cmd in one()]
+                    yield resp.encode_many(cmds), len(cmds)
+            _, error = c.pipeline(batches())
+            if error is not None:
+                raise SystemExit("%s: %s" % (a.kind, error))
 
         def cpu():
-            # One bulk reply: its length, then that many bytes.
-            text = c.send(enc("INFO", "cpu"), 1)
-            size = int(text[1:text.index(b"\r\n")])
-            while len(text) < text.index(b"\r\n") + 2 + size:
-                chunk = c.sock.recv(1 << 16)
-                if not chunk:
-                    raise SystemExit("the server closed the connection")
-                text += chunk
-            d = dict(line.split(":", 1) for line in text.decode().split("\r\n") if ":" in line)
+            info = c.command("INFO", "cpu").decode()
+            d = dict(line.split(":", 1) for line in info.split("\r\n") if ":" in line)
             return float(d["used_cpu_user"]), float(d["used_cpu_sys"])
 
         run(200_000)
         if a.cpu:
             n = 200_000
             u0, s0 = cpu()
-            t0 = time.time()
+            t0 = time.perf_counter()
             run(n)
-            t1 = time.time()
+            t1 = time.perf_counter()
             u1, s1 = cpu()
             print("%s: %.0f writes/s (client-bound); server CPU per write: user %.2f us, sys %.2f us"
                   % (a.kind, n / (t1 - t0), (u1 - u0) / n * 1e6, (s1 - s0) / n * 1e6))
-        else:
-            n = 20_000
-            subprocess.run(["callgrind_control", "-i", "on", str(srv.pid)], stdout=subprocess.DEVNULL)
-            run(n)
-            subprocess.run(["callgrind_control", "-d", str(srv.pid)], stdout=subprocess.DEVNULL)
-            subprocess.run(["callgrind_control", "-i", "off", str(srv.pid)], stdout=subprocess.DEVNULL)
-        c.sock.sendall(enc("SHUTDOWN", "NOSAVE"))
-        srv.wait(timeout=120)
-        if not a.cpu:
-            out = subprocess.run(["callgrind_annotate", work + "/cg.out.1"],
-                                 capture_output=True, text=True).stdout.splitlines()
-            events = next(line for line in out if line.startswith("Events shown")).split()[2:]
-            totals = next(line for line in out if "PROGRAM TOTALS" in line).split()
-            m = dict(zip(events, (int(x.replace(",", "")) for x in totals if x.replace(",", "").isdigit())))
-            print("%s: per write: %d instructions; L1 instruction misses %.0f; L1 data misses %.0f; "
-                  "last-level misses: read %.1f, write %.1f"
-                  % (a.kind, m["Ir"] / n, m["I1mr"] / n, (m["D1mr"] + m["D1mw"]) / n,
-                     m["DLmr"] / n, m["DLmw"] / n))
+            return
+        n = 20_000
+        pid = str(srv.proc.pid)
+        subprocess.run(["callgrind_control", "-i", "on", pid], stdout=subprocess.DEVNULL, timeout=120)
+        run(n)
+        subprocess.run(["callgrind_control", "-d", pid], stdout=subprocess.DEVNULL, timeout=120)
+        lines = subprocess.run(["callgrind_annotate", out + ".1"], capture_output=True,
+                               text=True, timeout=600).stdout.splitlines()
+        events = next(line for line in lines if line.startswith("Events shown")).split()[2:]
+        totals = next(line for line in lines if "PROGRAM TOTALS" in line).split()
+        m = dict(zip(events, (int(x.replace(",", "")) for x in totals if x.replace(",", "").isdigit())))
+        print("%s: per write: %d instructions; L1 instruction misses %.0f; L1 data misses %.0f; "
+              "last-level misses: read %.1f, write %.1f"
+              % (a.kind, m["Ir"] / n, m["I1mr"] / n, (m["D1mr"] + m["D1mw"]) / n,
+                 m["DLmr"] / n, m["DLmw"] / n))
     finally:
-        if srv.poll() is None:
-            srv.kill()
+        srv.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
