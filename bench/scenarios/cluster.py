@@ -22,7 +22,8 @@ def _wait(pred, seconds, what):
     while time.monotonic() < deadline:
         if pred():
             return
-        time.sleep(0.1)
+        # Short: a resharding's end is timed by this wait.
+        time.sleep(0.005)
     raise Unavailable("timed out waiting for " + what)
 
 

@@ -340,6 +340,49 @@ pub fn each_member(ctx: &Context, key: &[u8], mut f: impl FnMut(&[u8])) {
     redis_module::ScanKeyCursor::new(k).for_each(|_, member, _| f(member));
 }
 
+/// Names end to end in one buffer: a slot's read lists every key of the
+/// slot and every member of its sets, and an allocation each would cost
+/// more than the listing.
+#[derive(Default)]
+pub struct Packed {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Packed {
+    pub fn push(&mut self, name: &[u8]) {
+        self.buf.extend_from_slice(name);
+        self.ends.push(self.buf.len());
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .filter_map(|(a, &b)| self.buf.get(a..b))
+    }
+}
+
+/// The strings of the array reply to `cmd args`, packed.
+pub fn call_packed(ctx: &Context, mode: Mode, cmd: &str, args: &[&[u8]]) -> Result<Packed> {
+    let mut out = Packed::default();
+    match ctx.call_ext::<_, CallResult>(cmd, &options(mode), args) {
+        Ok(CallReply::Array(a)) => {
+            for r in a.iter() {
+                if let Ok(CallReply::String(s)) = r {
+                    out.push(s.as_bytes());
+                }
+            }
+            Ok(out)
+        }
+        Ok(_) => Ok(out),
+        Err(e) => Err(Error::Internal(format!(
+            "{cmd}: {}",
+            e.to_utf8_string().unwrap_or_default()
+        ))),
+    }
+}
+
 /// Whether the command is replayed from the master link or the AOF.
 pub fn from_master(ctx: &Context) -> bool {
     ctx.get_flags()

@@ -299,8 +299,8 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
         let here = keys_in_slot(ctx, slot);
         // A member of a set of the slot is a key of the slot: one listed
         // here exists (one past its expiry goes when the server deletes it).
-        let names: rebuild::Names = here.iter().map(Vec::as_slice).collect();
-        for key in &here {
+        let names: rebuild::Names = here.iter().collect();
+        for key in here.iter() {
             if p.index_of(key).is_some() {
                 if keys::key_type(ctx, key) == KeyType::Set {
                     rebuild::read_index_set(ctx, DB, key, master, &rewritten, Some(&names));
@@ -332,7 +332,7 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
 }
 
 /// Every key of `slot` here.
-fn keys_in_slot(ctx: &Context, slot: u16) -> Vec<Vec<u8>> {
+fn keys_in_slot(ctx: &Context, slot: u16) -> keys::Packed {
     let s = slot.to_string();
     let n = keys::call(
         ctx,
@@ -343,16 +343,15 @@ fn keys_in_slot(ctx: &Context, slot: u16) -> Vec<Vec<u8>> {
     .map(|r| r.int())
     .unwrap_or(0);
     if n <= 0 {
-        return Vec::new();
+        return keys::Packed::default();
     }
     let n = n.to_string();
-    keys::call(
+    keys::call_packed(
         ctx,
         Mode::Local,
         "CLUSTER",
         &[b"GETKEYSINSLOT", s.as_bytes(), n.as_bytes()],
     )
-    .map(Reply::into_bytes_list)
     .unwrap_or_default()
 }
 

@@ -73,14 +73,10 @@ pub fn read_index_set(
     // resharding takes every member of its sets), read whole before any is
     // asked about: asking may expire a key, and its removal from this set
     // must not come in the middle of the scan.
-    let (mut buf, mut ends) = (Vec::new(), Vec::new());
-    keys::each_member(ctx, set, |member| {
-        buf.extend_from_slice(member);
-        ends.push(buf.len());
-    });
-    let starts = std::iter::once(0).chain(ends.iter().copied());
+    let mut members = keys::Packed::default();
+    keys::each_member(ctx, set, |m| members.push(m));
     let (mut live, mut gone, mut rewritten) = (Vec::new(), Vec::new(), Vec::new());
-    for member in starts.zip(&ends).filter_map(|(a, &b)| buf.get(a..b)) {
+    for member in members.iter() {
         // A cluster's set holds its own slot's keys: others named in it
         // are left alone.
         if !scope.holds(member) {
