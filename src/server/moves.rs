@@ -245,7 +245,11 @@ pub fn signal_now(ctx: &Context, signal: Signal, slots: &SlotSet) {
         }
         Then::Left(slots) => left(ctx, &slots),
     }
-    forget_myself();
+    // A server's signal changed this node's slots; `Assigned` came from a
+    // line just read, which reading the slots does not change.
+    if signal != Signal::Assigned {
+        forget_myself();
+    }
 }
 
 /// Forgets what the module keeps for `slots`: their keys left this node.
