@@ -321,6 +321,56 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
     assert_replicas_match(fresh)
 
 
+def test_writes_from_other_clients_just_after_a_slot_is_assigned_keep_their_last_write(fresh):
+    """The node a slot reaches reads it once a read of its own line shows the
+    `SETSLOT … NODE` ran: at the next change of slots, or a few
+    milliseconds later. Other clients may write its keys there before then
+    (no `ASKING` needed: the slot is this node's). Each key still carries
+    what its last write gave it; module commands see the tags that arrived;
+    a purge meanwhile is refused with `TRYAGAIN` until the slot is read;
+    afterwards a purge takes exactly the keys that carry the tag."""
+    plain, gone, retagged, kept, seen = keys_of_slot(slot_of(b"item:late"), b"item:late", 5)
+    for k in (plain, gone, retagged, kept, seen):
+        fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")
+    slot = slot_of(plain)
+    src = next(m for m in fresh.masters() if m.port == fresh.rc.get_node_from_key(plain).port)
+    dst = next(m for m in fresh.masters() if m is not src)
+    cs, cd = fresh.client(src), fresh.client(dst)
+    others = [fresh.client(dst) for _ in range(3)]
+    for o in others:
+        assert o.ping() is True
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(fresh, src)) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", node_id(fresh, dst)) == b"OK"
+    keys = [k for k in cs.keys("*") if slot_of(k) == slot]
+    assert cs.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys) == b"OK"
+    assert cs.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    assert cd.execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id(fresh, dst)) == b"OK"
+    # Other clients, each its own turn, right after the slot became this
+    # node's.
+    assert others[0].set(plain, "plain") is True
+    assert others[1].delete(gone) == 1
+    try:
+        assert others[2].execute_command("TAG.PURGE", "w") == 0
+    except redis.ResponseError as e:
+        assert error_text(e).startswith("TRYAGAIN "), error_text(e)
+    assert others[2].execute_command("TAG.SET", retagged, "v2", "TAGS", 1, "u") == b"OK"
+    assert others[0].execute_command("TAG.TAGS", seen) == [b"t"]
+    fresh.wait_ok()
+    wait_until(lambda: cd.execute_command("TAG.TAGS", kept) == [b"t"], timeout=10,
+               what="the slot read where it arrived")
+    assert fresh.on(dst, "TAG.PURGE", "u") == 1
+    assert cd.exists(retagged) == 0
+    assert cd.execute_command("TAG.TAGS", plain) == []
+    wait_until(lambda: [s for s in cd.keys("tagcache:idx:*") if slot_of(s) == slot
+                        and ({plain, gone, retagged} & set(cd.smembers(s)))] == [], timeout=10,
+               what="the rewritten keys out of the slot's index sets")
+    assert fresh.on(dst, "TAG.CARD", "t") == 2
+    assert fresh.on(dst, "TAG.PURGE", "t") == 2
+    assert cd.get(plain) == b"plain"
+    assert sorted(k for k in fresh.all_keys() if k.startswith(b"item:late")) == [plain]
+    assert_replicas_match(fresh)
+
+
 @pytest.mark.parametrize("seed", range(1, 4))
 def test_random_commands_while_a_slot_moves_key_by_key_match_a_model(fresh, seed):
     """One slot's tagged keys (some stale) and its index sets and stale hash
@@ -773,6 +823,57 @@ def test_atomic_slot_migration_keeps_tags_and_stale_state_with_writes_going_on(f
     assert fresh.on(src, "TAG.PURGE", "all") == n_all
     left = {k for k in fresh.all_keys() if not k.startswith((b"tagcache:", b"tag:"))}
     assert left == {k for k, t in want.items() if b"all" not in t}
+    assert_replicas_match(fresh)
+
+
+def test_commands_right_after_a_large_atomic_import_see_every_tag(fresh):
+    """The node an atomic import reaches reads its slots a few at a time
+    once it ends, so that a large import does not hold the server; until a
+    slot is read, a command on one of its keys reads that slot first, a
+    purge or count reads them all first, and a key that other clients
+    replace or remove meanwhile carries what that write gave it."""
+    if not is_valkey9(fresh):
+        pytest.skip("atomic slot migration (CLUSTER MIGRATESLOTS) is a Valkey 9.0+ command")
+    masters = fresh.masters()
+    src, dst = masters[0], masters[1]
+    moving = owned_slots(fresh, src)[:20]
+    names = {}
+    for i in range(200000):
+        names.setdefault(slot_of(b"%d" % i), b"%d" % i)
+        if all(x in names for x in moving):
+            break
+    keys = [b"{%s}big:%d" % (names[x], i) for x in moving for i in range(1000)]
+    cs = fresh.client(src)
+    pipe = cs.pipeline(transaction=False)
+    for i, k in enumerate(keys):
+        pipe.execute_command("TAG.SET", k, "v", "TAGS", 1, "a")
+        if i % 2000 == 1999:
+            pipe.execute()
+    pipe.execute()
+    # Keys of the last slot: read last.
+    plain, gone, retagged, seen = keys[-4:]
+    others = [fresh.client(dst) for _ in range(4)]
+    for o in others:
+        assert o.ping() is True
+    assert cs.execute_command("CLUSTER", "MIGRATESLOTS", "SLOTSRANGE", moving[0], moving[-1],
+                              "NODE", node_id(fresh, dst)) == b"OK"
+    wait_until(lambda: moving[-1] in owned_slots(fresh, dst), 60, interval=0.001,
+               what="the slots owned by the node they reached")
+    assert others[0].set(plain, "plain") is True
+    assert others[1].delete(gone) == 1
+    assert others[2].execute_command("TAG.SET", retagged, "v2", "TAGS", 1, "c") == b"OK"
+    assert others[3].execute_command("TAG.TAGS", seen) == [b"a"]
+    fresh.wait_ok()
+    assert fresh.on(dst, "TAG.CARD", "a") == len(keys) - 3
+    assert fresh.on(src, "TAG.CARD", "c") == 1
+    assert others[0].execute_command("TAG.TAGS", plain) == []
+    wait_until(lambda: not {plain, gone, retagged} & set(
+        others[0].smembers(b"tagcache:idx:{%s}a" % names[moving[-1]])), timeout=10,
+        what="the rewritten keys out of the slot's index set")
+    assert_index_on_owners(fresh)
+    assert fresh.on(src, "TAG.PURGE", "a") == len(keys) - 3
+    assert fresh.on(dst, "TAG.PURGE", "c") == 1
+    assert sorted(k for k in fresh.all_keys() if b"}big:" in k) == [plain]
     assert_replicas_match(fresh)
 
 

@@ -69,6 +69,12 @@ impl SlotSet {
         }
     }
 
+    pub fn remove(&mut self, s: u16) {
+        if let Some(w) = self.bits.get_mut(usize::from(s / 64)) {
+            *w &= !(1 << (s % 64));
+        }
+    }
+
     pub fn contains(&self, s: u16) -> bool {
         self.bits
             .get(usize::from(s / 64))

@@ -282,6 +282,7 @@ pub fn visible_members(ctx: &Context, tag: &[u8], caller: Option<&Caller>) -> Re
     if tag.is_empty() {
         return Err(crate::engine::error::Error::EmptyTag);
     }
+    super::moves::read_arrived_now(ctx);
     let p = config::layout();
     let db = keys::selected_db(ctx);
     let tags = [tag.to_vec()];

@@ -33,10 +33,11 @@ thread_local! {
     /// cluster bus changes). Generating and reading it costs more than a
     /// `MIGRATE` of ten keys, so not every turn of a resharding.
     static MYSELF: RefCell<Option<(Myself, std::time::Instant)>> = const { RefCell::new(None) };
-    /// Slots named by `CLUSTER SETSLOT … NODE` commands, acted on once
-    /// they ran, and until when they may still run (Valkey holds the
-    /// command until its replicas have it).
-    static SETSLOT: RefCell<Vec<(u16, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
+    /// Slots named by `CLUSTER SETSLOT … NODE` commands, acted on once a
+    /// line read after them shows they ran: until when they may still run
+    /// (Valkey holds the command until its replicas have it), and the
+    /// count of `SETSLOT`s seen when they were (`Seen`).
+    static SETSLOT: RefCell<Vec<(u16, std::time::Instant, u64)>> = const { RefCell::new(Vec::new()) };
     /// The module's own keys of a slot leaving by `MIGRATE` (index sets,
     /// stale hashes) that have left ahead of the keys they name, by slot:
     /// while the slot is still migrating here, a write that would change
@@ -47,9 +48,25 @@ thread_local! {
     /// state they ask for is not on this node's line yet), and until when
     /// they may still run: Valkey holds one until its replicas have it, and
     /// runs it in a later turn without passing the command filter again.
-    /// While any is pending the line is read again every turn, so that a
-    /// copy read before the command ran is never used after.
-    static PENDING: RefCell<Vec<(u16, moves::Asked, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
+    /// While any is pending, a copy of the line is used only in the turn it
+    /// was read in, and only if no `SETSLOT` came since, so that a copy
+    /// read before the command ran is never used after; and it is read
+    /// again `SETTLE` after the last read, if nothing needed it sooner.
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// When the line was last read, the `SETSLOT`s seen by then, and the
+    /// turn of the event loop it was read in.
+    static READ: std::cell::Cell<Option<(std::time::Instant, u64, u64)>> = const { std::cell::Cell::new(None) };
+    /// `CLUSTER SETSLOT` commands seen, and turns of the event loop ended.
+    static SEEN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    static TURN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Whether a timer will read the line `SETTLE` after the last read.
+    static SETTLE_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Slots whose keys arrived by an atomic import and are not read yet:
+    /// read a few at a time from a timer, so that a large import does not
+    /// hold the server once it ends; and at once where something needs
+    /// them (`read_arrived_now`, `learn`).
+    static TO_READ: RefCell<SlotSet> = RefCell::new(SlotSet::default());
+    static TO_READ_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// What has happened here to slots arriving by `MIGRATE` whose data is
     /// not read yet (`Arrival`), by slot. Kept until the slot is read, its
     /// import is given up, or a new one starts.
@@ -66,6 +83,15 @@ thread_local! {
     /// Whether the line was read since slots last changed here: if not,
     /// it is read before the server sleeps.
     static KNOWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A `CLUSTER SETSLOT` seen by the command filter.
+struct Pending {
+    slot: u16,
+    asked: moves::Asked,
+    /// When it was seen, and until when it may still run.
+    at: std::time::Instant,
+    until: std::time::Instant,
 }
 
 /// A slot arriving here by `MIGRATE`, before its data is read.
@@ -228,21 +254,26 @@ pub fn signal_now(ctx: &Context, signal: Signal, slots: &SlotSet) {
     let then = engine::with(|s| s.moves.on(signal, slots)).unwrap_or(Then::Nothing);
     match then {
         Then::Nothing => {}
-        Then::Arrived(slots) => {
-            if signal == Signal::ImportCompleted {
-                // An import's stream may have run module commands that
-                // wrote the index directly (`TAG.APPLY`) while later plain
-                // writes of it went unread: the slots are read from
-                // nothing. (A `MIGRATE` resharding's keys arrive by
-                // `RESTORE-ASKING` alone, and a client writing there with
-                // `ASKING` is a client: nothing to forget.)
-                super::update(|s| {
-                    s.index.forget_slots(DB, &slots);
-                    s.stale.replace_where(DB, |k| slots.holds(k), Vec::new());
-                });
-            }
-            arrived(ctx, &slots)
+        Then::Arrived(slots) if signal == Signal::ImportCompleted => {
+            // An import's stream may have run module commands that wrote
+            // the index directly (`TAG.APPLY`) while later plain writes of
+            // it went unread: the slots are read from nothing. (A `MIGRATE`
+            // resharding's keys arrive by `RESTORE-ASKING` alone, and a
+            // client writing there with `ASKING` is a client: nothing to
+            // forget.)
+            super::update(|s| {
+                s.index.forget_slots(DB, &slots);
+                s.stale.replace_where(DB, |k| slots.holds(k), Vec::new());
+            });
+            TO_READ.with_borrow_mut(|t| {
+                for slot in slots.iter() {
+                    t.add(slot);
+                }
+            });
+            arriving_changed();
+            arm_reads(ctx);
         }
+        Then::Arrived(slots) => arrived(ctx, &slots),
         Then::Left(slots) => left(ctx, &slots),
     }
     // A server's signal changed this node's slots; `Assigned` came from a
@@ -252,10 +283,65 @@ pub fn signal_now(ctx: &Context, signal: Signal, slots: &SlotSet) {
     }
 }
 
+fn arm_reads(ctx: &Context) {
+    if !TO_READ_ARMED.replace(true) {
+        ctx.create_timer(std::time::Duration::ZERO, on_read_some, ());
+    }
+}
+
+/// How long one turn of the event loop reads arrived slots (at least one).
+const READ_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
+
+fn on_read_some(ctx: &Context, (): ()) {
+    TO_READ_ARMED.set(false);
+    let start = std::time::Instant::now();
+    while let Some(slot) = TO_READ.with_borrow(|t| t.iter().next()) {
+        read_slot_now(ctx, slot);
+        if start.elapsed() >= READ_SLICE {
+            break;
+        }
+    }
+    if !TO_READ.with_borrow(SlotSet::is_empty) {
+        arm_reads(ctx);
+    }
+}
+
+/// Reads one slot that arrived by an atomic import, if it is not read yet.
+fn read_slot_now(ctx: &Context, slot: u16) {
+    let waiting = TO_READ.with_borrow_mut(|t| {
+        let waiting = t.contains(slot);
+        t.remove(slot);
+        waiting
+    });
+    if waiting {
+        arriving_changed();
+        let mut one = SlotSet::default();
+        one.add(slot);
+        arrived(ctx, &one);
+    }
+}
+
+/// Reads every slot that arrived by an atomic import and is not read yet:
+/// before a purge, an invalidation or a count of a tag's keys, which must
+/// see all of them.
+pub fn read_arrived_now(ctx: &Context) {
+    if TO_READ.with_borrow(SlotSet::is_empty) {
+        return;
+    }
+    let slots = TO_READ.with_borrow_mut(std::mem::take);
+    arriving_changed();
+    arrived(ctx, &slots);
+}
+
 /// Forgets what the module keeps for `slots`: their keys left this node.
 /// This master's rules, if they lived in one of them, are written again in
 /// a slot it keeps.
 fn left(ctx: &Context, slots: &SlotSet) {
+    TO_READ.with_borrow_mut(|t| {
+        for slot in slots.iter() {
+            t.remove(slot);
+        }
+    });
     let home = keys::selected_db(ctx);
     keys::select_db(ctx, DB);
     let master = keys::may_write(ctx);
@@ -367,16 +453,24 @@ pub fn importing(key: &[u8]) -> bool {
 
 /// This node's slots, read once per turn of the event loop.
 fn with_myself<T>(ctx: &Context, f: impl FnOnce(&Myself) -> T) -> Option<T> {
+    let usable = |at: &std::time::Instant| {
+        if PENDING.with_borrow(Vec::is_empty) {
+            return at.elapsed() <= MYSELF_FOR;
+        }
+        READ.get()
+            .is_some_and(|(_, seen, turn)| seen == SEEN.get() && turn == TURN.get())
+    };
     MYSELF.with(|m| {
         let mut m = m.borrow_mut();
-        if m.as_ref().is_none_or(|(_, at)| at.elapsed() > MYSELF_FOR) {
+        if m.as_ref().is_none_or(|(_, at)| !usable(at)) {
             *m = match keys::call(ctx, Mode::Local, "CLUSTER", &[b"NODES"]) {
                 Ok(Reply::Bytes(text)) => {
                     Myself::parse(&text).map(|me| (me, std::time::Instant::now()))
                 }
                 _ => None,
             };
-            if let Some((me, _)) = m.as_ref() {
+            if let Some((me, at)) = m.as_ref() {
+                READ.set(Some((*at, SEEN.get(), TURN.get())));
                 line_read(me);
             }
         }
@@ -390,6 +484,12 @@ fn with_myself<T>(ctx: &Context, f: impl FnOnce(&Myself) -> T) -> Option<T> {
 /// are done with.
 fn line_read(me: &Myself) {
     KNOWN.set(true);
+    // The `SETSLOT`s that ran are done with; the module keys that left
+    // ahead in a slot no longer migrating are forgotten (one that failed
+    // changed nothing, and keeps them).
+    let now = std::time::Instant::now();
+    PENDING.with_borrow_mut(|q| q.retain(|p| now < p.until && !me.shows(p.slot, p.asked)));
+    AHEAD.with_borrow_mut(|a| a.retain(|&s, _| me.migrating.contains(s)));
     let before = ARRIVING.replace(me.importing.clone());
     // An import given up (`SETSLOT … STABLE`, or `NODE` another): what the
     // module learned of its keys here goes with it (they are in no slot of
@@ -414,16 +514,32 @@ fn line_read(me: &Myself) {
 
 /// Whether a `SETSLOT … NODE` of `slot` waits to be acted on.
 fn queued(slot: u16) -> bool {
-    SETSLOT.with_borrow(|q| q.iter().any(|&(s, _)| s == slot))
+    SETSLOT.with_borrow(|q| q.iter().any(|&(s, _, _)| s == slot))
+}
+
+/// Whether a `SETSLOT … IMPORTING` of `slot` has not been seen to run yet:
+/// the slot counts as arriving until a read of the line says.
+fn importing_asked(slot: u16) -> bool {
+    PENDING.with_borrow(|q| {
+        q.iter()
+            .any(|p| p.slot == slot && p.asked == moves::Asked::Importing)
+    })
 }
 
 fn arriving_changed() {
-    let any = ARRIVING.with_borrow(|a| !a.is_empty()) || SETSLOT.with_borrow(|q| !q.is_empty());
+    let asked = PENDING.with_borrow(|q| q.iter().any(|p| p.asked == moves::Asked::Importing));
+    let any = asked
+        || ARRIVING.with_borrow(|a| !a.is_empty())
+        || SETSLOT.with_borrow(|q| !q.is_empty())
+        || TO_READ.with_borrow(|t| !t.is_empty());
     ANY_ARRIVING.set(any);
 }
 
 fn unread_slot(slot: u16) -> bool {
-    ARRIVING.with_borrow(|a| a.contains(slot)) || queued(slot)
+    ARRIVING.with_borrow(|a| a.contains(slot))
+        || queued(slot)
+        || importing_asked(slot)
+        || TO_READ.with_borrow(|t| t.contains(slot))
 }
 
 /// Whether the slot of `key` is arriving here by `MIGRATE` and its data is
@@ -474,10 +590,18 @@ pub fn module_key_here(key: &[u8]) {
 /// has the index's word already). Sets that arrive later are read with the
 /// slot.
 pub fn learn(ctx: &Context, key: &[u8]) {
-    if !unread(key) || !config::slotted() || !keys::may_write(ctx) {
+    if !unread(key) || !config::slotted() {
         return;
     }
     let slot = crate::engine::slot::slot(key);
+    // An atomic import's slot is all here: read whole (a replica too).
+    if TO_READ.with_borrow(|t| t.contains(slot)) {
+        read_slot_now(ctx, slot);
+        return;
+    }
+    if !keys::may_write(ctx) {
+        return;
+    }
     let Some(module_keys) = ARRIVALS.with_borrow(|a| {
         let arrival = a.get(&slot)?;
         (!arrival.written.contains(key)).then(|| arrival.module_keys.clone())
@@ -509,21 +633,28 @@ pub fn learn(ctx: &Context, key: &[u8]) {
     });
 }
 
-/// Forgets the keys written in slots arriving here (the dataset was
-/// flushed or replaced).
+/// Forgets the keys written in slots arriving here, and the slots not read
+/// yet (the dataset was flushed or replaced).
 pub fn clear_written() {
     ARRIVALS.with_borrow_mut(std::collections::HashMap::clear);
+    TO_READ.with_borrow_mut(|t| *t = SlotSet::default());
+    arriving_changed();
 }
 
 /// Whether the slot of `key` is on the move by `MIGRATE` here (leaving or
 /// arriving): a `MIGRATE` or `RESTORE-ASKING` of it is a resharding's.
 pub fn slot_moving(ctx: &Context, key: &[u8]) -> bool {
-    with_myself(ctx, |me| me.migrating.holds(key) || me.importing.holds(key)).unwrap_or(false)
+    let slot = crate::engine::slot::slot(key);
+    with_myself(ctx, |me| {
+        me.migrating.contains(slot) || me.importing.contains(slot)
+    })
+    .unwrap_or(false)
 }
 
 /// Whether slots of this node are moving, by either kind of migration.
 pub fn any_moving(ctx: &Context) -> bool {
     engine::with(|s| s.moves.active()).unwrap_or(false)
+        || SETSLOT.with_borrow(|q| !q.is_empty())
         || with_myself(ctx, Myself::moving).unwrap_or(false)
 }
 
@@ -571,14 +702,24 @@ pub fn clear_ahead() {
 /// shows, and this node's line is read every turn until then.
 pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
     if let (Some(slot), Some(asked)) = (slot_arg(slot), moves::Asked::parse(state)) {
-        let until = std::time::Instant::now() + held(timeout_ms);
-        PENDING.with_borrow_mut(|q| q.push((slot, asked, until)));
+        let at = std::time::Instant::now();
+        let until = at + held(timeout_ms);
+        SEEN.set(SEEN.get().wrapping_add(1));
+        PENDING.with_borrow_mut(|q| {
+            q.push(Pending {
+                slot,
+                asked,
+                at,
+                until,
+            })
+        });
         if asked == moves::Asked::Importing && !ARRIVING.with_borrow(|a| a.contains(slot)) {
             // A new import: what was recorded in an earlier one of the
             // slot says nothing about the keys that arrive now. (The same
             // command again in the middle of one changes nothing.)
             ARRIVALS.with_borrow_mut(|a| a.remove(&slot));
         }
+        arriving_changed();
     }
 }
 
@@ -600,26 +741,23 @@ fn slot_arg(arg: &[u8]) -> Option<u16> {
         .filter(|&s| usize::from(s) < moves::SLOTS)
 }
 
-/// Before the server sleeps, while `SETSLOT` commands are pending: this
-/// node's line is read again; those that ran are done with, and the module
-/// keys that left ahead in their slots are forgotten where the slot no
-/// longer migrates (a `SETSLOT` that failed changed nothing, and keeps
-/// them). Returns whether the line was read again.
-fn settle_pending(ctx: &Context) -> bool {
-    let now = std::time::Instant::now();
-    PENDING.with_borrow_mut(|q| q.retain(|&(_, _, until)| now < until));
-    if PENDING.with_borrow(Vec::is_empty) {
-        return false;
-    }
-    forget_myself();
-    let Some(migrating) = with_myself(ctx, |me| {
-        PENDING.with_borrow_mut(|q| q.retain(|&(s, asked, _)| !me.shows(s, asked)));
-        me.migrating.clone()
-    }) else {
-        return true;
-    };
-    AHEAD.with_borrow_mut(|a| a.retain(|&s, _| migrating.contains(s)));
-    true
+/// How long a `SETSLOT` may wait for a read of the line that shows it ran,
+/// when nothing needs the line sooner. A resharding by `MIGRATE` sends the
+/// next slot's `SETSLOT … IMPORTING` (or `MIGRATING`) within that time, and
+/// one read then shows both: a `CLUSTER NODES` costs the server more than a
+/// `MIGRATE` of ten keys.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Whether a pending `SETSLOT` has waited `SETTLE` since it was seen and
+/// since the line was last read.
+fn settle_due(now: std::time::Instant) -> bool {
+    let read = READ.get().map(|(at, _, _)| at);
+    PENDING.with_borrow(|q| {
+        q.iter().any(|p| {
+            let since = read.map_or(p.at, |r| r.max(p.at));
+            now.saturating_duration_since(since) >= SETTLE
+        })
+    })
 }
 
 /// The module key whose record of `key` a write of `key` now would leave
@@ -671,35 +809,53 @@ pub fn setslot_node(slot: &[u8], timeout_ms: Option<&[u8]>) {
     let Some(slot) = slot_arg(slot) else {
         return;
     };
+    let seen = SEEN.get();
     SETSLOT.with(|q| {
         q.borrow_mut()
-            .push((slot, std::time::Instant::now() + held(timeout_ms)))
+            .push((slot, std::time::Instant::now() + held(timeout_ms), seen))
     });
     arriving_changed();
 }
 
 /// Acts on the `CLUSTER SETSLOT … NODE` commands that ran (called before
-/// the server sleeps): a slot this node owns now is read again; one still
-/// importing waits for its command to end. (A slot that left by `MIGRATE`
-/// was forgotten key by key as its keys left.)
+/// the server sleeps, and from a timer): a slot this node owns now is read
+/// again; one still importing waits for its command to end. (A slot that
+/// left by `MIGRATE` was forgotten key by key as its keys left.) The line
+/// is read when slots changed here since it was, or `SETTLE` after the
+/// last read while `SETSLOT`s are pending; a command acted on must be
+/// older than the read that shows it.
 pub fn after_setslot(ctx: &Context) {
-    // Slots changed here since the line was read: it is read now, so that
-    // the slots arriving here are known before the next command.
-    let fresh = settle_pending(ctx) || (!KNOWN.get() && with_myself(ctx, |_| ()).is_some());
-    if SETSLOT.with(|q| q.borrow().is_empty()) {
+    TURN.set(TURN.get().wrapping_add(1));
+    let now = std::time::Instant::now();
+    PENDING.with_borrow_mut(|q| q.retain(|p| now < p.until));
+    if settle_due(now) || !KNOWN.get() {
+        forget_myself();
+        if with_myself(ctx, |_| ()).is_none() {
+            return;
+        }
+    }
+    arriving_changed();
+    if !PENDING.with_borrow(Vec::is_empty) && !SETTLE_ARMED.replace(true) {
+        ctx.create_timer(SETTLE, on_settle, ());
+    }
+    if SETSLOT.with_borrow(Vec::is_empty) {
         return;
     }
-    if !fresh {
-        forget_myself();
-    }
-    let Some((owned, importing)) = with_myself(ctx, |me| (me.owned.clone(), me.importing.clone()))
-    else {
+    let Some((_, covered, _)) = READ.get() else {
+        return;
+    };
+    let Some((owned, importing)) = MYSELF.with_borrow(|m| {
+        m.as_ref()
+            .map(|(me, _)| (me.owned.clone(), me.importing.clone()))
+    }) else {
         return;
     };
     let mut mine = SlotSet::default();
-    let now = std::time::Instant::now();
     SETSLOT.with(|q| {
-        q.borrow_mut().retain(|&(s, until)| {
+        q.borrow_mut().retain(|&(s, until, seen)| {
+            if seen > covered {
+                return true;
+            }
             if owned.contains(s) && !importing.contains(s) {
                 mine.add(s);
                 return false;
@@ -713,4 +869,9 @@ pub fn after_setslot(ctx: &Context) {
     }
     // What was recorded of slots this node gave up importing is done with.
     ARRIVALS.with_borrow_mut(|a| a.retain(|&s, _| unread_slot(s)));
+}
+
+fn on_settle(ctx: &Context, (): ()) {
+    SETTLE_ARMED.set(false);
+    after_setslot(ctx);
 }

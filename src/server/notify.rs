@@ -78,9 +78,9 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                     super::moves::setslot_node(slice(2), timeout);
                 }
             }
+            // (`SETSLOT` is followed by `moves::setslot_any`.)
             let changes_slots = [
-                &b"setslot"[..],
-                b"addslots",
+                &b"addslots"[..],
                 b"addslotsrange",
                 b"delslots",
                 b"delslotsrange",

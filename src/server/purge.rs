@@ -101,6 +101,7 @@ pub enum Wait {
 /// atomic purge: whoever asked does (`published`); a sliced one publishes
 /// its own when it ends, if `req.publish`.
 pub fn here(ctx: &Context, req: Request, caller: Option<&Caller>, wait: Wait) -> Result<Here> {
+    super::moves::read_arrived_now(ctx);
     let db = req.db;
     keys::select_db(ctx, db);
     let max = config::purge_atomic_max();
