@@ -389,6 +389,19 @@ bbb 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5 7 9-10 [8->-aaa] [1
     }
 
     #[test]
+    fn a_slot_removed_leaves_the_others() {
+        let mut s = slots(&[(0, 2), (64, 64), (16383, 16383)]);
+        s.remove(1);
+        s.remove(64);
+        s.remove(100);
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 2, 16383]);
+        s.remove(0);
+        s.remove(2);
+        s.remove(16383);
+        assert!(s.is_empty());
+    }
+
+    #[test]
     fn ranges_set_exactly_their_slots() {
         for (a, b) in [
             (0, 0),
