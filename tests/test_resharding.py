@@ -322,13 +322,12 @@ def test_keys_rewritten_where_they_arrived_before_the_slot_is_assigned_keep_thei
 
 
 def test_writes_from_other_clients_just_after_a_slot_is_assigned_keep_their_last_write(fresh):
-    """The node a slot reaches reads it once a read of its own line shows the
-    `SETSLOT … NODE` ran: at the next change of slots, or a few
-    milliseconds later. Other clients may write its keys there before then
-    (no `ASKING` needed: the slot is this node's). Each key still carries
-    what its last write gave it; module commands see the tags that arrived;
-    a purge meanwhile is refused with `TRYAGAIN` until the slot is read;
-    afterwards a purge takes exactly the keys that carry the tag."""
+    """Right after the slot's `SETSLOT … NODE` on the node it reaches, other
+    clients write its keys there (no `ASKING` needed: the slot is this
+    node's), as the slot is read. Each key carries what its last write gave
+    it; module commands see the tags that arrived; a purge is refused with
+    `TRYAGAIN` while the slot is not read, and afterwards takes exactly the
+    keys that carry the tag."""
     plain, gone, retagged, kept, seen = keys_of_slot(slot_of(b"item:late"), b"item:late", 5)
     for k in (plain, gone, retagged, kept, seen):
         fresh.rc.execute_command("TAG.SET", k, "v", "TAGS", 1, "t")

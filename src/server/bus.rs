@@ -52,6 +52,18 @@ pub fn silence(reply_to: &ReplyTo) {
 
 /// The ids of the other masters (not those known to have failed: their
 /// replicas take over, and answer as masters).
+/// This node's id.
+pub fn my_id() -> Option<Vec<u8>> {
+    // SAFETY: a module API call without arguments; the id it returns is
+    // NODE_ID_LEN bytes, alive as long as the node.
+    unsafe {
+        raw::RedisModule_GetMyClusterID
+            .map(|f| f())
+            .filter(|p| !p.is_null())
+            .map(|p| std::slice::from_raw_parts(p.cast::<u8>(), NODE_ID_LEN).to_vec())
+    }
+}
+
 pub fn other_masters(ctx: &Context) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     // SAFETY: module API calls with the running context; the list is read
@@ -64,10 +76,7 @@ pub fn other_masters(ctx: &Context) -> Vec<Vec<u8>> {
         ) else {
             return out;
         };
-        let me = raw::RedisModule_GetMyClusterID
-            .map(|f| f())
-            .filter(|p| !p.is_null())
-            .map(|p| std::slice::from_raw_parts(p.cast::<u8>(), NODE_ID_LEN).to_vec());
+        let me = my_id();
         let mut n = 0usize;
         let ids = list(ctx.ctx, &mut n);
         if ids.is_null() {

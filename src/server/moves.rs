@@ -33,11 +33,10 @@ thread_local! {
     /// cluster bus changes). Generating and reading it costs more than a
     /// `MIGRATE` of ten keys, so not every turn of a resharding.
     static MYSELF: RefCell<Option<(Myself, std::time::Instant)>> = const { RefCell::new(None) };
-    /// Slots named by `CLUSTER SETSLOT … NODE` commands, acted on once a
-    /// line read after them shows they ran: until when they may still run
-    /// (Valkey holds the command until its replicas have it), and the
-    /// count of `SETSLOT`s seen when they were (`Seen`).
-    static SETSLOT: RefCell<Vec<(u16, std::time::Instant, u64)>> = const { RefCell::new(Vec::new()) };
+    /// Slots given to this node by `CLUSTER SETSLOT … NODE` commands, acted
+    /// on once the slot is served here, and until when they may still run
+    /// (Valkey holds the command until its replicas have it).
+    static SETSLOT: RefCell<Vec<(u16, std::time::Instant)>> = const { RefCell::new(Vec::new()) };
     /// The module's own keys of a slot leaving by `MIGRATE` (index sets,
     /// stale hashes) that have left ahead of the keys they name, by slot:
     /// while the slot is still migrating here, a write that would change
@@ -67,6 +66,10 @@ thread_local! {
     /// them (`read_arrived_now`, `learn`).
     static TO_READ: RefCell<SlotSet> = RefCell::new(SlotSet::default());
     static TO_READ_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether a slot was served here as a stable slot when last asked
+    /// (`served_here`), with the `SETSLOT`s seen then, the turn and when.
+    static SERVED: RefCell<std::collections::HashMap<u16, (bool, u64, u64, std::time::Instant)>> =
+        RefCell::new(std::collections::HashMap::new());
     /// What has happened here to slots arriving by `MIGRATE` whose data is
     /// not read yet (`Arrival`), by slot. Kept until the slot is read, its
     /// import is given up, or a new one starts.
@@ -491,12 +494,24 @@ fn line_read(me: &Myself) {
     PENDING.with_borrow_mut(|q| q.retain(|p| now < p.until && !me.shows(p.slot, p.asked)));
     AHEAD.with_borrow_mut(|a| a.retain(|&s, _| me.migrating.contains(s)));
     let before = ARRIVING.replace(me.importing.clone());
+    // A slot asked to import that the line does not show yet still counts.
+    let asked: Vec<u16> = PENDING.with_borrow(|q| {
+        q.iter()
+            .filter(|p| p.asked == moves::Asked::Importing)
+            .map(|p| p.slot)
+            .collect()
+    });
+    ARRIVING.with_borrow_mut(|a| asked.iter().for_each(|&slot| a.add(slot)));
     // An import given up (`SETSLOT … STABLE`, or `NODE` another): what the
     // module learned of its keys here goes with it (they are in no slot of
     // this node's; if the slot is given here later, it is read whole).
     let mut given_up = SlotSet::default();
     for slot in before.iter() {
-        if !me.importing.contains(slot) && !me.owned.contains(slot) && !queued(slot) {
+        if !me.importing.contains(slot)
+            && !me.owned.contains(slot)
+            && !queued(slot)
+            && !asked.contains(&slot)
+        {
             given_up.add(slot);
         }
     }
@@ -514,7 +529,7 @@ fn line_read(me: &Myself) {
 
 /// Whether a `SETSLOT … NODE` of `slot` waits to be acted on.
 fn queued(slot: u16) -> bool {
-    SETSLOT.with_borrow(|q| q.iter().any(|&(s, _, _)| s == slot))
+    SETSLOT.with_borrow(|q| q.iter().any(|&(s, _)| s == slot))
 }
 
 /// Whether a `SETSLOT … IMPORTING` of `slot` has not been seen to run yet:
@@ -645,10 +660,71 @@ pub fn clear_written() {
 /// arriving): a `MIGRATE` or `RESTORE-ASKING` of it is a resharding's.
 pub fn slot_moving(ctx: &Context, key: &[u8]) -> bool {
     let slot = crate::engine::slot::slot(key);
+    // An atomic import's slot is not served here until it ends, and is
+    // not on the move by `MIGRATE`.
+    if importing(key) {
+        return false;
+    }
+    // A master serves a key of a slot it owns, is not migrating and is not
+    // importing; a command that moves keys runs on a slot it owns or
+    // imports: the two tell apart which.
+    if keys::may_write(ctx) {
+        if let Some(served) = served_here(slot, false) {
+            return !served;
+        }
+    }
     with_myself(ctx, |me| {
         me.migrating.contains(slot) || me.importing.contains(slot)
     })
     .unwrap_or(false)
+}
+
+/// Whether `slot` is this node's and stable (neither migrating nor
+/// importing): a call on a key of it that does not exist is answered here
+/// only then; the server sends it elsewhere (`MOVED`, `ASK`) when the slot
+/// is importing, migrating, or another node's. Asked through the module's
+/// own context, since a client's `ASKING` would let an importing slot
+/// answer; kept until a `SETSLOT` is seen here, or 100 ms. Far cheaper
+/// than a `CLUSTER NODES`, which Valkey makes by looking up every slot:
+/// a resharding asks once a slot, not once a turn. `None` where it cannot
+/// tell (no context, or the name asked about exists).
+fn served_here(slot: u16, fresh: bool) -> Option<bool> {
+    let now = std::time::Instant::now();
+    if !fresh {
+        // As the line: while a `SETSLOT` may still run, only in the turn
+        // asked in (Valkey runs a held one without passing the filter).
+        let known = SERVED.with_borrow(|c| c.get(&slot).copied());
+        let pending = !PENDING.with_borrow(Vec::is_empty);
+        if let Some((served, seen, turn, at)) = known {
+            let usable = seen == SEEN.get()
+                && if pending {
+                    turn == TURN.get()
+                } else {
+                    now.saturating_duration_since(at) <= MYSELF_FOR
+                };
+            if usable {
+                return Some(served);
+            }
+        }
+    }
+    let ctx = Context::new(super::notify::own_ctx()?);
+    // A name of the slot no key has: the index set of the empty tag.
+    let mut name = crate::engine::plan::SLOT_INDEX.to_vec();
+    name.push(b'{');
+    name.extend_from_slice(crate::engine::slot::name_in(slot));
+    name.push(b'}');
+    let served = match keys::call(&ctx, Mode::Local, "EXISTS", &[&name]) {
+        Ok(Reply::Int(0)) => true,
+        Ok(_) => return None,
+        Err(_) => false,
+    };
+    SERVED.with_borrow_mut(|c| {
+        if c.len() >= moves::SLOTS {
+            c.clear();
+        }
+        c.insert(slot, (served, SEEN.get(), TURN.get(), now));
+    });
+    Some(served)
 }
 
 /// Whether slots of this node are moving, by either kind of migration.
@@ -704,6 +780,7 @@ pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
     if let (Some(slot), Some(asked)) = (slot_arg(slot), moves::Asked::parse(state)) {
         let at = std::time::Instant::now();
         let until = at + held(timeout_ms);
+        let arriving = ARRIVING.with_borrow(|a| a.contains(slot));
         SEEN.set(SEEN.get().wrapping_add(1));
         PENDING.with_borrow_mut(|q| {
             q.push(Pending {
@@ -713,11 +790,29 @@ pub fn setslot_any(slot: &[u8], state: &[u8], timeout_ms: Option<&[u8]>) {
                 until,
             })
         });
-        if asked == moves::Asked::Importing && !ARRIVING.with_borrow(|a| a.contains(slot)) {
-            // A new import: what was recorded in an earlier one of the
-            // slot says nothing about the keys that arrive now. (The same
-            // command again in the middle of one changes nothing.)
+        if asked == moves::Asked::Importing {
+            if !arriving {
+                // A new import: what was recorded in an earlier one of the
+                // slot says nothing about the keys that arrive now. (The
+                // same command again in the middle of one changes nothing.)
+                ARRIVALS.with_borrow_mut(|a| a.remove(&slot));
+            }
+            // Arriving from now: a write here is recorded until the slot
+            // is read (a read of the line drops it if the command failed).
+            ARRIVING.with_borrow_mut(|a| a.add(slot));
+        } else if arriving && state.eq_ignore_ascii_case(b"stable") {
+            // An import given up (the command cannot fail): what the
+            // module learned of its keys here goes with it, as a read of
+            // the line would find.
+            ARRIVING.with_borrow_mut(|a| a.remove(slot));
             ARRIVALS.with_borrow_mut(|a| a.remove(&slot));
+            PENDING.with_borrow_mut(|q| q.retain(|p| p.slot != slot));
+            let mut one = SlotSet::default();
+            one.add(slot);
+            super::update(|s| {
+                s.index.forget_slots(DB, &one);
+                s.stale.replace_where(DB, |k| one.holds(k), Vec::new());
+            });
         }
         arriving_changed();
     }
@@ -742,11 +837,12 @@ fn slot_arg(arg: &[u8]) -> Option<u16> {
 }
 
 /// How long a `SETSLOT` may wait for a read of the line that shows it ran,
-/// when nothing needs the line sooner. A resharding by `MIGRATE` sends the
-/// next slot's `SETSLOT … IMPORTING` (or `MIGRATING`) within that time, and
-/// one read then shows both: a `CLUSTER NODES` costs the server more than a
-/// `MIGRATE` of ten keys.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(5);
+/// when nothing needs the line sooner. Until then a slot asked to import
+/// counts as arriving, one asked to migrate as migrating, and a slot given
+/// here is seen to be by `served_here`: a `CLUSTER NODES` costs the server
+/// more than a `MIGRATE` of ten keys (on Valkey, of a thousand), and a
+/// resharding by `MIGRATE` changes a slot every few milliseconds.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// Whether a pending `SETSLOT` has waited `SETTLE` since it was seen and
 /// since the line was last read.
@@ -774,7 +870,11 @@ pub fn write_refused(key: &[u8]) -> Option<Vec<u8>> {
         // here): the server's own answer (a redirection) stands.
         let migrating =
             MYSELF.with_borrow(|m| m.as_ref().map(|(me, _)| me.migrating.contains(slot)));
-        if migrating == Some(false) {
+        let asked = PENDING.with_borrow(|q| {
+            q.iter()
+                .any(|p| p.slot == slot && p.asked == moves::Asked::Migrating)
+        });
+        if migrating == Some(false) && !asked {
             return None;
         }
         let p = config::layout();
@@ -804,26 +904,28 @@ pub fn any_ahead() -> bool {
 }
 
 /// `CLUSTER SETSLOT <slot> NODE <id>` is about to run (seen by the command
-/// filter): once it has, the slot is read again or forgotten.
-pub fn setslot_node(slot: &[u8], timeout_ms: Option<&[u8]>) {
+/// filter): once it has, a slot given to this node is read again. (One
+/// given to another node was forgotten key by key as its keys left.)
+pub fn setslot_node(slot: &[u8], node: &[u8], timeout_ms: Option<&[u8]>) {
     let Some(slot) = slot_arg(slot) else {
         return;
     };
-    let seen = SEEN.get();
+    if super::bus::my_id().is_some_and(|me| !node.eq_ignore_ascii_case(&me)) {
+        return;
+    }
     SETSLOT.with(|q| {
         q.borrow_mut()
-            .push((slot, std::time::Instant::now() + held(timeout_ms), seen))
+            .push((slot, std::time::Instant::now() + held(timeout_ms)))
     });
     arriving_changed();
 }
 
-/// Acts on the `CLUSTER SETSLOT … NODE` commands that ran (called before
-/// the server sleeps, and from a timer): a slot this node owns now is read
-/// again; one still importing waits for its command to end. (A slot that
-/// left by `MIGRATE` was forgotten key by key as its keys left.) The line
-/// is read when slots changed here since it was, or `SETTLE` after the
-/// last read while `SETSLOT`s are pending; a command acted on must be
-/// older than the read that shows it.
+/// Acts on the `CLUSTER SETSLOT` commands that ran (called before the
+/// server sleeps, and from a timer): a slot given to this node is read
+/// again once it is served here; one not served yet waits for its command
+/// to run. (A slot that left by `MIGRATE` was forgotten key by key as its
+/// keys left.) The line is read when slots changed here otherwise, or
+/// `SETTLE` after a `SETSLOT` while any is not seen to have run.
 pub fn after_setslot(ctx: &Context) {
     TURN.set(TURN.get().wrapping_add(1));
     let now = std::time::Instant::now();
@@ -838,37 +940,67 @@ pub fn after_setslot(ctx: &Context) {
     if !PENDING.with_borrow(Vec::is_empty) && !SETTLE_ARMED.replace(true) {
         ctx.create_timer(SETTLE, on_settle, ());
     }
+    forget_ahead_of_empty_slots(ctx);
     if SETSLOT.with_borrow(Vec::is_empty) {
         return;
     }
-    let Some((_, covered, _)) = READ.get() else {
-        return;
-    };
-    let Some((owned, importing)) = MYSELF.with_borrow(|m| {
-        m.as_ref()
-            .map(|(me, _)| (me.owned.clone(), me.importing.clone()))
-    }) else {
-        return;
-    };
     let mut mine = SlotSet::default();
     SETSLOT.with(|q| {
-        q.borrow_mut().retain(|&(s, until, seen)| {
-            if seen > covered {
-                return true;
-            }
-            if owned.contains(s) && !importing.contains(s) {
-                mine.add(s);
-                return false;
-            }
-            importing.contains(s) && now < until
-        })
+        q.borrow_mut()
+            .retain(|&(s, until)| match served_here(s, true) {
+                Some(true) => {
+                    mine.add(s);
+                    false
+                }
+                // Not run yet (Valkey holds it for the replicas), or it
+                // failed: until it may still run.
+                _ => now < until,
+            })
     });
+    if !mine.is_empty() {
+        // Served here: no longer importing, whatever the line last said.
+        ARRIVING.with_borrow_mut(|a| {
+            for slot in mine.iter() {
+                a.remove(slot);
+            }
+        });
+        PENDING.with_borrow_mut(|q| q.retain(|p| !mine.contains(p.slot)));
+    }
     arriving_changed();
     if !mine.is_empty() {
         signal_now(ctx, Signal::Assigned, &mine);
     }
     // What was recorded of slots this node gave up importing is done with.
     ARRIVALS.with_borrow_mut(|a| a.retain(|&s, _| unread_slot(s)));
+}
+
+/// The module keys that left ahead of their keys in a slot asked to end
+/// its migration (`SETSLOT … NODE` or `STABLE`) are done with once no key
+/// of the slot is left here: no write here can then leave one wrong.
+fn forget_ahead_of_empty_slots(ctx: &Context) {
+    let asked: Vec<u16> = AHEAD.with_borrow(|a| {
+        a.keys()
+            .copied()
+            .filter(|&s| {
+                PENDING.with_borrow(|q| {
+                    q.iter()
+                        .any(|p| p.slot == s && p.asked == moves::Asked::Settled)
+                })
+            })
+            .collect()
+    });
+    for slot in asked {
+        let s = slot.to_string();
+        let n = keys::call(
+            ctx,
+            Mode::Local,
+            "CLUSTER",
+            &[b"COUNTKEYSINSLOT", s.as_bytes()],
+        );
+        if n.map(|r| r.int()) == Ok(0) {
+            AHEAD.with_borrow_mut(|a| a.remove(&slot));
+        }
+    }
 }
 
 fn on_settle(ctx: &Context, (): ()) {

@@ -75,7 +75,7 @@ unsafe extern "C" fn on_command(fctx: *mut raw::RedisModuleCommandFilterCtx) {
                     .map(|i| slice(i + 1));
                 super::moves::setslot_any(slice(2), slice(3), timeout);
                 if argc >= 5 && word(3, b"node") {
-                    super::moves::setslot_node(slice(2), timeout);
+                    super::moves::setslot_node(slice(2), slice(4), timeout);
                 }
             }
             // (`SETSLOT` is followed by `moves::setslot_any`.)
@@ -159,6 +159,13 @@ thread_local! {
 
 /// What a write becomes when it is refused by the filter.
 pub const REFUSAL: &str = "tag.tryagain";
+
+/// The module's own detached context: calls made through it carry no
+/// client's flags (`ASKING`, `READONLY`).
+pub fn own_ctx() -> Option<*mut raw::RedisModuleCtx> {
+    let ctx = FILTER_CTX.load(std::sync::atomic::Ordering::Relaxed);
+    (!ctx.is_null()).then_some(ctx)
+}
 
 /// Whether the server runs commands as a master now (the filter's own
 /// context: not a replica, not loading).
