@@ -66,6 +66,9 @@ thread_local! {
     /// them (`read_arrived_now`, `learn`).
     static TO_READ: RefCell<SlotSet> = RefCell::new(SlotSet::default());
     static TO_READ_ARMED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether the server may hold a `CLUSTER SETSLOT` and run it in a later
+    /// turn without passing the filter again (Valkey, for its replicas).
+    static MAY_HOLD_SETSLOT: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
     /// Whether a slot was served here as a stable slot when last asked
     /// (`served_here`), with the `SETSLOT`s seen then, the turn and when.
     static SERVED: RefCell<std::collections::HashMap<u16, (bool, u64, u64, std::time::Instant)>> =
@@ -136,7 +139,9 @@ pub fn subscribe(ctx: &Context) -> c_int {
                 .is_some_and(|f| f(ctx.ctx, event, cb) == raw::REDISMODULE_OK as i32)
         }
     };
-    match valkey_major(ctx) {
+    let valkey = valkey_major(ctx);
+    MAY_HOLD_SETSLOT.set(valkey.is_some());
+    match valkey {
         Some(major) if major >= 9 && sub(moves::VALKEY_EVENT, Some(on_valkey)) => {
             HANDLE_ATOMIC_SLOT_MIGRATION
         }
@@ -694,7 +699,7 @@ fn served_here(slot: u16, fresh: bool) -> Option<bool> {
         // As the line: while a `SETSLOT` may still run, only in the turn
         // asked in (Valkey runs a held one without passing the filter).
         let known = SERVED.with_borrow(|c| c.get(&slot).copied());
-        let pending = !PENDING.with_borrow(Vec::is_empty);
+        let pending = MAY_HOLD_SETSLOT.get() && !PENDING.with_borrow(Vec::is_empty);
         if let Some((served, seen, turn, at)) = known {
             let usable = seen == SEEN.get()
                 && if pending {
