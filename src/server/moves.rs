@@ -429,17 +429,23 @@ fn arrived(ctx: &Context, slots: &SlotSet) {
     }
 }
 
-/// Every key of `slot` here.
-fn keys_in_slot(ctx: &Context, slot: u16) -> keys::Packed {
+/// How many keys of `slot` are here, if the server says.
+fn count_in_slot(ctx: &Context, slot: u16) -> Option<i64> {
     let s = slot.to_string();
-    let n = keys::call(
+    keys::call(
         ctx,
         Mode::Local,
         "CLUSTER",
         &[b"COUNTKEYSINSLOT", s.as_bytes()],
     )
     .map(|r| r.int())
-    .unwrap_or(0);
+    .ok()
+}
+
+/// Every key of `slot` here.
+fn keys_in_slot(ctx: &Context, slot: u16) -> keys::Packed {
+    let s = slot.to_string();
+    let n = count_in_slot(ctx, slot).unwrap_or(0);
     if n <= 0 {
         return keys::Packed::default();
     }
@@ -995,14 +1001,7 @@ fn forget_ahead_of_empty_slots(ctx: &Context) {
             .collect()
     });
     for slot in asked {
-        let s = slot.to_string();
-        let n = keys::call(
-            ctx,
-            Mode::Local,
-            "CLUSTER",
-            &[b"COUNTKEYSINSLOT", s.as_bytes()],
-        );
-        if n.map(|r| r.int()) == Ok(0) {
+        if count_in_slot(ctx, slot) == Some(0) {
             AHEAD.with_borrow_mut(|a| a.remove(&slot));
         }
     }
